@@ -1,0 +1,426 @@
+"""Procedural 3D scenes (simple shapes on a ground plane) rendered by open3d ray casting on the CPU.
+
+Conventions (every function here follows them):
+
+* World frame: metres, right-handed, z up. The ground is the plane z = 0; every object rests on it,
+  so `SceneObject.position` is the centre of the object's bounding box (z = half its height).
+* Camera frame: OpenCV pinhole, x right, y down, z forward. `Camera.pose` is camera-to-world.
+* Pixels: integer image coordinates are pixel centres (OpenCV), so pixel `[v, u]` is hit by the
+  ray through (u, v) and `np.rint(camera.project(p)[0])` is the pixel index (column, row).
+* Depth: z of the surface point in the camera frame, in metres (the ScanNet/NYU depth-map
+  convention, not the distance along the ray); 0 where a ray hits nothing (sky).
+* Boxes: `(x0, y0, x1, y1)` in pixels, x1/y1 exclusive, so `mask[y0:y1, x0:x1]` crops it.
+* Randomness: only through an explicit `numpy.random.Generator`; the same seed gives
+  byte-identical arrays and JSON. Nothing mutates its input: scenes are frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import open3d as o3d
+
+SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder", "cone", "torus")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40), "green": (40, 165, 60), "blue": (40, 85, 225), "yellow": (240, 205, 30),
+    "purple": (135, 60, 185), "cyan": (40, 200, 215), "orange": (245, 130, 25), "white": (240, 240, 240),
+}
+SIZES: dict[str, float] = {"small": 0.35, "medium": 0.55, "large": 0.8}
+"""Edge (cube), diameter (sphere, cylinder, cone base, torus outer) in metres; also the height, except
+the torus, which lies flat and is `2 * _TUBE * size` high."""
+EDIT_KINDS: tuple[str, ...] = ("recolor", "reshape", "resize", "move", "remove", "add")
+
+_TUBE = 0.15  # torus tube radius as a fraction of its outer diameter
+_GAP = 0.08  # metres of clearance kept between object footprints, so no two objects touch
+_GROUND_HALF = 40.0  # the ground is a finite square; large enough to reach the horizon for our cameras
+_TILE = 0.5  # checker tile (m): a subtle texture that makes perspective and depth readable
+_AMBIENT = 0.35
+
+
+# --------------------------------------------------------------------------------------------------
+# Scene description
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    id: int
+    shape: str
+    color: str
+    size: str
+    position: tuple[float, float, float]
+    """World centre of the bounding box (m); z is half the height because objects rest on the ground."""
+    yaw: float = 0.0
+    """Rotation about the world z axis (radians); visible only on cubes."""
+
+    def __post_init__(self) -> None:
+        for name, value, vocab in (("shape", self.shape, SHAPES), ("color", self.color, COLORS),
+                                   ("size", self.size, SIZES)):
+            if value not in vocab:
+                raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(vocab)}")
+
+    @property
+    def metres(self) -> float:
+        return SIZES[self.size]
+
+    def describe(self) -> str:
+        """E.g. "small red cube"."""
+        return f"{self.size} {self.color} {self.shape}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "shape": self.shape, "color": {"name": self.color, "rgb": list(COLORS[self.color])},
+                "size": {"name": self.size, "metres": self.metres}, "position": list(self.position), "yaw": self.yaw}
+
+
+def place_object(id: int, shape: str, color: str, size: str, xy: Sequence[float], yaw: float = 0.0) -> SceneObject:
+    """A SceneObject standing on the ground at ground point `xy` (its z is derived from shape and size)."""
+    z = _height(shape, SIZES[size]) / 2 if size in SIZES else 0.0
+    return SceneObject(int(id), shape, color, size, (float(xy[0]), float(xy[1]), float(z)), float(yaw))
+
+
+def _height(shape: str, s: float) -> float:
+    return 2 * _TUBE * s if shape == "torus" else s
+
+
+def _footprint(obj: SceneObject) -> float:
+    """Radius of a circle on the ground that contains the object whatever its yaw."""
+    return obj.metres * (math.sqrt(0.5) if obj.shape == "cube" else 0.5)
+
+
+def _bound_radius(obj: SceneObject) -> float:
+    """Radius of a sphere about `position` containing the object (bounds |depth - centre z|)."""
+    return obj.metres * {"cube": math.sqrt(0.75), "sphere": 0.5, "torus": 0.5}.get(obj.shape, math.sqrt(0.5))
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole camera. `pose` is the 4x4 camera-to-world matrix as nested tuples (row-major), hashable
+    and JSON-able; camera axes are OpenCV (x right, y down, z forward); f, c in pixels."""
+
+    width: int
+    height: int
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    pose: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def look_at(cls, eye: Sequence[float], target: Sequence[float], width: int = 320, height: int = 240,
+                fov_deg: float = 55.0, up: Sequence[float] = (0.0, 0.0, 1.0)) -> Camera:
+        """Camera at `eye` looking at `target`; `fov_deg` is the horizontal field of view, square pixels."""
+        eye_, z = np.asarray(eye, float), np.asarray(target, float) - np.asarray(eye, float)
+        x = np.cross(z, np.asarray(up, float))
+        if np.linalg.norm(z) < 1e-9 or np.linalg.norm(x) < 1e-9 * np.linalg.norm(z):
+            raise ValueError(f"look_at: eye {tuple(eye)} coincides with target or looks along up {tuple(up)}")
+        z, x = z / np.linalg.norm(z), x / np.linalg.norm(x)
+        pose = np.eye(4)
+        pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)  # columns: camera axes in world
+        pose[:3, 3] = eye_
+        f = (width / 2) / math.tan(math.radians(fov_deg) / 2)
+        return cls(int(width), int(height), f, f, (width - 1) / 2, (height - 1) / 2, _as_pose(pose))
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """Camera-to-world 4x4 (float64)."""
+        return np.array(self.pose, dtype=np.float64)
+
+    @property
+    def intrinsics(self) -> np.ndarray:
+        return np.array([[self.fx, 0, self.cx], [0, self.fy, self.cy], [0, 0, 1]], dtype=np.float64)
+
+    def world_to_camera(self, points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        """(N, 3) world points -> (N, 3) camera-frame points (z = depth)."""
+        m = self.matrix
+        return (np.asarray(points, np.float64).reshape(-1, 3) - m[:3, 3]) @ m[:3, :3]
+
+    def project(self, points_world: np.ndarray | Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 2) pixel coordinates (u right, v down) and (N,) camera z; points behind have z <= 0."""
+        p = self.world_to_camera(points_world)
+        z = p[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = np.stack([self.fx * p[:, 0] / z + self.cx, self.fy * p[:, 1] / z + self.cy], axis=1)
+        return uv, z
+
+    def scaled(self, factor: float) -> Camera:
+        """The same view at `factor` times the resolution (pixel centres stay at integer coordinates)."""
+        w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
+        sx, sy = w / self.width, h / self.height
+        return Camera(w, h, self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5,
+                      self.pose)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy, "cx": self.cx,
+                "cy": self.cy, "pose": [list(r) for r in self.pose]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Camera:
+        return cls(int(d["width"]), int(d["height"]), float(d["fx"]), float(d["fy"]), float(d["cx"]),
+                   float(d["cy"]), _as_pose(np.asarray(d["pose"], np.float64)))
+
+
+def _as_pose(m: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(v) for v in row) for row in np.asarray(m).reshape(4, 4))
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[SceneObject, ...]
+    camera: Camera
+    light_dir: tuple[float, float, float] = (0.35, -0.45, 0.82)
+    """World direction from the scene towards the (distant, directional) light; normalised when rendering."""
+    ground_color: tuple[int, int, int] = (150, 138, 120)
+    background_color: tuple[int, int, int] = (185, 205, 230)
+
+    def object(self, object_id: int) -> SceneObject:
+        for o in self.objects:
+            if o.id == object_id:
+                return o
+        raise ValueError(f"no object with id {object_id}; ids are {[o.id for o in self.objects]}")
+
+    def to_graph(self) -> dict[str, Any]:
+        """JSON-serialisable scene graph; `Scene.from_graph` inverts it exactly."""
+        cam_pos = self.camera.world_to_camera([o.position for o in self.objects]) if self.objects else []
+        objects = [{**o.to_dict(), "camera_position": [float(v) for v in c]} for o, c in zip(self.objects, cam_pos)]
+        return {"objects": objects, "camera": self.camera.to_dict(), "light_dir": list(self.light_dir),
+                "ground_color": list(self.ground_color), "background_color": list(self.background_color)}
+
+    @classmethod
+    def from_graph(cls, graph: dict[str, Any]) -> Scene:
+        def name(v: Any) -> str:
+            return v["name"] if isinstance(v, dict) else v
+
+        objects = tuple(SceneObject(int(o["id"]), o["shape"], name(o["color"]), name(o["size"]),
+                                    tuple(float(v) for v in o["position"]), float(o.get("yaw", 0.0)))
+                        for o in graph["objects"])
+        return cls(objects, Camera.from_dict(graph["camera"]), tuple(float(v) for v in graph["light_dir"]),
+                   tuple(int(v) for v in graph["ground_color"]), tuple(int(v) for v in graph["background_color"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Random scenes
+
+
+def random_scene(rng: np.random.Generator, *, n_objects: int | tuple[int, int] = (3, 10), width: int = 320,
+                 height: int = 240, shapes: Sequence[str] = SHAPES, colors: Sequence[str] = tuple(COLORS),
+                 sizes: Sequence[str] = tuple(SIZES), fov_deg: float = 55.0,
+                 elevation_deg: tuple[float, float] = (25.0, 55.0), unique: bool = True,
+                 min_visible: float = 0.25, margin: float = 0.06, max_tries: int = 300) -> Scene:
+    """Objects at non-overlapping ground positions whose centres project inside the image (`margin` is a
+    fraction of width/height) and which are at least `min_visible` unoccluded; camera on a random orbit
+    (azimuth, elevation, distance jitter) looking at the scene centre; random light direction.
+
+    `unique` makes every (size, color, shape) distinct so "the small red cube" names one object.
+    Raises ValueError when the objects cannot be placed within `max_tries` samples each.
+    """
+    lo, hi = (n_objects, n_objects) if isinstance(n_objects, int) else n_objects
+    n = int(rng.integers(lo, hi + 1))
+    combos = list(itertools.product(sizes, colors, shapes))
+    if n < 0 or (unique and n > len(combos)):
+        raise ValueError(f"n_objects={n_objects} cannot be met with {len(combos)} distinct attribute combinations")
+    extent = 1.0 + 0.16 * n  # half side of the square the objects are scattered in: grows with the crowd
+    az, el = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(*elevation_deg))
+    dist = extent * rng.uniform(2.4, 2.8)
+    eye = (dist * math.cos(el) * math.cos(az), dist * math.cos(el) * math.sin(az), dist * math.sin(el))
+    camera = Camera.look_at(eye, (0.0, 0.0, 0.2), width, height, fov_deg)
+    laz, lel = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(40, 70))
+    light = (math.cos(lel) * math.cos(laz), math.cos(lel) * math.sin(laz), math.sin(lel))
+    picks = rng.choice(len(combos), size=n, replace=not unique) if n else []
+    objects: list[SceneObject] = []
+    for i, k in enumerate(picks):
+        size, color, shape = combos[int(k)]
+        objects.append(_sample_placement(rng, objects, place_object(i, shape, color, size, (0, 0)), camera,
+                                         extent, margin, max_tries))
+    scene = Scene(tuple(objects), camera, light)
+    for _ in range(30):  # re-place hidden objects until each is visible enough
+        vis = visible_fractions(scene)
+        bad = [o for o in scene.objects if vis[o.id] < min_visible]
+        if not bad:
+            return scene
+        others = [o for o in scene.objects if o.id != bad[0].id]
+        moved = _sample_placement(rng, others, bad[0], camera, extent, margin, max_tries)
+        scene = replace(scene, objects=tuple(moved if o.id == moved.id else o for o in scene.objects))
+    raise ValueError(f"could not make all {n} objects at least {min_visible:.0%} visible; use fewer objects")
+
+
+def _in_view(camera: Camera, xyz: Sequence[float], margin: float) -> bool:
+    uv, z = camera.project([xyz])
+    mx, my = margin * camera.width, margin * camera.height
+    return bool(z[0] > 0.1 and mx <= uv[0, 0] <= camera.width - 1 - mx and my <= uv[0, 1] <= camera.height - 1 - my)
+
+
+def _overlapping(objects: Sequence[SceneObject], obj: SceneObject) -> SceneObject | None:
+    """The first object (other than `obj` itself) whose footprint comes closer than _GAP to `obj`'s."""
+    for o in objects:
+        d = math.hypot(o.position[0] - obj.position[0], o.position[1] - obj.position[1])
+        if o.id != obj.id and d < _footprint(o) + _footprint(obj) + _GAP:
+            return o
+    return None
+
+
+def _sample_placement(rng: np.random.Generator, objects: Sequence[SceneObject], obj: SceneObject, camera: Camera,
+                      extent: float, margin: float, max_tries: int) -> SceneObject:
+    """`obj` at a random free, in-view ground position with a random yaw (rejection sampling)."""
+    for _ in range(max_tries):
+        x, y = rng.uniform(-extent, extent, size=2)
+        cand = place_object(obj.id, obj.shape, obj.color, obj.size, (x, y), rng.uniform(0, 2 * math.pi))
+        if _in_view(camera, cand.position, margin) and _overlapping(objects, cand) is None:
+            return cand
+    raise ValueError(f"could not place a {obj.describe()} without overlap in {max_tries} tries; "
+                     f"use fewer or smaller objects")
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+@dataclass
+class Rendering:
+    rgb: np.ndarray
+    """(H, W, 3) uint8."""
+    depth: np.ndarray
+    """(H, W) float32 camera-frame z in metres; 0 = no surface (sky)."""
+    instance: np.ndarray
+    """(H, W) int32 object id per pixel; -1 for ground and sky."""
+    boxes: dict[int, tuple[int, int, int, int]]
+    """Object id -> (x0, y0, x1, y1) box of its visible pixels (x1, y1 exclusive); hidden objects omitted."""
+    visible_fraction: dict[int, float]
+    """Object id -> visible pixels / pixels it would cover with no other object in front (0 if off-screen)."""
+    graph: dict[str, Any]
+    """`scene.to_graph()`."""
+
+
+@functools.lru_cache(maxsize=None)
+def _unit_mesh(shape: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (float64) and triangles (uint32) of a size-1 shape centred on its bounding-box centre."""
+    tm = o3d.geometry.TriangleMesh
+    mesh = {"cube": lambda: tm.create_box(1.0, 1.0, 1.0).translate((-0.5, -0.5, -0.5)),
+            "sphere": lambda: tm.create_sphere(0.5, 24),
+            "cylinder": lambda: tm.create_cylinder(0.5, 1.0, 48, 1),
+            "cone": lambda: tm.create_cone(0.5, 1.0, 48, 1).translate((0.0, 0.0, -0.5)),
+            "torus": lambda: tm.create_torus(0.5 - _TUBE, _TUBE, 48, 16)}[shape]()
+    return np.asarray(mesh.vertices, np.float64), np.asarray(mesh.triangles, np.uint32)
+
+
+@functools.lru_cache(maxsize=16)
+def _camera_rays(camera: Camera) -> o3d.core.Tensor:
+    """(H, W, 6) world rays through pixel centres. Directions are scaled so their camera-frame z is 1,
+    which makes the ray parameter t_hit equal to depth (z), not Euclidean distance."""
+    u, v = np.meshgrid(np.arange(camera.width, dtype=np.float64), np.arange(camera.height, dtype=np.float64))
+    d = np.stack([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, np.ones_like(u)], axis=-1)
+    m = camera.matrix
+    rays = np.concatenate([np.broadcast_to(m[:3, 3], d.shape), d @ m[:3, :3].T], axis=-1)
+    return o3d.core.Tensor(rays.astype(np.float32))
+
+
+def _raycasting_scene(objects: Sequence[SceneObject], ground: bool = True) -> o3d.t.geometry.RaycastingScene:
+    """Geometry id 0 is the ground (when present), then objects in order."""
+    rs = o3d.t.geometry.RaycastingScene()
+    if ground:
+        g = _GROUND_HALF
+        rs.add_triangles(o3d.core.Tensor(np.array([[-g, -g, 0], [g, -g, 0], [g, g, 0], [-g, g, 0]], np.float32)),
+                         o3d.core.Tensor(np.array([[0, 1, 2], [0, 2, 3]], np.uint32)))
+    for o in objects:
+        verts, tris = _unit_mesh(o.shape)
+        c, s = math.cos(o.yaw), math.sin(o.yaw)
+        rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+        world = (verts * o.metres) @ rot.T + np.asarray(o.position)
+        rs.add_triangles(o3d.core.Tensor(world.astype(np.float32)), o3d.core.Tensor(tris))
+    return rs
+
+
+def _trace(scene: Scene, camera: Camera) -> tuple[o3d.t.geometry.RaycastingScene, dict[str, np.ndarray], np.ndarray]:
+    """Cast one ray per pixel; returns the raycasting scene, the hit arrays and the instance map."""
+    rs = _raycasting_scene(scene.objects)
+    hits = {k: v.numpy() for k, v in rs.cast_rays(_camera_rays(camera)).items()}
+    lookup = np.array([-1] + [o.id for o in scene.objects] + [-1], np.int32)  # last entry: missed rays
+    gid = np.minimum(hits["geometry_ids"].astype(np.int64), len(scene.objects) + 1)
+    return rs, hits, lookup[gid]
+
+
+def _visibility(scene: Scene, camera: Camera, rs: o3d.t.geometry.RaycastingScene,
+                instance: np.ndarray) -> dict[int, float]:
+    # A ray whose first hit is ground or sky cannot pass through any object (objects stand on z >= 0 and
+    # the camera looks down from above), so only object-hitting rays need all their intersections listed.
+    ids = [o.id for o in scene.objects]
+    sel = instance >= 0
+    visible = {i: int(c) for i, c in zip(*np.unique(instance[sel], return_counts=True))}
+    unoccluded = dict.fromkeys(ids, 0)
+    if sel.any():
+        rays = o3d.core.Tensor(_camera_rays(camera).numpy()[sel])
+        li = rs.list_intersections(rays)
+        gid, ray = li["geometry_ids"].numpy().astype(np.int64), li["ray_ids"].numpy().astype(np.int64)
+        pairs = np.unique(ray[gid > 0] * (len(ids) + 1) + gid[gid > 0])  # a ray enters and leaves: count it once
+        counts = np.bincount(pairs % (len(ids) + 1), minlength=len(ids) + 1)
+        unoccluded = {i: int(counts[k + 1]) for k, i in enumerate(ids)}
+    return {i: (visible.get(i, 0) / unoccluded[i] if unoccluded[i] else 0.0) for i in ids}
+
+
+def visible_fractions(scene: Scene, scale: float = 0.5) -> dict[int, float]:
+    """Object id -> visible fraction (as in `Rendering.visible_fraction`), traced at `scale` x resolution."""
+    camera = scene.camera.scaled(scale)
+    rs, _, instance = _trace(scene, camera)
+    return _visibility(scene, camera, rs, instance)
+
+
+def render(scene: Scene, *, shadows: bool = True) -> Rendering:
+    """Ray-cast `scene`: exact z-depth and instance ids per pixel centre, Lambert + ambient + a little
+    specular shading with hard shadows from the directional light, a checkered ground, a plain sky."""
+    camera = scene.camera
+    rs, hits, instance = _trace(scene, camera)
+    t = hits["t_hit"]
+    hit = np.isfinite(t)
+    depth = np.where(hit, t, 0.0).astype(np.float32)
+
+    rays = _camera_rays(camera).numpy()[hit].astype(np.float64)
+    p = rays[:, :3] + t[hit, None] * rays[:, 3:]
+    view = rays[:, 3:] / np.linalg.norm(rays[:, 3:], axis=1, keepdims=True)
+    gid = hits["geometry_ids"][hit].astype(np.int64)
+    n = hits["primitive_normals"][hit].astype(np.float64)
+    n *= np.where(np.sum(n * view, axis=1) > 0, -1.0, 1.0)[:, None]  # face the camera, whatever the winding
+    # Smooth analytic normals for the curved shapes (the meshes are faceted); caps keep their flat normal.
+    objs = list(scene.objects)
+    code = np.array([-1] + [SHAPES.index(o.shape) for o in objs])[gid]
+    size = np.array([0.0] + [o.metres for o in objs])[gid]
+    d = p - np.array([(0.0, 0.0, 0.0)] + [o.position for o in objs])[gid]
+    radial = np.concatenate([d[:, :2], np.zeros((len(d), 1))], axis=1)
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True) + 1e-12
+    side = np.abs(n[:, 2]) < 0.9
+    for shape, normal, where in (("sphere", d, True), ("cylinder", radial, side),
+                                 ("cone", radial + [0.0, 0.0, 0.5], side),  # slope of a cone with height = 2 r
+                                 ("torus", d - (0.5 - _TUBE) * size[:, None] * radial, True)):
+        n = np.where(((code == SHAPES.index(shape)) & where)[:, None], normal, n)
+    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+
+    light = np.asarray(scene.light_dir, np.float64) / np.linalg.norm(scene.light_dir)
+    lambert = np.clip(n @ light, 0.0, None)
+    if shadows:
+        lit = lambert > 0
+        srays = np.concatenate([p[lit] + 5e-3 * n[lit], np.broadcast_to(light, (int(lit.sum()), 3))], axis=1)
+        occluded = rs.test_occlusions(o3d.core.Tensor(srays.astype(np.float32))).numpy()
+        lambert[np.flatnonzero(lit)[occluded]] = 0.0
+    albedo = np.array([scene.ground_color] + [COLORS[o.color] for o in objs], np.float64)[gid] / 255
+    ground = gid == 0
+    checker = (np.floor(p[:, 0] / _TILE) + np.floor(p[:, 1] / _TILE)) % 2
+    albedo[ground] *= (1.0 - 0.08 * checker[ground])[:, None]
+    half = light - view
+    half /= np.linalg.norm(half, axis=1, keepdims=True)
+    spec = np.where(ground | (lambert <= 0), 0.0, 0.25 * np.clip(np.sum(n * half, axis=1), 0, 1) ** 40)
+    color = albedo * (_AMBIENT + (1 - _AMBIENT) * lambert)[:, None] + spec[:, None]
+    fog = np.clip((t[hit] - 12.0) / 30.0, 0.0, 0.7)[:, None]  # far ground fades into the sky
+    color = (1 - fog) * color + fog * np.asarray(scene.background_color) / 255
+
+    rgb = np.empty((camera.height, camera.width, 3), np.uint8)
+    rgb[:] = np.asarray(scene.background_color, np.uint8)
+    rgb[hit] = np.rint(np.clip(color, 0.0, 1.0) * 255).astype(np.uint8)
+    boxes = {}
+    for o in objs:
+        ys, xs = np.nonzero(instance == o.id)
+        if len(xs):
+            boxes[o.id] = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return Rendering(rgb, depth, instance, boxes, _visibility(scene, camera, rs, instance), scene.to_graph())

@@ -1,0 +1,1 @@
+"""Rewards: pure functions (completion text, Sample) -> score in [0, 1] with named parts."""
