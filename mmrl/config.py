@@ -68,6 +68,8 @@ class CorpusConfig:
     """Folder the default corpus is built into; empty means `<cache>/corpus` (see MMRL_CACHE)."""
     seed: int = 0
     """Seed of every random choice in the corpus build; same seed, byte-identical files."""
+    max_photos: int = 0
+    """Use only the first N of scikit-image's bundled photos (0: all 14); small values make quick builds."""
     photo_size: int = 384
     """Longer side, in pixels, of the stored photos (scikit-image's bundled photos, resized)."""
     videos_per_photo: int = 2

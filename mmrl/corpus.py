@@ -239,8 +239,8 @@ def build_default_corpus(cfg: CorpusConfig, *, progress: bool = True) -> Corpus:
         bar.update(1)
     bar.close()
     manifest = wanted | {
-        "photos": len(SKIMAGE_PHOTOS),
-        "videos": {"photo": len(SKIMAGE_PHOTOS) * cfg.videos_per_photo, "scene": cfg.scene_videos},
+        "photos": len(_photo_names(cfg)),
+        "videos": {"photo": len(_photo_names(cfg)) * cfg.videos_per_photo, "scene": cfg.scene_videos},
         "video_frames": cfg.video_frames,
         "video_fps": cfg.video_fps,
         "rgbd": cfg.rgbd_scenes,
@@ -272,7 +272,7 @@ def _corpus_jobs(cfg: CorpusConfig, root: Path) -> list[_Job]:
         return np.random.default_rng([cfg.seed, kind, index])
 
     jobs = []
-    for i, name in enumerate(SKIMAGE_PHOTOS):
+    for i, name in enumerate(_photo_names(cfg)):
         stem = Path(name).stem
         jobs.append(_Job(root / "photos" / f"{stem}.png", partial(_make_photo, name, cfg)))
         for k in range(cfg.videos_per_photo):
@@ -283,6 +283,10 @@ def _corpus_jobs(cfg: CorpusConfig, root: Path) -> list[_Job]:
     for k in range(cfg.rgbd_scenes):
         jobs.append(_Job(root / "rgbd" / f"scene_{k:03d}", partial(_make_rgbd, cfg, rng(3, k))))
     return jobs
+
+
+def _photo_names(cfg: CorpusConfig) -> tuple[str, ...]:
+    return SKIMAGE_PHOTOS[: cfg.max_photos] if cfg.max_photos > 0 else SKIMAGE_PHOTOS
 
 
 def _skimage_photo(name: str, longest: int) -> Image.Image:
@@ -341,7 +345,11 @@ def _make_photo_video(name: str, cfg: CorpusConfig, rng: np.random.Generator, tm
 def _make_scene_video(cfg: CorpusConfig, rng: np.random.Generator, tmp: Path) -> None:
     width, height = cfg.video_size
     scene = scenes.random_scene(rng, width=width, height=height)
-    frames = [scenes.render(s).rgb for s in scenes.animate(scene, rng, cfg.video_frames)]
+    # Objects slide and slow down (friction) while the camera orbits: motion is visible in every
+    # clip and time has a direction.
+    orbit = float(rng.choice([-1, 1]) * rng.uniform(15, 35))
+    path = scenes.animate(scene, rng, cfg.video_frames, n_moving=(2, 4), distance=(1.2, 2.5), orbit_deg=orbit)
+    frames = [scenes.render(s).rgb for s in path]
     _write_video_with_meta(tmp, frames, cfg.video_fps, {"source": "procedural_scene", "motion": "animated"})
 
 

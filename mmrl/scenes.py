@@ -12,6 +12,9 @@ Conventions (every function here follows them):
 * Boxes: `(x0, y0, x1, y1)` in pixels, x1/y1 exclusive, so `mask[y0:y1, x0:x1]` crops it.
 * Randomness: only through an explicit `numpy.random.Generator`; the same seed gives
   byte-identical arrays and JSON. Nothing mutates its input: scenes are frozen dataclasses.
+
+Edits of scenes live in `mmrl.scene_edits`; rendering user meshes and point clouds with a `Camera` in
+`mmrl.geometry_render`. Both follow the conventions above.
 """
 
 from __future__ import annotations
@@ -28,13 +31,18 @@ import open3d as o3d
 
 SHAPES: tuple[str, ...] = ("cube", "sphere", "cylinder", "cone", "torus")
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 40, 40), "green": (40, 165, 60), "blue": (40, 85, 225), "yellow": (240, 205, 30),
-    "purple": (135, 60, 185), "cyan": (40, 200, 215), "orange": (245, 130, 25), "white": (240, 240, 240),
+    "red": (215, 40, 40),
+    "green": (40, 165, 60),
+    "blue": (40, 85, 225),
+    "yellow": (240, 205, 30),
+    "purple": (135, 60, 185),
+    "cyan": (40, 200, 215),
+    "orange": (245, 130, 25),
+    "white": (240, 240, 240),
 }
 SIZES: dict[str, float] = {"small": 0.35, "medium": 0.55, "large": 0.8}
 """Edge (cube), diameter (sphere, cylinder, cone base, torus outer) in metres; also the height, except
 the torus, which lies flat and is `2 * _TUBE * size` high."""
-EDIT_KINDS: tuple[str, ...] = ("recolor", "reshape", "resize", "move", "remove", "add")
 
 _TUBE = 0.15  # torus tube radius as a fraction of its outer diameter
 _GAP = 0.08  # metres of clearance kept between object footprints, so no two objects touch
@@ -59,8 +67,11 @@ class SceneObject:
     """Rotation about the world z axis (radians); visible only on cubes."""
 
     def __post_init__(self) -> None:
-        for name, value, vocab in (("shape", self.shape, SHAPES), ("color", self.color, COLORS),
-                                   ("size", self.size, SIZES)):
+        for name, value, vocab in (
+            ("shape", self.shape, SHAPES),
+            ("color", self.color, COLORS),
+            ("size", self.size, SIZES),
+        ):
             if value not in vocab:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(vocab)}")
 
@@ -73,8 +84,14 @@ class SceneObject:
         return f"{self.size} {self.color} {self.shape}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "shape": self.shape, "color": {"name": self.color, "rgb": list(COLORS[self.color])},
-                "size": {"name": self.size, "metres": self.metres}, "position": list(self.position), "yaw": self.yaw}
+        return {
+            "id": self.id,
+            "shape": self.shape,
+            "color": {"name": self.color, "rgb": list(COLORS[self.color])},
+            "size": {"name": self.size, "metres": self.metres},
+            "position": list(self.position),
+            "yaw": self.yaw,
+        }
 
 
 def place_object(id: int, shape: str, color: str, size: str, xy: Sequence[float], yaw: float = 0.0) -> SceneObject:
@@ -111,8 +128,15 @@ class Camera:
     pose: tuple[tuple[float, ...], ...]
 
     @classmethod
-    def look_at(cls, eye: Sequence[float], target: Sequence[float], width: int = 320, height: int = 240,
-                fov_deg: float = 55.0, up: Sequence[float] = (0.0, 0.0, 1.0)) -> Camera:
+    def look_at(
+        cls,
+        eye: Sequence[float],
+        target: Sequence[float],
+        width: int = 320,
+        height: int = 240,
+        fov_deg: float = 55.0,
+        up: Sequence[float] = (0.0, 0.0, 1.0),
+    ) -> Camera:
         """Camera at `eye` looking at `target`; `fov_deg` is the horizontal field of view, square pixels."""
         eye_, z = np.asarray(eye, float), np.asarray(target, float) - np.asarray(eye, float)
         x = np.cross(z, np.asarray(up, float))
@@ -151,17 +175,35 @@ class Camera:
         """The same view at `factor` times the resolution (pixel centres stay at integer coordinates)."""
         w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
         sx, sy = w / self.width, h / self.height
-        return Camera(w, h, self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5,
-                      self.pose)
+        return Camera(
+            w, h, self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5, self.pose
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy, "cx": self.cx,
-                "cy": self.cy, "pose": [list(r) for r in self.pose]}
+        return {
+            "width": self.width,
+            "height": self.height,
+            "fx": self.fx,
+            "fy": self.fy,
+            "cx": self.cx,
+            "cy": self.cy,
+            "pose": [list(r) for r in self.pose],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Camera:
-        return cls(int(d["width"]), int(d["height"]), float(d["fx"]), float(d["fy"]), float(d["cx"]),
-                   float(d["cy"]), _as_pose(np.asarray(d["pose"], np.float64)))
+        return cls(
+            int(d["width"]),
+            int(d["height"]),
+            float(d["fx"]),
+            float(d["fy"]),
+            float(d["cx"]),
+            float(d["cy"]),
+            _as_pose(np.asarray(d["pose"], np.float64)),
+        )
+
+
+look_at_camera = Camera.look_at
 
 
 def _as_pose(m: np.ndarray) -> tuple[tuple[float, ...], ...]:
@@ -187,30 +229,59 @@ class Scene:
         """JSON-serialisable scene graph; `Scene.from_graph` inverts it exactly."""
         cam_pos = self.camera.world_to_camera([o.position for o in self.objects]) if self.objects else []
         objects = [{**o.to_dict(), "camera_position": [float(v) for v in c]} for o, c in zip(self.objects, cam_pos)]
-        return {"objects": objects, "camera": self.camera.to_dict(), "light_dir": list(self.light_dir),
-                "ground_color": list(self.ground_color), "background_color": list(self.background_color)}
+        return {
+            "objects": objects,
+            "camera": self.camera.to_dict(),
+            "light_dir": list(self.light_dir),
+            "ground_color": list(self.ground_color),
+            "background_color": list(self.background_color),
+        }
 
     @classmethod
     def from_graph(cls, graph: dict[str, Any]) -> Scene:
         def name(v: Any) -> str:
             return v["name"] if isinstance(v, dict) else v
 
-        objects = tuple(SceneObject(int(o["id"]), o["shape"], name(o["color"]), name(o["size"]),
-                                    tuple(float(v) for v in o["position"]), float(o.get("yaw", 0.0)))
-                        for o in graph["objects"])
-        return cls(objects, Camera.from_dict(graph["camera"]), tuple(float(v) for v in graph["light_dir"]),
-                   tuple(int(v) for v in graph["ground_color"]), tuple(int(v) for v in graph["background_color"]))
+        objects = tuple(
+            SceneObject(
+                int(o["id"]),
+                o["shape"],
+                name(o["color"]),
+                name(o["size"]),
+                tuple(float(v) for v in o["position"]),
+                float(o.get("yaw", 0.0)),
+            )
+            for o in graph["objects"]
+        )
+        return cls(
+            objects,
+            Camera.from_dict(graph["camera"]),
+            tuple(float(v) for v in graph["light_dir"]),
+            tuple(int(v) for v in graph["ground_color"]),
+            tuple(int(v) for v in graph["background_color"]),
+        )
 
 
 # --------------------------------------------------------------------------------------------------
 # Random scenes
 
 
-def random_scene(rng: np.random.Generator, *, n_objects: int | tuple[int, int] = (3, 10), width: int = 320,
-                 height: int = 240, shapes: Sequence[str] = SHAPES, colors: Sequence[str] = tuple(COLORS),
-                 sizes: Sequence[str] = tuple(SIZES), fov_deg: float = 55.0,
-                 elevation_deg: tuple[float, float] = (25.0, 55.0), unique: bool = True,
-                 min_visible: float = 0.25, margin: float = 0.06, max_tries: int = 300) -> Scene:
+def random_scene(
+    rng: np.random.Generator,
+    *,
+    n_objects: int | tuple[int, int] = (3, 10),
+    width: int = 320,
+    height: int = 240,
+    shapes: Sequence[str] = SHAPES,
+    colors: Sequence[str] = tuple(COLORS),
+    sizes: Sequence[str] = tuple(SIZES),
+    fov_deg: float = 55.0,
+    elevation_deg: tuple[float, float] = (25.0, 55.0),
+    unique: bool = True,
+    min_visible: float = 0.25,
+    margin: float = 0.06,
+    max_tries: int = 300,
+) -> Scene:
     """Objects at non-overlapping ground positions whose centres project inside the image (`margin` is a
     fraction of width/height) and which are at least `min_visible` unoccluded; camera on a random orbit
     (azimuth, elevation, distance jitter) looking at the scene centre; random light direction.
@@ -225,7 +296,7 @@ def random_scene(rng: np.random.Generator, *, n_objects: int | tuple[int, int] =
         raise ValueError(f"n_objects={n_objects} cannot be met with {len(combos)} distinct attribute combinations")
     extent = 1.0 + 0.16 * n  # half side of the square the objects are scattered in: grows with the crowd
     az, el = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(*elevation_deg))
-    dist = extent * rng.uniform(2.4, 2.8)
+    dist = extent * rng.uniform(2.2, 2.6)
     eye = (dist * math.cos(el) * math.cos(az), dist * math.cos(el) * math.sin(az), dist * math.sin(el))
     camera = Camera.look_at(eye, (0.0, 0.0, 0.2), width, height, fov_deg)
     laz, lel = rng.uniform(0, 2 * math.pi), math.radians(rng.uniform(40, 70))
@@ -234,8 +305,11 @@ def random_scene(rng: np.random.Generator, *, n_objects: int | tuple[int, int] =
     objects: list[SceneObject] = []
     for i, k in enumerate(picks):
         size, color, shape = combos[int(k)]
-        objects.append(_sample_placement(rng, objects, place_object(i, shape, color, size, (0, 0)), camera,
-                                         extent, margin, max_tries))
+        objects.append(
+            _sample_placement(
+                rng, objects, place_object(i, shape, color, size, (0, 0)), camera, extent, margin, max_tries
+            )
+        )
     scene = Scene(tuple(objects), camera, light)
     for _ in range(30):  # re-place hidden objects until each is visible enough
         vis = visible_fractions(scene)
@@ -248,13 +322,18 @@ def random_scene(rng: np.random.Generator, *, n_objects: int | tuple[int, int] =
     raise ValueError(f"could not make all {n} objects at least {min_visible:.0%} visible; use fewer objects")
 
 
-def _in_view(camera: Camera, xyz: Sequence[float], margin: float) -> bool:
-    uv, z = camera.project([xyz])
-    mx, my = margin * camera.width, margin * camera.height
-    return bool(z[0] > 0.1 and mx <= uv[0, 0] <= camera.width - 1 - mx and my <= uv[0, 1] <= camera.height - 1 - my)
+def in_view(camera: Camera, obj: SceneObject, margin: float) -> bool:
+    """The projected centre lies inside the image shrunk by `margin` (fraction of width/height) plus half
+    the object's projected radius, so most of the object is in the picture."""
+    uv, z = camera.project([obj.position])
+    if not z[0] > 0.1:
+        return False
+    r = 0.5 * camera.fx * _bound_radius(obj) / z[0]
+    mx, my = margin * camera.width + r, margin * camera.height + r
+    return bool(mx <= uv[0, 0] <= camera.width - 1 - mx and my <= uv[0, 1] <= camera.height - 1 - my)
 
 
-def _overlapping(objects: Sequence[SceneObject], obj: SceneObject) -> SceneObject | None:
+def overlapping(objects: Sequence[SceneObject], obj: SceneObject) -> SceneObject | None:
     """The first object (other than `obj` itself) whose footprint comes closer than _GAP to `obj`'s."""
     for o in objects:
         d = math.hypot(o.position[0] - obj.position[0], o.position[1] - obj.position[1])
@@ -263,16 +342,24 @@ def _overlapping(objects: Sequence[SceneObject], obj: SceneObject) -> SceneObjec
     return None
 
 
-def _sample_placement(rng: np.random.Generator, objects: Sequence[SceneObject], obj: SceneObject, camera: Camera,
-                      extent: float, margin: float, max_tries: int) -> SceneObject:
+def _sample_placement(
+    rng: np.random.Generator,
+    objects: Sequence[SceneObject],
+    obj: SceneObject,
+    camera: Camera,
+    extent: float,
+    margin: float,
+    max_tries: int,
+) -> SceneObject:
     """`obj` at a random free, in-view ground position with a random yaw (rejection sampling)."""
     for _ in range(max_tries):
         x, y = rng.uniform(-extent, extent, size=2)
         cand = place_object(obj.id, obj.shape, obj.color, obj.size, (x, y), rng.uniform(0, 2 * math.pi))
-        if _in_view(camera, cand.position, margin) and _overlapping(objects, cand) is None:
+        if in_view(camera, cand, margin) and overlapping(objects, cand) is None:
             return cand
-    raise ValueError(f"could not place a {obj.describe()} without overlap in {max_tries} tries; "
-                     f"use fewer or smaller objects")
+    raise ValueError(
+        f"could not place a {obj.describe()} without overlap in {max_tries} tries; use fewer or smaller objects"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,20 +382,22 @@ class Rendering:
     """`scene.to_graph()`."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unit_mesh(shape: str) -> tuple[np.ndarray, np.ndarray]:
     """Vertices (float64) and triangles (uint32) of a size-1 shape centred on its bounding-box centre."""
     tm = o3d.geometry.TriangleMesh
-    mesh = {"cube": lambda: tm.create_box(1.0, 1.0, 1.0).translate((-0.5, -0.5, -0.5)),
-            "sphere": lambda: tm.create_sphere(0.5, 24),
-            "cylinder": lambda: tm.create_cylinder(0.5, 1.0, 48, 1),
-            "cone": lambda: tm.create_cone(0.5, 1.0, 48, 1).translate((0.0, 0.0, -0.5)),
-            "torus": lambda: tm.create_torus(0.5 - _TUBE, _TUBE, 48, 16)}[shape]()
+    mesh = {
+        "cube": lambda: tm.create_box(1.0, 1.0, 1.0).translate((-0.5, -0.5, -0.5)),
+        "sphere": lambda: tm.create_sphere(0.5, 24),
+        "cylinder": lambda: tm.create_cylinder(0.5, 1.0, 48, 1),
+        "cone": lambda: tm.create_cone(0.5, 1.0, 48, 1).translate((0.0, 0.0, -0.5)),
+        "torus": lambda: tm.create_torus(0.5 - _TUBE, _TUBE, 48, 16),
+    }[shape]()
     return np.asarray(mesh.vertices, np.float64), np.asarray(mesh.triangles, np.uint32)
 
 
 @functools.lru_cache(maxsize=16)
-def _camera_rays(camera: Camera) -> o3d.core.Tensor:
+def camera_rays(camera: Camera) -> o3d.core.Tensor:
     """(H, W, 6) world rays through pixel centres. Directions are scaled so their camera-frame z is 1,
     which makes the ray parameter t_hit equal to depth (z), not Euclidean distance."""
     u, v = np.meshgrid(np.arange(camera.width, dtype=np.float64), np.arange(camera.height, dtype=np.float64))
@@ -318,13 +407,14 @@ def _camera_rays(camera: Camera) -> o3d.core.Tensor:
     return o3d.core.Tensor(rays.astype(np.float32))
 
 
-def _raycasting_scene(objects: Sequence[SceneObject], ground: bool = True) -> o3d.t.geometry.RaycastingScene:
-    """Geometry id 0 is the ground (when present), then objects in order."""
+def _raycasting_scene(objects: Sequence[SceneObject]) -> o3d.t.geometry.RaycastingScene:
+    """Geometry id 0 is the ground quad, then the objects in order."""
     rs = o3d.t.geometry.RaycastingScene()
-    if ground:
-        g = _GROUND_HALF
-        rs.add_triangles(o3d.core.Tensor(np.array([[-g, -g, 0], [g, -g, 0], [g, g, 0], [-g, g, 0]], np.float32)),
-                         o3d.core.Tensor(np.array([[0, 1, 2], [0, 2, 3]], np.uint32)))
+    g = _GROUND_HALF
+    rs.add_triangles(
+        o3d.core.Tensor(np.array([[-g, -g, 0], [g, -g, 0], [g, g, 0], [-g, g, 0]], np.float32)),
+        o3d.core.Tensor(np.array([[0, 1, 2], [0, 2, 3]], np.uint32)),
+    )
     for o in objects:
         verts, tris = _unit_mesh(o.shape)
         c, s = math.cos(o.yaw), math.sin(o.yaw)
@@ -337,14 +427,15 @@ def _raycasting_scene(objects: Sequence[SceneObject], ground: bool = True) -> o3
 def _trace(scene: Scene, camera: Camera) -> tuple[o3d.t.geometry.RaycastingScene, dict[str, np.ndarray], np.ndarray]:
     """Cast one ray per pixel; returns the raycasting scene, the hit arrays and the instance map."""
     rs = _raycasting_scene(scene.objects)
-    hits = {k: v.numpy() for k, v in rs.cast_rays(_camera_rays(camera)).items()}
+    hits = {k: v.numpy() for k, v in rs.cast_rays(camera_rays(camera)).items()}
     lookup = np.array([-1] + [o.id for o in scene.objects] + [-1], np.int32)  # last entry: missed rays
     gid = np.minimum(hits["geometry_ids"].astype(np.int64), len(scene.objects) + 1)
     return rs, hits, lookup[gid]
 
 
-def _visibility(scene: Scene, camera: Camera, rs: o3d.t.geometry.RaycastingScene,
-                instance: np.ndarray) -> dict[int, float]:
+def _visibility(
+    scene: Scene, camera: Camera, rs: o3d.t.geometry.RaycastingScene, instance: np.ndarray
+) -> dict[int, float]:
     # A ray whose first hit is ground or sky cannot pass through any object (objects stand on z >= 0 and
     # the camera looks down from above), so only object-hitting rays need all their intersections listed.
     ids = [o.id for o in scene.objects]
@@ -352,7 +443,7 @@ def _visibility(scene: Scene, camera: Camera, rs: o3d.t.geometry.RaycastingScene
     visible = {i: int(c) for i, c in zip(*np.unique(instance[sel], return_counts=True))}
     unoccluded = dict.fromkeys(ids, 0)
     if sel.any():
-        rays = o3d.core.Tensor(_camera_rays(camera).numpy()[sel])
+        rays = o3d.core.Tensor(camera_rays(camera).numpy()[sel])
         li = rs.list_intersections(rays)
         gid, ray = li["geometry_ids"].numpy().astype(np.int64), li["ray_ids"].numpy().astype(np.int64)
         pairs = np.unique(ray[gid > 0] * (len(ids) + 1) + gid[gid > 0])  # a ray enters and leaves: count it once
@@ -361,59 +452,72 @@ def _visibility(scene: Scene, camera: Camera, rs: o3d.t.geometry.RaycastingScene
     return {i: (visible.get(i, 0) / unoccluded[i] if unoccluded[i] else 0.0) for i in ids}
 
 
-def visible_fractions(scene: Scene, scale: float = 0.5) -> dict[int, float]:
+def visible_fractions(scene: Scene, scale: float = 1.0) -> dict[int, float]:
     """Object id -> visible fraction (as in `Rendering.visible_fraction`), traced at `scale` x resolution."""
     camera = scene.camera.scaled(scale)
     rs, _, instance = _trace(scene, camera)
     return _visibility(scene, camera, rs, instance)
 
 
+def _object_normals(objs: Sequence[SceneObject], gid: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Smooth analytic normals for the curved shapes (the meshes are faceted); cubes and the flat caps of
+    cylinders and cones keep their triangle normal `n`. All are rotation-invariant about z, so yaw is moot."""
+    code = np.array([-1] + [SHAPES.index(o.shape) for o in objs])[gid]
+    size = np.array([0.0] + [o.metres for o in objs], np.float32)[gid]
+    d = p - np.array([(0.0, 0.0, 0.0)] + [o.position for o in objs], np.float32)[gid]
+    radial = np.concatenate([d[:, :2], np.zeros((len(d), 1), np.float32)], axis=1)
+    radial /= np.sqrt(np.einsum("ij,ij->i", radial, radial))[:, None] + 1e-12
+    side = np.abs(n[:, 2]) < 0.9
+    for shape, normal, where in (
+        ("sphere", d, True),
+        ("cylinder", radial, side),
+        ("cone", radial + np.float32([0, 0, 0.5]), side),  # side slope: height = 2 r
+        ("torus", d - (0.5 - _TUBE) * size[:, None] * radial, True),
+    ):
+        sel = (code == SHAPES.index(shape)) & where
+        n[sel] = normal[sel]
+    return n / np.sqrt(np.einsum("ij,ij->i", n, n))[:, None]
+
+
 def render(scene: Scene, *, shadows: bool = True) -> Rendering:
-    """Ray-cast `scene`: exact z-depth and instance ids per pixel centre, Lambert + ambient + a little
+    """Ray-cast `scene`: exact z-depth and instance ids per pixel centre; Lambert + ambient + a little
     specular shading with hard shadows from the directional light, a checkered ground, a plain sky."""
-    camera = scene.camera
+    camera, objs = scene.camera, list(scene.objects)
     rs, hits, instance = _trace(scene, camera)
     t = hits["t_hit"]
     hit = np.isfinite(t)
     depth = np.where(hit, t, 0.0).astype(np.float32)
 
-    rays = _camera_rays(camera).numpy()[hit].astype(np.float64)
-    p = rays[:, :3] + t[hit, None] * rays[:, 3:]
-    view = rays[:, 3:] / np.linalg.norm(rays[:, 3:], axis=1, keepdims=True)
+    rays = camera_rays(camera).numpy()[hit]
+    th = t[hit]
+    p = rays[:, :3] + th[:, None] * rays[:, 3:]
+    view = rays[:, 3:] / np.sqrt(np.einsum("ij,ij->i", rays[:, 3:], rays[:, 3:]))[:, None]
     gid = hits["geometry_ids"][hit].astype(np.int64)
-    n = hits["primitive_normals"][hit].astype(np.float64)
-    n *= np.where(np.sum(n * view, axis=1) > 0, -1.0, 1.0)[:, None]  # face the camera, whatever the winding
-    # Smooth analytic normals for the curved shapes (the meshes are faceted); caps keep their flat normal.
-    objs = list(scene.objects)
-    code = np.array([-1] + [SHAPES.index(o.shape) for o in objs])[gid]
-    size = np.array([0.0] + [o.metres for o in objs])[gid]
-    d = p - np.array([(0.0, 0.0, 0.0)] + [o.position for o in objs])[gid]
-    radial = np.concatenate([d[:, :2], np.zeros((len(d), 1))], axis=1)
-    radial /= np.linalg.norm(radial, axis=1, keepdims=True) + 1e-12
-    side = np.abs(n[:, 2]) < 0.9
-    for shape, normal, where in (("sphere", d, True), ("cylinder", radial, side),
-                                 ("cone", radial + [0.0, 0.0, 0.5], side),  # slope of a cone with height = 2 r
-                                 ("torus", d - (0.5 - _TUBE) * size[:, None] * radial, True)):
-        n = np.where(((code == SHAPES.index(shape)) & where)[:, None], normal, n)
-    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+    n = np.zeros_like(p)
+    n[:, 2] = 1.0  # ground
+    obj = np.flatnonzero(gid > 0)
+    tri_n = hits["primitive_normals"][hit][obj]
+    tri_n *= np.where(np.einsum("ij,ij->i", tri_n, view[obj]) > 0, -1.0, 1.0).astype(np.float32)[:, None]
+    n[obj] = _object_normals(objs, gid[obj], p[obj], tri_n)
 
-    light = np.asarray(scene.light_dir, np.float64) / np.linalg.norm(scene.light_dir)
+    light = np.asarray(scene.light_dir, np.float32) / np.float32(np.linalg.norm(scene.light_dir))
     lambert = np.clip(n @ light, 0.0, None)
     if shadows:
-        lit = lambert > 0
-        srays = np.concatenate([p[lit] + 5e-3 * n[lit], np.broadcast_to(light, (int(lit.sum()), 3))], axis=1)
-        occluded = rs.test_occlusions(o3d.core.Tensor(srays.astype(np.float32))).numpy()
-        lambert[np.flatnonzero(lit)[occluded]] = 0.0
-    albedo = np.array([scene.ground_color] + [COLORS[o.color] for o in objs], np.float64)[gid] / 255
-    ground = gid == 0
-    checker = (np.floor(p[:, 0] / _TILE) + np.floor(p[:, 1] / _TILE)) % 2
-    albedo[ground] *= (1.0 - 0.08 * checker[ground])[:, None]
-    half = light - view
-    half /= np.linalg.norm(half, axis=1, keepdims=True)
-    spec = np.where(ground | (lambert <= 0), 0.0, 0.25 * np.clip(np.sum(n * half, axis=1), 0, 1) ** 40)
-    color = albedo * (_AMBIENT + (1 - _AMBIENT) * lambert)[:, None] + spec[:, None]
-    fog = np.clip((t[hit] - 12.0) / 30.0, 0.0, 0.7)[:, None]  # far ground fades into the sky
-    color = (1 - fog) * color + fog * np.asarray(scene.background_color) / 255
+        lit = np.flatnonzero(lambert > 0)
+        srays = np.concatenate([p[lit] + 5e-3 * n[lit], np.broadcast_to(light, (len(lit), 3))], axis=1)
+        lambert[lit[rs.test_occlusions(o3d.core.Tensor(srays)).numpy()]] = 0.0
+    albedo = np.array([scene.ground_color] + [COLORS[o.color] for o in objs], np.float32)[gid] / 255
+    ground = np.flatnonzero(gid == 0)
+    checker = (np.floor(p[ground, 0] / _TILE) + np.floor(p[ground, 1] / _TILE)) % 2
+    albedo[ground] *= (1.0 - 0.08 * checker)[:, None]
+    color = albedo * (_AMBIENT + (1 - _AMBIENT) * lambert)[:, None]
+    half = light - view[obj]
+    half /= np.sqrt(np.einsum("ij,ij->i", half, half))[:, None]
+    spec = 0.25 * np.clip(np.einsum("ij,ij->i", n[obj], half), 0, 1) ** 40
+    color[obj] += np.where(lambert[obj] > 0, spec, 0.0)[:, None]
+    far = np.flatnonzero(th > 12.0)  # far ground fades into the sky, hiding the ground's finite edge
+    fog = np.clip((th[far] - 12.0) / 30.0, 0.0, 0.7)[:, None]
+    color[far] = (1 - fog) * color[far] + fog * np.asarray(scene.background_color, np.float32) / 255
 
     rgb = np.empty((camera.height, camera.width, 3), np.uint8)
     rgb[:] = np.asarray(scene.background_color, np.uint8)
@@ -424,3 +528,67 @@ def render(scene: Scene, *, shadows: bool = True) -> Rendering:
         if len(xs):
             boxes[o.id] = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     return Rendering(rgb, depth, instance, boxes, _visibility(scene, camera, rs, instance), scene.to_graph())
+
+
+# --------------------------------------------------------------------------------------------------
+# Animation: sequences of scenes for synthetic videos
+
+
+def animate(
+    scene: Scene,
+    rng: np.random.Generator,
+    n_frames: int,
+    *,
+    n_moving: int | tuple[int, int] = (1, 3),
+    distance: tuple[float, float] = (0.6, 1.6),
+    orbit_deg: float = 0.0,
+    easing: str = "friction",
+    margin: float = 0.02,
+    max_tries: int = 50,
+) -> list[Scene]:
+    """`n_frames` scenes (frame 0 is `scene`) in which `n_moving` objects slide along straight lines and the
+    camera orbits the look-at point by `orbit_deg` in total.
+
+    easing "friction": each mover starts fast and decelerates to a stop (s = 1 - (1 - tau)^2), which
+    gives the clip a direction in time (played backwards, objects would speed up for no reason);
+    "linear": constant speed. Paths keep movers off all other objects, in every frame, and their centres
+    in view; a mover for which no such path is found in `max_tries` tries stays still.
+    """
+    if n_frames < 1 or easing not in ("friction", "linear"):
+        raise ValueError(f"animate: need n_frames >= 1 (got {n_frames}) and easing 'friction' or 'linear'")
+    taus = np.linspace(0.0, 1.0, n_frames) if n_frames > 1 else np.zeros(1)
+    s = 1 - (1 - taus) ** 2 if easing == "friction" else taus
+    cameras = [_orbit(scene.camera, math.radians(orbit_deg) * float(tau)) for tau in taus]
+    lo, hi = (n_moving, n_moving) if isinstance(n_moving, int) else n_moving
+    k = min(int(rng.integers(lo, hi + 1)), len(scene.objects))
+    movers = {int(i) for i in rng.choice(len(scene.objects), size=k, replace=False)} if k else set()
+    # tracks[i][f] is object i in frame f; static objects are the same in every frame
+    tracks = [[o] * n_frames for o in scene.objects]
+    for i in sorted(movers):
+        o = scene.objects[i]
+        for _ in range(max_tries):
+            ang, dist = rng.uniform(0, 2 * math.pi), rng.uniform(*distance)
+            step = np.array([math.cos(ang), math.sin(ang)]) * dist
+            path = [place_object(o.id, o.shape, o.color, o.size, np.add(o.position[:2], f * step), o.yaw) for f in s]
+            if all(
+                in_view(cam, p, margin) and overlapping([t[f] for j, t in enumerate(tracks) if j != i], p) is None
+                for f, (cam, p) in enumerate(zip(cameras, path))
+            ):
+                tracks[i] = path
+                break
+    return [replace(scene, objects=tuple(t[f] for t in tracks), camera=cameras[f]) for f in range(n_frames)]
+
+
+def _orbit(camera: Camera, angle: float) -> Camera:
+    """The camera rotated by `angle` (radians) about the vertical axis through the ground point it looks at."""
+    if angle == 0.0:
+        return camera
+    m = camera.matrix
+    eye, axis = m[:3, 3], m[:3, 2]
+    pivot = eye - axis * (eye[2] / axis[2]) if axis[2] < -1e-6 else np.zeros(3)  # optical axis meets z = 0
+    c, s = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    new = np.eye(4)
+    new[:3, :3] = rot @ m[:3, :3]
+    new[:3, 3] = rot @ (eye - pivot) + pivot
+    return replace(camera, pose=_as_pose(new))

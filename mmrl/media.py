@@ -1,0 +1,506 @@
+"""Image, video, depth, mesh and point-cloud I/O, plus Qwen-VL pixel budgets.
+
+Every failure to read a user's file raises one :class:`~mmrl.errors.MediaError` whose
+message names the file and says what is wrong; raw PIL/decord/PyAV/Open3D exceptions
+never escape. decord, PyAV and Open3D are imported lazily: each bundles large native
+libraries (decord and PyAV each their own FFmpeg), and most callers need only one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import math
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from mmrl.errors import MediaError
+
+if TYPE_CHECKING:
+    import open3d
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"})
+MESH_EXTENSIONS = frozenset({".ply", ".obj", ".stl", ".off", ".gltf", ".glb"})
+# .ply is in both sets: a PLY holds a mesh, a point cloud, or both (its vertices).
+POINT_CLOUD_EXTENSIONS = frozenset({".ply", ".pcd", ".xyz", ".xyzn", ".xyzrgb", ".pts"})
+
+QWEN2_VL_FACTOR = 28  # Qwen2-VL / Qwen2.5-VL: patch 14 x spatial merge 2
+QWEN3_VL_FACTOR = 32  # Qwen3-VL: patch 16 x spatial merge 2
+MAX_ASPECT_RATIO = 200  # same limit as Qwen's processors
+
+_T = TypeVar("_T")
+_CAPTURE_LOCK = threading.Lock()
+_TIME_EPS = 1e-6  # seconds; absorbs float error when comparing frame times to a window
+
+
+def _require_file(path: str | Path, kind: str) -> Path:
+    """Return `path` as a Path, or raise MediaError if it is missing, a folder, or empty."""
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"{kind} file not found: {p}")
+    if not p.is_file():
+        raise MediaError(f"{kind} path is not a file: {p}")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{kind} file is empty (0 bytes): {p}")
+    return p
+
+
+def _native_call(fn: Callable[[], _T], failure: str) -> tuple[_T, str]:
+    """Call `fn` with the process's stdout/stderr file descriptors sent to a temp file.
+
+    decord, FFmpeg and Open3D report problems by printing from C/C++ (Open3D even returns
+    a half-filled point cloud from a truncated PLY), so we capture that text to keep the
+    console quiet and to explain failures. Returns (result, captured text); if `fn`
+    raises, raises MediaError("<failure> (<reason>)"). File descriptors are per process,
+    so a lock serialises these calls across threads (else one thread could "restore" fd 1
+    to another's temp file); output other threads print meanwhile is swallowed too.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        libc_fflush = ctypes.CDLL(None).fflush
+    except (OSError, AttributeError):  # e.g. Windows: C buffers are not flushed, best effort
+        libc_fflush = None
+    error: Exception | None = None
+    # Open3D's Python module prints through sys.stdout, which pytest and Jupyter replace:
+    # capture that as well as the file descriptors that C code writes to.
+    py_text = io.StringIO()
+    with (
+        _CAPTURE_LOCK,
+        tempfile.TemporaryFile() as sink,
+        contextlib.redirect_stdout(py_text),
+        contextlib.redirect_stderr(py_text),
+    ):
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            result = fn()
+        except Exception as e:  # decord: RuntimeError, DECORDError; Open3D: RuntimeError
+            error = e
+        finally:
+            if libc_fflush is not None:
+                libc_fflush(None)  # C stdio buffers output sent to a file; push it out first
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+        sink.seek(0)
+        log = _clean_log(sink.read().decode("utf-8", errors="replace") + "\n" + py_text.getvalue())
+    if error is not None:
+        lines = [*log.splitlines(), *_clean_log(str(error)).splitlines()]
+        reason = "; ".join(dict.fromkeys(line for line in lines[-3:] if line))[:400]
+        raise MediaError(f"{failure} ({reason})") from error
+    return result, log
+
+
+def _clean_log(text: str) -> str:
+    """Drop ANSI colours and the '[12:00:00] file.cc:83: ' / '[mov @ 0x..] ' prefixes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: |\[[^\]]* @ 0x[0-9a-f]+\] ", "", text)
+    return "\n".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+# --------------------------------------------------------------------------- images
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Load an image fully decoded, EXIF-rotated and converted to 8-bit RGB.
+
+    Alpha (LA, RGBA, PA, transparent P) is composited over white; 16-bit grey (I;16, I)
+    is scaled by 1/257 so 65535 maps to 255; other modes (L, 1, CMYK, YCbCr, F) use
+    PIL's conversion. Multi-frame files (GIF, TIFF) give their first frame.
+    """
+    p = _require_file(path, "image")
+    try:
+        with Image.open(p) as im:
+            im.load()  # PIL decodes lazily; force it so truncated files fail here
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
+        raise MediaError(f"cannot decode image {p}: truncated, corrupt or not an image ({e})") from e
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode.startswith("I;16") or im.mode == "I":
+        grey = np.clip(np.asarray(im, dtype=np.float64) / 257.0, 0, 255)
+        im = Image.fromarray(np.rint(grey).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = QWEN2_VL_FACTOR,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 1280,
+) -> tuple[int, int]:
+    """Return the (height, width) Qwen-VL resizes an image to, as in Qwen's `smart_resize`.
+
+    Source: `smart_resize` in qwen-vl-utils (`vision_process.py`) and in transformers'
+    Qwen2-VL image processor; Qwen2.5-VL and Qwen3-VL reuse it. With f = factor:
+
+        h' = max(f, round(h / f) * f),  w' = max(f, round(w / f) * f)
+        if h' * w' > max_pixels:  b = sqrt(h * w / max_pixels)
+                                  h' = max(f, floor(h / b / f) * f), same for w'
+        if h' * w' < min_pixels:  b = sqrt(min_pixels / (h * w))
+                                  h' = ceil(h * b / f) * f, same for w'
+
+    `round` is Python's (ties to even), as in Qwen. The `max(f, .)` guards combine the
+    two upstream variants (qwen-vl-utils has the first, transformers the second) so each
+    side is at least `factor`; the result equals qwen-vl-utils' whenever that has no
+    zero side. Only a budget too small for the aspect ratio (narrow side < f after
+    shrinking) gives h' * w' > max_pixels, as in transformers. Use factor 28 for
+    Qwen2/2.5-VL and 32 for Qwen3-VL. Raises ValueError if max/min side > 200.
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if not 0 < min_pixels <= max_pixels:
+        raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
+    ratio = max(height, width) / min(height, width)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ValueError(f"absolute aspect ratio must be smaller than {MAX_ASPECT_RATIO}, got {ratio}")
+    h_bar = max(factor, round(height / factor) * factor)
+    w_bar = max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def resize_to_budget(
+    image: Image.Image, min_pixels: int, max_pixels: int, factor: int = QWEN2_VL_FACTOR
+) -> Image.Image:
+    """Resize (bicubic) to the size :func:`smart_resize` picks for this pixel budget."""
+    height, width = smart_resize(image.height, image.width, factor, min_pixels, max_pixels)
+    if (height, width) == (image.height, image.width):
+        return image.copy()
+    return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+# --------------------------------------------------------------------------- video
+
+
+@dataclass
+class VideoInfo:
+    """Basic facts about a video. duration = num_frames / fps (constant frame rate)."""
+
+    path: str
+    num_frames: int
+    fps: float
+    duration: float
+    width: int
+    height: int
+
+
+@dataclass
+class VideoFrames:
+    """Frames sampled from a video.
+
+    frames: (T, H, W, 3) uint8 RGB. timestamps: (T,) float64 seconds, index / source_fps.
+    indices: (T,) int64 source frame indices, strictly increasing.
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    indices: np.ndarray
+    source_fps: float
+    path: str
+
+
+def _open_video(path: str | Path) -> tuple[Any, Path]:
+    """Open with decord (CPU, one thread for determinism); return (reader, path)."""
+    p = _require_file(path, "video")
+    import decord
+
+    reader, _ = _native_call(
+        lambda: decord.VideoReader(str(p), ctx=decord.cpu(0), num_threads=1),
+        f"cannot open video {p}: not a video, truncated or corrupt",
+    )
+    fps = float(reader.get_avg_fps())
+    if len(reader) <= 0 or not math.isfinite(fps) or fps <= 0:
+        raise MediaError(f"cannot open video {p}: no frames or no frame rate (fps={fps}, frames={len(reader)})")
+    return reader, p
+
+
+def _decode(reader: Any, indices: np.ndarray, p: Path) -> np.ndarray:
+    """Decode the given frames; truncated files often open fine and only fail here."""
+    try:
+        batch, _ = _native_call(
+            lambda: reader.get_batch(indices.tolist()).asnumpy(),
+            f"cannot decode frames of video {p}: truncated or corrupt",
+        )
+    except MediaError as e:
+        if "size must exactly match" not in str(e):
+            raise
+        # decord 0.6 returns 4-6 channels for a few narrow widths (seen: 2-8, 12, 16, 24, 48, 72 px).
+        raise MediaError(
+            f"cannot decode frames of video {p}: decord cannot convert frames of this width to RGB "
+            "(a decord 0.6 bug for a few narrow widths); re-encode the video at another width"
+        ) from e
+    if batch.ndim != 4 or batch.shape[0] != len(indices) or batch.shape[3] != 3:
+        raise MediaError(f"cannot decode frames of video {p}: got shape {batch.shape} for {len(indices)} frames")
+    return batch
+
+
+def video_info(path: str | Path) -> VideoInfo:
+    """Frame count, average fps, duration and size of a video (decodes frame 0 to check it)."""
+    reader, p = _open_video(path)
+    first = _decode(reader, np.array([0]), p)
+    n, fps = len(reader), float(reader.get_avg_fps())
+    return VideoInfo(str(p), n, fps, n / fps, int(first.shape[2]), int(first.shape[1]))
+
+
+def _even_subsample(indices: np.ndarray, count: int) -> np.ndarray:
+    """Pick `count` of `indices` at the centres of `count` equal bins (distinct if count <= len)."""
+    positions = np.floor((np.arange(count) + 0.5) * len(indices) / count).astype(np.int64)
+    return indices[positions]
+
+
+def read_video(
+    path: str | Path,
+    *,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> VideoFrames:
+    """Read frames from the window [start, end) seconds of a video with decord.
+
+    Frame i is taken to be shown at t_i = i / source_fps (decord's average fps, i.e. a
+    constant-frame-rate clock starting at 0); the window holds frames with
+    start <= t_i < end. `end` past the video is clipped to its duration; a window that
+    starts after the video or holds no frame raises MediaError. Then, at most one of:
+
+    - num_frames=k: the frames at the centres of k equal bins over the window frames
+      (window frame floor((j + 0.5) * m / k) for j < k, m = frames in window);
+      MediaError if m < k;
+    - fps=f: for each target time start + j / f inside the window, the nearest frame
+      (clipped into the window); duplicates are dropped, so f above the source rate
+      gives each source frame once;
+    - neither: every frame in the window.
+
+    If more than `max_frames` remain they are evenly subsampled (bin centres) to it.
+    """
+    if num_frames is not None and fps is not None:
+        raise ValueError("pass at most one of num_frames and fps")
+    for name, value in (("num_frames", num_frames), ("fps", fps), ("max_frames", max_frames)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if start is not None and start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if end is not None and end <= (start or 0.0):
+        raise ValueError(f"end must be > start, got [{start}, {end})")
+
+    reader, p = _open_video(path)
+    src_fps = float(reader.get_avg_fps())
+    times = np.arange(len(reader)) / src_fps
+    duration = len(reader) / src_fps
+    t0 = 0.0 if start is None else float(start)
+    t1 = duration if end is None else min(float(end), duration)
+    window = np.flatnonzero((times >= t0 - _TIME_EPS) & (times < t1 - _TIME_EPS))
+    if len(window) == 0:
+        raise MediaError(f"video {p} has no frames in window [{start}, {end}) s; it lasts {duration:.3f} s")
+
+    if num_frames is not None:
+        if len(window) < num_frames:
+            raise MediaError(
+                f"video {p} has {len(window)} frames in window [{start}, {end}) s, fewer than num_frames={num_frames}"
+            )
+        indices = _even_subsample(window, num_frames)
+    elif fps is not None:
+        targets = t0 + np.arange(max(1, math.ceil((t1 - t0) * fps - _TIME_EPS))) / fps
+        nearest = np.floor(targets * src_fps + 0.5 + _TIME_EPS).astype(np.int64)  # ties round up
+        indices = np.unique(np.clip(nearest, window[0], window[-1]))
+    else:
+        indices = window
+    if max_frames is not None and len(indices) > max_frames:
+        indices = _even_subsample(indices, max_frames)
+
+    indices = indices.astype(np.int64)
+    frames = _decode(reader, indices, p)
+    return VideoFrames(frames, indices / src_fps, indices, src_fps, str(p))
+
+
+def _encoder_options(codec: str, crf: int) -> dict[str, str]:
+    options = {"threads": "1"}
+    if codec in ("libx264", "libx265"):
+        options["crf"] = str(crf)
+    if codec == "libx264":
+        # x264's macroblock-tree rate control (SIMD path) gave different bytes from run to
+        # run in one process for the same frames; without it the output is reproducible.
+        options["x264-params"] = "mbtree=0"
+    return options
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray | Sequence[np.ndarray],
+    fps: float,
+    *,
+    codec: str = "libx264",
+    crf: int = 18,
+) -> Path:
+    """Encode RGB uint8 frames (T, H, W, 3) to a yuv420p video with PyAV; return the path.
+
+    Height and width must be even (4:2:0 chroma); we raise ValueError rather than pad,
+    so pixels are never silently added. With libx264 the output is byte-identical across
+    runs for the same input (one thread, mbtree off, frame pts i / fps, bitexact muxing,
+    no creation time); other codecs are not checked. `crf` applies to libx264/libx265.
+    decord 0.6 cannot read back a few narrow widths (seen: 2-8, 12, 16, 24, 48, 72 px).
+    """
+    arrays = [np.asarray(f) for f in frames]
+    if not arrays:
+        raise ValueError("write_video needs at least one frame")
+    height, width = arrays[0].shape[:2]
+    for i, f in enumerate(arrays):
+        if f.dtype != np.uint8 or f.shape != (height, width, 3):
+            raise ValueError(f"frame {i} must be uint8 of shape {(height, width, 3)}, got {f.dtype} {f.shape}")
+    if height % 2 or width % 2:
+        raise ValueError(f"yuv420p needs even height and width, got {height}x{width}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be positive, got {fps}")
+    import av
+
+    if codec not in av.codecs_available:
+        raise ValueError(f"codec {codec!r} is not in this PyAV build")
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)  # 29.97 -> 2997/100, 30000/1001 stays exact
+    options = {"fflags": "+bitexact"}
+    if p.suffix.lower() in (".mp4", ".mov", ".m4v"):
+        options["movflags"] = "+faststart"  # index first: streamable, same bytes every time
+    try:
+        with av.open(str(p), "w", options=options) as container:
+            stream = container.add_stream(codec, rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            ctx = stream.codec_context
+            ctx.thread_count = 1  # multithreaded encoders are not bit-reproducible
+            ctx.time_base = 1 / rate
+            # PyAV converts RGB with swscale's default matrix, BT.601 limited range: say so.
+            ctx.colorspace, ctx.color_range = 6, 1  # AVCOL_SPC_SMPTE170M, AVCOL_RANGE_MPEG
+            stream.options = _encoder_options(codec, crf)
+            for i, f in enumerate(arrays):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+                frame.pts = i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    except Exception as e:
+        p.unlink(missing_ok=True)  # do not leave a half-written file behind
+        raise MediaError(f"cannot write video {p}: {e}") from e
+    return p
+
+
+# --------------------------------------------------------------------------- depth
+
+
+def load_depth(path: str | Path, scale: float = 1000.0) -> np.ndarray:
+    """Load a single-channel depth image as float32 metres: depth = value / scale.
+
+    `scale` is units per metre: 1000 for 16-bit PNGs in millimetres (ScanNet, NYU),
+    5000 for TUM RGB-D. 0 means invalid and stays 0; negative or non-finite values become 0.
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    p = _require_file(path, "depth")
+    try:
+        with Image.open(p) as im:
+            mode, raw = im.mode, np.asarray(im, dtype=np.float64)  # asarray decodes fully
+    except Exception as e:
+        raise MediaError(f"cannot decode depth image {p}: truncated, corrupt or not an image ({e})") from e
+    if mode not in ("I;16", "I;16B", "I;16L", "I", "F", "L"):
+        raise MediaError(f"depth image {p} must be single-channel, got mode {mode}")
+    depth = raw / scale
+    depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+    return depth.astype(np.float32)
+
+
+def save_depth(path: str | Path, depth_m: np.ndarray, scale: float = 1000.0) -> Path:
+    """Save metres as a uint16 PNG of round(depth * scale), clipped to [0, 65535].
+
+    NaN, inf and negative depths are written as 0 (invalid).
+    """
+    depth = np.asarray(depth_m, dtype=np.float64)
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be 2-D (H, W), got shape {depth.shape}")
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    units = np.where(np.isfinite(depth) & (depth > 0), depth * scale, 0.0)
+    values = np.clip(np.rint(units), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+    p = Path(path)
+    Image.fromarray(values).save(p, format="PNG")
+    return p
+
+
+# --------------------------------------------------------------------------- 3D
+
+# Open3D returns empty or half-filled geometry on failure and only prints why.
+_O3D_FAILURE = re.compile(r"fail|unable|error|cannot|can't|invalid", re.IGNORECASE)
+
+
+def _read_o3d(path: str | Path, kind: str, extensions: frozenset[str], reader: str) -> Any:
+    """Read with `open3d.io.<reader>`, raising MediaError on any failure it reports."""
+    p = _require_file(path, kind)
+    if p.suffix.lower() not in extensions:
+        raise MediaError(f"unsupported {kind} format {p.suffix!r} for {p} (expected one of {sorted(extensions)})")
+    import open3d as o3d
+
+    def _read() -> Any:
+        # Force warnings on (the user may have lowered verbosity): they are how we detect failure.
+        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Warning):
+            return getattr(o3d.io, reader)(str(p))
+
+    geometry, log = _native_call(_read, f"cannot read {kind} {p}")
+    problems = [line for line in log.splitlines() if _O3D_FAILURE.search(line)]
+    if problems:
+        raise MediaError(f"cannot read {kind} {p}: truncated or corrupt ({problems[-1]})")
+    return geometry
+
+
+def load_mesh(path: str | Path) -> open3d.geometry.TriangleMesh:
+    """Load a triangle mesh (.ply/.obj/.stl/.off/.gltf/.glb) with Open3D.
+
+    Raises MediaError if the file is missing, unreadable, or has no triangles.
+    """
+    mesh = _read_o3d(path, "mesh", MESH_EXTENSIONS, "read_triangle_mesh")
+    if len(mesh.triangles) == 0 or len(mesh.vertices) == 0:
+        raise MediaError(f"cannot read mesh {path}: no triangles (corrupt, or not a mesh)")
+    return mesh
+
+
+def load_point_cloud(path: str | Path) -> open3d.geometry.PointCloud:
+    """Load a point cloud (.ply/.pcd/.xyz/.xyzn/.xyzrgb/.pts) with Open3D.
+
+    Raises MediaError if the file is missing, unreadable, or has no points.
+    """
+    cloud = _read_o3d(path, "point cloud", POINT_CLOUD_EXTENSIONS, "read_point_cloud")
+    if len(cloud.points) == 0:
+        raise MediaError(f"cannot read point cloud {path}: no points (corrupt, or not a point cloud)")
+    return cloud
