@@ -68,8 +68,40 @@ def cmd_corpus(args: argparse.Namespace) -> None:
     )
 
 
+def _run_config(args: argparse.Namespace):
+    from mmrl.config import RunConfig, load_config
+
+    return load_config(RunConfig, args.config, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from mmrl.grpo.trainer import train
+
+    cfg = _run_config(args)
+    if cfg.train.cold_start:
+        from mmrl.sft import sft
+
+        warm = Path(cfg.sft.out_dir) / "final"
+        if not (warm / "config.json").exists():
+            print(f"cold start: supervised fine-tuning into {warm}")
+            sft(cfg)
+        else:
+            print(f"cold start: reusing {warm}")
+        cfg.model.path = str(warm)
+    run_dir = train(cfg)
+    print(f"run folder: {run_dir.resolve()}")
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from mmrl.sft import sft
+
+    cfg = _run_config(args)
+    run_dir = sft(cfg)
+    print(f"run folder: {run_dir.resolve()} (model: {(run_dir / 'final').resolve()})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from mmrl.config import CorpusConfig
+    from mmrl.config import CorpusConfig, RunConfig
 
     parser = argparse.ArgumentParser(
         prog="mmrl", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,11 +139,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p, CorpusConfig)
     p.set_defaults(func=cmd_corpus)
+
+    p = verbs.add_parser(
+        "train",
+        help="GRPO training (rollouts, rewards, advantages, policy updates, checkpoints)",
+        description="Train a policy with GRPO on a weighted mixture of tasks and datasets. Writes a run folder "
+        "(train.out_dir) with metrics.jsonl, TensorBoard events, a reward-curve PNG, checkpoints and the "
+        "final model. Resume a killed run with `train.resume=auto`. Runs under `accelerate launch -m mmrl.cli "
+        "train ...` for several processes unchanged.\n\nexample:\n  mmrl train --config configs/quickstart.yaml "
+        "train.steps=40 algorithm.clip_high=0.28",
+        formatter_class=formatter,
+    )
+    _add_config_args(p, RunConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser(
+        "sft",
+        help="supervised cold start on Samples' reference answers",
+        description="Supervised fine-tuning on the reference completions of the configured tasks, to warm-start "
+        "a policy's output format before RL (sft.* fields; data.* and model.* as for `train`). With "
+        "`sft.shuffle_answers=true` it teaches the format only. The model is saved in <sft.out_dir>/final."
+        "\n\nexample:\n  mmrl sft --config configs/quickstart_sft.yaml",
+        formatter_class=formatter,
+    )
+    _add_config_args(p, RunConfig)
+    p.set_defaults(func=cmd_sft)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         args.func(args)
     except MMRLError as e:
@@ -121,6 +179,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmrl {args.verb}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars only: transformers' per-file load/save bars would interleave with them."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 if __name__ == "__main__":

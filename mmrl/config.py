@@ -16,9 +16,9 @@ import os
 import textwrap
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -44,7 +44,7 @@ class ModelConfig:
     path: str = "tiny:qwen2.5-vl"
     """Policy checkpoint: a local folder, a hub id, or `tiny:<family>` for the embedded default
     (a tiny random-init model of that family, built into the cache on first use)."""
-    dtype: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype: `auto` (bfloat16 on GPU, float32 on CPU), `float32`, `bfloat16` or `float16`."""
     attn_implementation: str = "sdpa"
     """Attention kernel passed to transformers: `sdpa`, `eager` or `flash_attention_2`."""
@@ -88,6 +88,184 @@ class CorpusConfig:
     """Width and height of rendered RGB-D scenes, in pixels."""
 
 
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf", "vllm"] = "hf"
+    """Generation engine: `hf` (transformers generate; everywhere) or `vllm` (GPU, optional extra)."""
+    n: int = 4
+    """Completions sampled per prompt (the GRPO group size G)."""
+    max_new_tokens: int = 32
+    """Most tokens generated per completion; longer ones are cut and marked truncated."""
+    max_prompt_tokens: int = 2048
+    """Most prompt tokens (text + visual) per prompt; a longer prompt is rejected, never cut."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold (1.0: off)."""
+    top_k: int = 0
+    """Top-k sampling (0: off)."""
+    batch_size: int = 32
+    """Most sequences (prompts x samples) generated in one engine call."""
+    vllm_gpu_memory_utilization: float = 0.5
+    """vLLM only: share of GPU memory its KV cache may take."""
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: Literal["grpo", "dr_grpo", "rloo", "batch_std"] = "grpo"
+    """Advantage estimator: `grpo` ((R - mean) / (std + eps)), `dr_grpo` (R - mean), `rloo`, `batch_std`."""
+    advantage_eps: float = 1e-6
+    """Epsilon added to the group std (grpo)."""
+    loss: Literal["ppo_clip", "gspo"] = "ppo_clip"
+    """Policy loss: `ppo_clip` (per-token ratio) or `gspo` (sequence-level ratio)."""
+    clip_low: float = 0.2
+    """Lower clip range: the ratio is clipped at 1 - clip_low."""
+    clip_high: float = 0.2
+    """Upper clip range: 1 + clip_high (DAPO clip-higher uses 0.28)."""
+    dual_clip: float = 0.0
+    """Dual-clip constant c for negative advantages (0: off; 3 is usual)."""
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
+        "token-mean"
+    )
+    """Loss aggregation: `token-mean`, `seq-mean-token-mean`, `seq-mean-token-sum`, `seq-mean-token-sum-norm`."""
+    kl_coef: float = 0.0
+    """KL weight beta against the frozen reference; 0 loads no reference model."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator: `k1`, `k2` or `k3`."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight c_H (loss -= c_H * entropy)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    mini_batches: int = 1
+    """Optimiser steps per pass (the rollout batch is split into this many mini-batches)."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal and refill with new prompts (DAPO)."""
+    max_resample: int = 3
+    """Dynamic sampling: most extra generation rounds per step."""
+    replay: bool = False
+    """Selective Sample Replay (VL-Rethinker): train on |advantage|-weighted draws from the rollout buffer."""
+    replay_alpha: float = 1.0
+    """Replay: sampling weight |A|^alpha."""
+    replay_refill_factor: int = 2
+    """Replay: training set size = buffer size / refill factor."""
+
+
+@dataclass
+class DataSource:
+    task: str = "dominant_color"
+    """Registry name of a task (live generator) or, with `path`, the task of a dataset on disk."""
+    path: str = ""
+    """Dataset folder (samples.jsonl + media); empty means generate Samples live from `source`."""
+    source: str = "default"
+    """Live generation: `default` (the default corpus) or a folder of source media."""
+    weight: float = 1.0
+    """Relative share of this source in the mixture."""
+    params: dict = field(default_factory=dict)
+    """Task parameters (the task's own dataclass fields)."""
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSource] = field(default_factory=lambda: [DataSource()])
+    """Weighted mixture of Sample sources."""
+    prompts_per_step: int = 8
+    """Prompts per optimiser step (each sampled `rollout.n` times)."""
+    eval_samples: int = 32
+    """Held-out Samples scored before and after training (0: no evaluation)."""
+    seed: int = 0
+    """Seed of data order and live generation."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20
+    """Optimiser steps (rollout batches) to run."""
+    lr: float = 1e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up: `constant`, `linear` or `cosine`."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this value (0: off)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass (gradient accumulation within a mini-batch)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    freeze_vision: bool = False
+    """Freeze the vision tower (the projector/merger stays trainable)."""
+    freeze_projector: bool = False
+    """Freeze the vision-language projector (merger)."""
+    lora_rank: int = 0
+    """LoRA rank on the language model's linear layers (0: full fine-tuning)."""
+    lora_alpha: int = 16
+    """LoRA alpha."""
+    seed: int = 0
+    """Seed of sampling and initialisation."""
+    out_dir: str = "runs/quickstart"
+    """Run folder: metrics, TensorBoard events, plots, checkpoints."""
+    save_every: int = 10
+    """Checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept."""
+    resume: str = ""
+    """`auto` (latest complete checkpoint in out_dir), a checkpoint folder, or empty (start fresh)."""
+    cold_start: bool = False
+    """Run the supervised cold start (`sft.*`) first, unless `<sft.out_dir>/final` exists, then train
+    GRPO from its model."""
+    eval_every: int = 0
+    """Score the held-out Samples every N steps (0: only before and after training)."""
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 100
+    """Optimiser steps of supervised fine-tuning (`mmrl sft`)."""
+    batch_size: int = 16
+    """Samples per SFT step."""
+    lr: float = 1e-4
+    """SFT learning rate (AdamW, constant after `train.warmup_steps`)."""
+    shuffle_answers: bool = False
+    """Pair each prompt with the answer of another Sample: teaches the output format, not the task
+    (a format-only cold start whose accuracy stays at chance)."""
+    out_dir: str = "runs/sft"
+    """SFT run folder; the final model is saved in `<out_dir>/final`."""
+
+
+@dataclass
+class LogConfig:
+    tensorboard: bool = True
+    """Write TensorBoard events next to the JSONL metrics."""
+    progress: bool = True
+    """Show a progress bar."""
+    plot: bool = True
+    """Write the reward-curve PNG at the end."""
+    samples_every: int = 5
+    """Log a few completions every N steps (0: never)."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Policy checkpoint and pixel budgets."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Generation engine and sampling."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Advantages, loss, KL, entropy and sampling tricks."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Sample sources and batch size."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, freezing, LoRA, checkpoints."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Metrics, TensorBoard, plots."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """The default corpus used by live generators with `source: default`."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised cold start (`mmrl sft`)."""
+
+
 # --------------------------------------------------------------------------------------------------
 # Field docs
 
@@ -124,8 +302,10 @@ def describe(cls: type, prefix: str = "") -> str:
             lines.append(describe(hint, prefix + f.name + "."))
             continue
         default = _default_of(f)
-        type_name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-        lines.append(f"  {prefix}{f.name} ({type_name}, default {default!r}): {docs.get(f.name, '')}")
+        lines.append(f"  {prefix}{f.name} ({_type_name(hint)}, default {default!r}): {docs.get(f.name, '')}")
+        item = (typing.get_args(hint) or (None,))[0]
+        if typing.get_origin(hint) is list and dataclasses.is_dataclass(item):
+            lines.append(describe(item, prefix + f.name + "[]."))
     return "\n".join(lines)
 
 
@@ -248,6 +428,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
     if hint is Any:
         return value
+    if dataclasses.is_dataclass(hint):  # e.g. the items of `data.sources`
+        return from_dict(hint, value, source, f"{key}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -274,6 +456,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-6` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise fail()
     if hint is str:
         if isinstance(value, str):
@@ -299,7 +486,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 
 def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + "|".join(map(str, typing.get_args(hint)))
+    if typing.get_origin(hint) is not None:
+        return str(hint).replace("typing.", "").replace("mmrl.config.", "")
+    return getattr(hint, "__name__", None) or str(hint)
 
 
 __all__ = [

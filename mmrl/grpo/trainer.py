@@ -1,0 +1,356 @@
+"""The GRPO training loop.
+
+    for step in steps:
+        rollouts = producer.produce(engine, step)     # generate, score, group advantages
+        update_policy(rollouts)                       # PPO-clip/GSPO epochs over mini-batches
+        engine.sync_weights(policy)                   # the engine samples from the new weights
+        log, evaluate, checkpoint
+
+The loop knows nothing about tasks or games: a Producer hands it Rollouts with advantages. It runs
+unchanged under `accelerate launch` (DDP): every rank produces its own prompts, gradients are
+averaged by DDP, and token counts that normalise the loss are summed over ranks first (R12).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmrl.config import RunConfig, to_dict
+from mmrl.errors import MMRLError
+from mmrl.grpo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from mmrl.grpo.loss import policy_loss
+from mmrl.logging import RunLogger, peak_memory
+from mmrl.models import load_policy
+from mmrl.rollout import make_engine
+from mmrl.rollout.forward import collate, completion_logprobs
+from mmrl.rollout.hf import logprob_agreement
+from mmrl.rollout.types import Engine, Rollout, SamplingParams
+
+
+@dataclasses.dataclass
+class Policy:
+    """Everything the update touches; built by `setup_policy`."""
+
+    model: torch.nn.Module
+    """The trainable model (DDP-wrapped under accelerate)."""
+    processor: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    accelerator: Any
+    ref_model: torch.nn.Module | None = None
+    """Frozen reference; only loaded when the KL weight is non-zero."""
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.processor.tokenizer.pad_token_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup
+
+
+def setup_policy(cfg: RunConfig, total_optimizer_steps: int, *, lr: float | None = None) -> Policy:
+    """Load the policy, apply freezing / LoRA / checkpointing, and build optimiser and schedule."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(cfg.train.seed)  # model-side randomness (LoRA init); sampling is seeded per call
+    model, processor = load_policy(cfg.model, device=accelerator.device)
+    freeze_parts(model, vision=cfg.train.freeze_vision, projector=cfg.train.freeze_projector)
+    if cfg.train.lora_rank > 0:
+        model = add_lora(model, cfg.train.lora_rank, cfg.train.lora_alpha)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    ref_model = None
+    if cfg.algorithm.kl_coef > 0:
+        ref_model, _ = load_policy(cfg.model, device=accelerator.device)
+        ref_model.requires_grad_(False).eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise MMRLError("nothing to train: every parameter is frozen (check train.freeze_* and lora settings)")
+    optimizer = torch.optim.AdamW(params, lr=lr or cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, total_optimizer_steps)
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return Policy(model, processor, optimizer, scheduler, accelerator, ref_model)
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the peak lr at optimiser step s: linear warm-up, then constant/linear/cosine decay."""
+
+    def factor(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def freeze_parts(model: torch.nn.Module, *, vision: bool, projector: bool) -> None:
+    """Freeze the vision tower (blocks + patch embedding) and/or the projector (Qwen's `merger`)."""
+    for name, param in model.named_parameters():
+        in_visual = ".visual." in f".{name}"
+        is_merger = ".merger." in name or ".deepstack_merger" in name
+        if (vision and in_visual and not is_merger) or (projector and in_visual and is_merger):
+            param.requires_grad_(False)
+
+
+def add_lora(model: torch.nn.Module, rank: int, alpha: int) -> torch.nn.Module:
+    """LoRA on the language model's attention and MLP projections (the vision tower stays as set: R8)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Update
+
+
+def update_policy(policy: Policy, rollouts: list[Rollout], cfg: RunConfig, step: int) -> dict[str, float]:
+    """`ppo_epochs` passes over the rollouts, each split into `mini_batches` optimiser steps."""
+    algo = cfg.algorithm
+    acc = policy.accelerator
+    multi_pass = algo.ppo_epochs > 1 or algo.mini_batches > 1
+    old = behaviour_logprobs(policy, rollouts, cfg) if multi_pass else None
+    ref = reference_logprobs(policy, rollouts, cfg) if policy.ref_model is not None else None
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    rng = np.random.default_rng([cfg.train.seed, step, 7])
+    for _ in range(algo.ppo_epochs):
+        order = rng.permutation(len(rollouts)) if multi_pass else np.arange(len(rollouts))
+        for mini in np.array_split(order, algo.mini_batches):
+            if len(mini) == 0:
+                continue
+            # Normalisers of the whole optimiser step, summed over ranks (R12 / token-mean pitfall).
+            local = torch.tensor(
+                [sum(len(rollouts[i].completion.token_ids) for i in mini), len(mini)], dtype=torch.float64
+            )
+            num_tokens, num_seqs = acc.reduce(local.to(acc.device), reduction="sum").tolist()
+            micro = [mini[i : i + cfg.train.micro_batch_size] for i in range(0, len(mini), cfg.train.micro_batch_size)]
+            for k, idx in enumerate(micro):
+                batch = [rollouts[i] for i in idx]
+                with acc.no_sync(policy.model) if k < len(micro) - 1 else _nullcontext():
+                    metrics = _micro_step(
+                        policy,
+                        batch,
+                        cfg,
+                        old=[old[i] for i in idx] if old is not None else None,
+                        ref=[ref[i] for i in idx] if ref is not None else None,
+                        num_tokens=num_tokens,
+                        num_seqs=num_seqs,
+                    )
+                weight = metrics.pop("num_tokens", 1.0)
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value * weight
+                    counts[key] = counts.get(key, 0.0) + weight
+            grad_norm = _clip(policy, cfg.train.grad_clip)
+            policy.optimizer.step()
+            policy.scheduler.step()
+            policy.optimizer.zero_grad(set_to_none=True)
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
+            counts["grad_norm"] = counts.get("grad_norm", 0.0) + 1
+    out = {k: sums[k] / counts[k] for k in sums}
+    out["lr"] = policy.scheduler.get_last_lr()[0]
+    return out
+
+
+def _micro_step(policy: Policy, batch: list[Rollout], cfg: RunConfig, *, old, ref, num_tokens, num_seqs):
+    algo = cfg.algorithm
+    device = policy.accelerator.device
+    inputs = _to(collate([r.prompt for r in batch], [r.completion.token_ids for r in batch], policy.pad_id), device)
+    logprobs, entropy, mask = completion_logprobs(
+        policy.model, inputs, temperature=cfg.rollout.temperature, with_entropy=True
+    )  # (B, Lc) each
+    width = logprobs.shape[1]
+    old_lp = _pad_stack(old, width, device) if old is not None else logprobs.detach()
+    ref_lp = _pad_stack(ref, width, device) if ref is not None else None
+    advantages = torch.tensor([r.advantage for r in batch], dtype=torch.float32, device=device)  # (B,)
+    loss, metrics = policy_loss(
+        logprobs,
+        old_lp,
+        advantages,
+        mask,
+        algo,
+        ref_logprobs=ref_lp,
+        entropy=entropy.detach() if algo.entropy_coef == 0 else entropy,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        max_len=cfg.rollout.max_new_tokens,
+    )
+    # DDP averages gradients over ranks; the normalisers above are global sums, so undo the mean.
+    policy.accelerator.backward(loss * policy.accelerator.num_processes)
+    engine_lp = _pad_stack([r.completion.logprobs for r in batch], width, device)
+    metrics["logprob_diff"] = logprob_agreement(engine_lp, logprobs.detach(), mask)
+    metrics["num_tokens"] = float(mask.sum())
+    return metrics
+
+
+@torch.no_grad()
+def behaviour_logprobs(policy: Policy, rollouts: list[Rollout], cfg: RunConfig) -> list[torch.Tensor]:
+    """π_old log-probs recomputed by the trainer before the update (needed for several passes)."""
+    return _logprobs_of(policy.model, policy, rollouts, cfg)
+
+
+@torch.no_grad()
+def reference_logprobs(policy: Policy, rollouts: list[Rollout], cfg: RunConfig) -> list[torch.Tensor]:
+    return _logprobs_of(policy.ref_model, policy, rollouts, cfg)
+
+
+def _logprobs_of(model, policy: Policy, rollouts: list[Rollout], cfg: RunConfig) -> list[torch.Tensor]:
+    out = []
+    size = cfg.train.micro_batch_size
+    for i in range(0, len(rollouts), size):
+        batch = rollouts[i : i + size]
+        inputs = _to(collate([r.prompt for r in batch], [r.completion.token_ids for r in batch], policy.pad_id),
+                     policy.accelerator.device)  # fmt: skip
+        logprobs, _, mask = completion_logprobs(model, inputs, temperature=cfg.rollout.temperature)
+        out += [lp[m.bool()] for lp, m in zip(logprobs, mask)]
+    return out
+
+
+def _pad_stack(rows, width: int, device) -> torch.Tensor:
+    out = torch.zeros(len(rows), width, dtype=torch.float32, device=device)
+    for i, row in enumerate(rows):
+        row = torch.as_tensor(row, dtype=torch.float32)
+        out[i, : len(row)] = row[:width]
+    return out
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _clip(policy: Policy, max_norm: float) -> float:
+    params = [p for p in policy.model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    if max_norm > 0:
+        return float(policy.accelerator.clip_grad_norm_(params, max_norm))
+    return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params])))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate_heldout(engine: Engine, prepared: list, max_new_tokens: int) -> dict[str, float]:
+    """Greedy completions of held-out prompts: mean reward and mean accuracy part (when the task has one)."""
+    if not prepared:
+        return {}
+    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+    completions = engine.generate([p.prompt for p in prepared], 1, sampling)
+    rewards = [p.task.reward(c[0].text, p.sample) for p, c in zip(prepared, completions)]
+    out = {"eval/reward": float(np.mean([r.score for r in rewards]))}
+    if all("accuracy" in r.parts for r in rewards):
+        out["eval/accuracy"] = float(np.mean([r.parts["accuracy"] for r in rewards]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: RunConfig) -> Path:
+    """Run GRPO as configured; returns the run folder."""
+    from mmrl.producers import TaskProducer
+
+    run_dir = Path(cfg.train.out_dir)
+    total_updates = cfg.train.steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
+    policy = setup_policy(cfg, total_updates)
+    acc = policy.accelerator
+    main = acc.is_main_process
+    engine = make_engine(cfg.rollout, policy.unwrapped, policy.processor, seed=cfg.train.seed)
+    producer = TaskProducer(cfg, policy.processor, rank=acc.process_index)
+    heldout = producer.heldout(cfg.data.eval_samples) if main else []
+
+    start = 0
+    checkpoint = resolve_resume(cfg.train.resume, run_dir) if cfg.train.resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model=policy.unwrapped, optimizer=policy.optimizer,
+                                scheduler=policy.scheduler)  # fmt: skip
+        producer.load_state_dict(state["producer_state"])
+        start = int(state["step"])
+        engine.sync_weights(policy.unwrapped)
+    logger = (
+        RunLogger(run_dir, cfg.log, total_steps=cfg.train.steps, resume_step=start if checkpoint is not None else None)
+        if main
+        else None
+    )
+    if logger:
+        logger.log_config(to_dict(cfg))
+        if start == 0 and heldout:
+            logger.log(0, evaluate_heldout(engine, heldout, cfg.rollout.max_new_tokens))
+
+    for step in range(start, cfg.train.steps):
+        t_step = time.perf_counter()
+        rollouts, metrics = producer.produce(engine, step)
+        t_update = time.perf_counter()
+        metrics |= update_policy(policy, rollouts, cfg, step)
+        engine.sync_weights(policy.unwrapped)
+        metrics["time/update"] = time.perf_counter() - t_update
+        metrics["time/step"] = time.perf_counter() - t_step
+        metrics["tokens_per_s"] = metrics["tokens_generated"] / max(metrics["time/generate"], 1e-9)
+        metrics |= peak_memory()
+        done = step + 1
+        if logger:
+            if heldout and (done == cfg.train.steps or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
+                metrics |= evaluate_heldout(engine, heldout, cfg.rollout.max_new_tokens)
+            logger.log(done, metrics)
+            if cfg.log.samples_every and done % cfg.log.samples_every == 0:
+                logger.log_samples(done, [_sample_row(r) for r in rollouts[: cfg.rollout.n]])
+        if done % cfg.train.save_every == 0 or done == cfg.train.steps:
+            acc.wait_for_everyone()
+            if main:
+                save_checkpoint(run_dir, done, model=policy.unwrapped, optimizer=policy.optimizer,
+                                scheduler=policy.scheduler, producer_state=producer.state_dict(),
+                                extra={"config": to_dict(cfg)}, keep=cfg.train.keep_checkpoints)  # fmt: skip
+    if logger:
+        save_final(policy, run_dir / "final")
+        logger.close()
+    acc.wait_for_everyone()
+    return run_dir
+
+
+def save_final(policy: Policy, out: Path) -> None:
+    """The trained model as a plain checkpoint folder (LoRA merged in) that `model.path` can point at."""
+    model = policy.unwrapped
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(out)
+    policy.processor.save_pretrained(out)
+
+
+def _sample_row(r: Rollout) -> dict[str, Any]:
+    return {"sample_id": r.sample_id, "task": r.task, "completion": r.completion.text, "reward": r.reward,
+            "advantage": r.advantage, "parts": r.reward_parts}  # fmt: skip
+
+
+__all__ = ["Policy", "evaluate_heldout", "save_final", "setup_policy", "train", "update_policy"]

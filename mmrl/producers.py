@@ -1,0 +1,313 @@
+"""Producers turn Samples into scored, grouped Rollouts; the trainer knows nothing about tasks.
+
+`TaskProducer` serves single-turn tasks from a weighted mixture of Sample sources (datasets on
+disk and live generators). One step:
+
+    draw prompts  ->  encode (media once per prompt)  ->  engine.generate(n per prompt)
+        ->  task.reward per completion  ->  group advantages  ->  [dynamic sampling] -> [replay]
+
+Determinism: every random choice is a pure function of (seed, step, round, slot) or of a
+source's own counter, so a resumed run draws exactly the Samples an uninterrupted run would.
+The producer's state (source counters, dataset epoch orders) goes into checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmrl.config import CorpusConfig, DataSource, RunConfig
+from mmrl.errors import MMRLError
+from mmrl.grpo.advantages import group_advantages, zero_variance_groups
+from mmrl.grpo.replay import select_replay
+from mmrl.rollout.encode import encode_prompt
+from mmrl.rollout.types import Completion, EncodedPrompt, Engine, Rollout, SamplingParams
+from mmrl.sample import Sample, read_dataset
+from rewards.base import Reward
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_DRAWS = 32  # consecutive unusable Samples from one source before we give up on it
+HELDOUT_STEP = 2**40  # the held-out stream draws as if at a step no run reaches
+
+
+@dataclass
+class SampleSource:
+    """One entry of the mixture: a dataset on disk (shuffled per epoch) or a live task generator."""
+
+    spec: DataSource
+    index: int
+    seed: int
+    corpus_cfg: CorpusConfig
+    counter: int = 0
+    """Samples drawn so far; with the seed it fixes the next draw."""
+    _task: Any = None
+    _items: Any = None
+    _dataset: list[Sample] | None = None
+
+    @property
+    def task(self):
+        if self._task is None:
+            from pretext_tasks.registry import get_task
+
+            self._task = get_task(self.spec.task, **self.spec.params)
+        return self._task
+
+    def draw(self) -> Sample:
+        """The next Sample of this source (deterministic in (seed, index, counter))."""
+        k = self.counter
+        self.counter += 1
+        if self.spec.path:
+            dataset = self._load_dataset()
+            epoch, pos = divmod(k, len(dataset))
+            order = np.random.default_rng([self.seed, self.index, 1, epoch]).permutation(len(dataset))
+            return dataset[int(order[pos])]
+        items = self._source_items()
+        rng = np.random.default_rng([self.seed, self.index, 2, k])
+        item = items[int(rng.integers(len(items)))]
+        sample = self.task.make(item, rng)
+        sample.id = f"{self.spec.task}-{self.index}-{k}"
+        return sample
+
+    def reward_for(self, sample: Sample):
+        """The task object whose reward scores `sample` (a dataset may mix tasks)."""
+        if sample.task == self.spec.task:
+            return self.task
+        from pretext_tasks.registry import get_task
+
+        return get_task(sample.task)
+
+    def _load_dataset(self) -> list[Sample]:
+        if self._dataset is None:
+            self._dataset = read_dataset(self.spec.path)
+            if not self._dataset:
+                raise MMRLError(f"dataset {self.spec.path} has no samples")
+        return self._dataset
+
+    def _source_items(self):
+        if self._items is None:
+            source: Any = self.spec.source
+            if source == "default":
+                from mmrl.corpus import default_corpus
+
+                source = _LazyCorpus(lambda: default_corpus(self.corpus_cfg))
+            else:
+                source = Path(source)
+            self._items = self.task.sources(source)
+            if not len(self._items):
+                raise MMRLError(f"task '{self.spec.task}' found no source items in {self.spec.source}")
+        return self._items
+
+
+class _LazyCorpus:
+    """Builds the default corpus only if a task actually reads it (the diagnostic task does not)."""
+
+    def __init__(self, build):
+        self._build, self._corpus = build, None
+
+    def __getattr__(self, name: str):
+        if self._corpus is None:
+            self._corpus = self._build()
+        return getattr(self._corpus, name)
+
+
+@dataclass
+class Prepared:
+    """A drawn Sample, encoded, with the task that scores it."""
+
+    sample: Sample
+    prompt: EncodedPrompt
+    task: Any
+
+
+@dataclass
+class TaskProducer:
+    """Single-turn tasks from a weighted mixture of sources; GRPO-family group advantages."""
+
+    cfg: RunConfig
+    processor: Any
+    rank: int = 0
+    """Data-parallel rank: ranks draw disjoint sample streams."""
+    sources: list[SampleSource] = field(init=False)
+    stats: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        specs = self.cfg.data.sources
+        if not specs:
+            raise MMRLError("data.sources is empty: name at least one task or dataset")
+        seed = self.cfg.data.seed * 1000 + self.rank
+        self.sources = [SampleSource(s, i, seed, self.cfg.corpus) for i, s in enumerate(specs)]
+        weights = np.array([s.weight for s in specs], dtype=float)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise MMRLError(f"data.sources weights must be >= 0 and not all 0, got {weights.tolist()}")
+        self.weights = weights / weights.sum()
+
+    # -- experience -------------------------------------------------------------------------------
+
+    def produce(self, engine: Engine, step: int) -> tuple[list[Rollout], dict[str, float]]:
+        """Rollouts for one optimiser step plus the metrics of making them."""
+        cfg = self.cfg
+        n, want = cfg.rollout.n, cfg.data.prompts_per_step
+        metrics: dict[str, float] = {"time/generate": 0.0, "time/score": 0.0}
+        kept: list[list[Rollout]] = []
+        all_groups: list[list[Rollout]] = []
+        rounds = 1 + (cfg.algorithm.max_resample if cfg.algorithm.dynamic_sampling else 0)
+        for round_ in range(rounds):
+            missing = want - len(kept)
+            if missing <= 0:
+                break
+            prepared = [self.prepare(step, round_, slot) for slot in range(missing)]
+            sampling = SamplingParams(
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
+                top_k=cfg.rollout.top_k,
+                seed=int(np.random.default_rng([cfg.train.seed, self.rank, step, round_]).integers(2**31)),
+            )
+            t0 = time.perf_counter()
+            completions = engine.generate([p.prompt for p in prepared], n, sampling)
+            metrics["time/generate"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            groups = [self._score(p, comps, f"{step}.{round_}.{slot}") for slot, (p, comps) in
+                      enumerate(zip(prepared, completions))]  # fmt: skip
+            metrics["time/score"] += time.perf_counter() - t0
+            all_groups += groups
+            if not cfg.algorithm.dynamic_sampling:
+                kept = groups
+                break
+            rewards = np.array([r.reward for g in groups for r in g])
+            ids = [r.group_id for g in groups for r in g]
+            flat = zero_variance_groups(rewards, ids)
+            kept += [g for g in groups if g[0].group_id not in flat][: want - len(kept)]
+            metrics["dynamic/rounds"] = round_ + 1
+        if not kept:  # dynamic sampling found no informative group: train on what we have (zero advantage)
+            kept = all_groups[:want]
+        rollouts = [r for g in kept for r in g]
+        self._assign_advantages(rollouts)
+        metrics |= self._metrics([r for g in all_groups for r in g], rollouts)
+        if cfg.algorithm.replay:
+            rollouts = self._replay(rollouts, step, metrics)
+        return rollouts, metrics
+
+    def prepare(self, step: int, round_: int, slot: int) -> Prepared:
+        """Draw one usable Sample from the mixture; unusable ones are skipped and counted."""
+        rng = np.random.default_rng([self.cfg.data.seed, self.rank, step, round_, slot])
+        source = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
+        for _ in range(MAX_BAD_DRAWS):
+            sample = source.draw()
+            try:
+                prompt = encode_prompt(
+                    self.processor,
+                    sample.messages,
+                    self.cfg.model,
+                    max_prompt_tokens=self.cfg.rollout.max_prompt_tokens,
+                )
+            except MMRLError as e:
+                self.stats["skipped_samples"] += 1
+                log.warning("skipping sample %s: %s", sample.id, e)
+                continue
+            return Prepared(sample, prompt, source.reward_for(sample))
+        raise MMRLError(f"{MAX_BAD_DRAWS} unusable samples in a row from source {source.spec}; see the log")
+
+    def _score(self, prepared: Prepared, completions: list[Completion], group_id: str) -> list[Rollout]:
+        rollouts = []
+        for completion in completions:
+            try:
+                reward = prepared.task.reward(completion.text, prepared.sample)
+            except Exception as e:  # a reward must never take the run down; count it as 0
+                self.stats["reward_errors"] += 1
+                log.warning("reward of task %s raised %r; scored 0", prepared.sample.task, e)
+                reward = Reward(0.0, {})
+            rollouts.append(
+                Rollout(
+                    prompt=prepared.prompt,
+                    completion=completion,
+                    reward=float(reward.score),
+                    advantage=0.0,
+                    group_id=group_id,
+                    sample_id=prepared.sample.id,
+                    task=prepared.sample.task,
+                    reward_parts=dict(reward.parts),
+                )
+            )
+        return rollouts
+
+    def _assign_advantages(self, rollouts: list[Rollout]) -> None:
+        rewards = np.array([r.reward for r in rollouts])
+        advantages = group_advantages(
+            rewards, [r.group_id for r in rollouts], self.cfg.algorithm.advantage, self.cfg.algorithm.advantage_eps
+        )
+        for r, a in zip(rollouts, advantages):
+            r.advantage = float(a)
+
+    def _replay(self, rollouts: list[Rollout], step: int, metrics: dict[str, float]) -> list[Rollout]:
+        """Selective Sample Replay: train on |A|-weighted draws (VL-Rethinker, Wang et al. 2025)."""
+        rng = np.random.default_rng([self.cfg.data.seed, self.rank, step, 99])
+        idx = select_replay(
+            np.array([r.advantage for r in rollouts]),
+            rng,
+            alpha=self.cfg.algorithm.replay_alpha,
+            refill_factor=self.cfg.algorithm.replay_refill_factor,
+        )
+        metrics["replay/selected"] = float(len(idx))
+        metrics["replay/unique_frac"] = float(len(set(idx.tolist())) / max(len(idx), 1))
+        return [rollouts[i] for i in idx]
+
+    def _metrics(self, generated: list[Rollout], trained: list[Rollout]) -> dict[str, float]:
+        rewards = np.array([r.reward for r in trained])
+        adv = np.array([r.advantage for r in trained])
+        lengths = np.array([len(r.completion.token_ids) for r in generated])
+        all_rewards = np.array([r.reward for r in generated])
+        ids = [r.group_id for r in generated]
+        m = {
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()),
+            "adv/mean": float(adv.mean()),
+            "adv/std": float(adv.std()),
+            "adv/abs_mean": float(np.abs(adv).mean()),
+            "completion_len/mean": float(lengths.mean()),
+            "completion_len/max": float(lengths.max()),
+            "truncated_frac": float(np.mean([r.truncated for r in generated])),
+            "frac_zero_std_groups": len(zero_variance_groups(all_rewards, ids)) / max(len(set(ids)), 1),
+            "tokens_generated": float(lengths.sum()),
+            "skipped_samples": float(self.stats["skipped_samples"]),
+            "reward_errors": float(self.stats["reward_errors"]),
+        }
+        by_task: dict[str, list[Rollout]] = {}
+        for r in trained:
+            by_task.setdefault(r.task, []).append(r)
+        for task, rs in by_task.items():
+            m[f"reward/{task}"] = float(np.mean([r.reward for r in rs]))
+            for part in sorted({p for r in rs for p in r.reward_parts}):
+                m[f"reward/{task}/{part}"] = float(np.mean([r.reward_parts.get(part, 0.0) for r in rs]))
+        return m
+
+    def heldout(self, count: int) -> list[Prepared]:
+        """`count` evaluation Samples from a stream of their own (live generators never repeat a
+        training Sample; a dataset source shares its Samples with training)."""
+        sources = [dataclasses.replace(s, seed=s.seed + 10**6, counter=0, _dataset=s._dataset) for s in self.sources]
+        saved, self.sources = self.sources, sources
+        try:
+            return [self.prepare(HELDOUT_STEP, 0, slot) for slot in range(count)]
+        finally:
+            self.sources = saved
+
+    # -- checkpoint state -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counters": [s.counter for s in self.sources], "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        counters = state["counters"]
+        if len(counters) != len(self.sources):
+            raise MMRLError(f"checkpoint has {len(counters)} data sources, the config {len(self.sources)}")
+        for s, c in zip(self.sources, counters):
+            s.counter = int(c)
+        self.stats = Counter(state.get("stats", {}))

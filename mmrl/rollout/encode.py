@@ -1,0 +1,268 @@
+"""Chat messages -> EncodedPrompt: load media, apply the chat template, run the processor once.
+
+The prompt is measured before the processor touches a pixel (R2): each image's and video's token
+count comes from the processor's own resize rule (Qwen `smart_resize` with the processor's patch x
+merge factor and pixel budgets), the text is tokenised with every placeholder already expanded, and
+a prompt over `max_prompt_tokens` is rejected with a message saying what to change. Prompts are
+never truncated: cutting inside a visual span is what produces "image features and image tokens do
+not match" in other frameworks.
+
+Videos given as files are decoded here with decord (`mmrl.media.read_video` at `model.video_fps`,
+at most `model.video_max_frames` frames): transformers 5 can only decode files with torchcodec. The
+frames then reach the processor with `do_sample_frames=False` (set by `mmrl.models.load_processor`)
+and a `video_metadata` entry whose `fps` / `frames_indices` / `total_num_frames` describe the frames
+we decoded, so that Qwen3-VL renders our timestamps (`<1.5 seconds>` = frames_indices / fps) and
+Qwen2.5-VL's `second_per_grid_ts` (temporal_patch_size / sampled_fps, where sampled_fps =
+len(frames_indices) / total_num_frames * fps) matches the real sampling rate.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmrl import media
+from mmrl.errors import MMRLError
+from mmrl.rollout.types import EncodedPrompt
+
+if TYPE_CHECKING:
+    from transformers import ProcessorMixin
+
+    from mmrl.config import ModelConfig
+
+VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+"""Processor outputs that describe a prompt's images and videos (batched by concatenation on dim 0)."""
+
+
+def encode_prompt(
+    processor: ProcessorMixin,
+    messages: list[dict[str, Any]],
+    model_cfg: ModelConfig,
+    *,
+    max_prompt_tokens: int,
+    keep_media: bool = True,
+) -> EncodedPrompt:
+    """Encode one chat prompt (ending with the assistant's generation header) for generation and training.
+
+    Media items may be PIL images, image paths, video files (decoded at `model_cfg.video_fps`, at
+    most `model_cfg.video_max_frames` frames) or videos given as lists of frames (paths, PIL images
+    or HxWx3 uint8 arrays, with an optional `fps`, default `model_cfg.video_fps`, and optional
+    per-frame `timestamps` in seconds). Raises MediaError naming an unreadable file, and MMRLError
+    when text + visual tokens exceed `max_prompt_tokens`. `keep_media` stores the loaded images and
+    frames in `EncodedPrompt.media` (the vLLM engine needs them; the HF engine does not).
+    """
+    images, videos = _load_media(messages, model_cfg)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if not isinstance(text, str):
+        raise MMRLError("the chat template must render one prompt string (got a batch)")
+    predicted, visual, sizes = _measure(processor, text, images, videos)
+    detail = "; ".join(sizes) or "no media"
+    if predicted > max_prompt_tokens:
+        raise MMRLError(
+            f"prompt needs {predicted} tokens ({predicted - visual} text + {visual} visual; {detail}) "
+            f"but rollout.max_prompt_tokens={max_prompt_tokens}; lower model.max_pixels "
+            f"(now {model_cfg.max_pixels}) for images or model.video_max_pixels / model.video_max_frames "
+            f"(now {model_cfg.video_max_pixels} / {model_cfg.video_max_frames}) for videos, "
+            "or raise rollout.max_prompt_tokens; prompts are never truncated"
+        )
+
+    kwargs: dict[str, Any] = {}
+    if images:
+        kwargs["images"] = images
+    if videos:
+        kwargs["videos"] = [frames for frames, _ in videos]
+        kwargs["video_metadata"] = [_copy_meta(meta) for _, meta in videos]  # the processor mutates its copy
+    try:
+        out = processor(text=[text], return_tensors="pt", **kwargs)
+    except ValueError as e:  # sizes/aspect ratios the processor refuses
+        raise MMRLError(f"the processor rejected this prompt's media ({detail}): {e}") from None
+
+    input_ids = out["input_ids"][0]  # (T,)
+    vision = {key: out[key] for key in VISION_KEYS if key in out}
+    if "second_per_grid_ts" in vision:
+        vision["second_per_grid_ts"] = torch.as_tensor(vision["second_per_grid_ts"], dtype=torch.float32)
+    if "mm_token_type_ids" in out:
+        vision["mm_token_type_ids"] = out["mm_token_type_ids"][0]  # (T,) 0 text, 1 image, 2 video
+    placeholders = int(torch.isin(input_ids, torch.tensor(_placeholder_ids(processor))).sum())
+    if placeholders != visual or len(input_ids) != predicted:  # internal check: our count is the processor's
+        raise AssertionError(
+            f"predicted {predicted} tokens ({visual} visual) but the processor produced {len(input_ids)} "
+            f"({placeholders} visual) for {detail}"
+        )
+    kept = {}
+    if keep_media and images:
+        kept["image"] = images
+    if keep_media and videos:
+        kept["video"] = videos
+    return EncodedPrompt(input_ids=input_ids, vision=vision, text=text, num_visual_tokens=visual, media=kept)
+
+
+# --------------------------------------------------------------------------------------------------
+# Media
+
+
+def _load_media(
+    messages: list[dict[str, Any]], cfg: ModelConfig
+) -> tuple[list[Image.Image], list[tuple[np.ndarray, dict[str, Any]]]]:
+    """Images (RGB PIL) and videos ((T, H, W, 3) uint8 frames, processor video metadata) in prompt order."""
+    images: list[Image.Image] = []
+    videos: list[tuple[np.ndarray, dict[str, Any]]] = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for item in content:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind not in ("image", "video"):
+                continue
+            if kind not in item:
+                raise MMRLError(f"{kind} item has no '{kind}' field: {sorted(item)}")
+            value = item[kind]
+            if kind == "image":
+                images.append(_image(value))
+            elif isinstance(value, (str, Path)):
+                videos.append(_video_file(value, cfg))
+            else:
+                videos.append(_video_frames(value, item.get("fps"), item.get("timestamps"), cfg))
+    return images, videos
+
+
+def _image(value: Any) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value if value.mode == "RGB" else value.convert("RGB")
+    if isinstance(value, (str, Path)):
+        return media.load_image(value)
+    if isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[2] == 3 and value.dtype == np.uint8:
+        return Image.fromarray(value)
+    raise MMRLError(f"image must be a PIL image, a path or an HxWx3 uint8 array, got {type(value).__name__}")
+
+
+def _video_file(path: str | Path, cfg: ModelConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode at cfg.video_fps; metadata in source-frame units so timestamps are the decoded ones."""
+    clip = media.read_video(path, fps=cfg.video_fps, max_frames=cfg.video_max_frames)
+    total = media.video_info(path).num_frames
+    frames, indices = clip.frames, [int(i) for i in clip.indices]
+    frames, indices = _at_least_two(frames, indices)
+    meta = {"fps": float(clip.source_fps), "frames_indices": indices, "total_num_frames": int(total)}
+    return frames, meta
+
+
+def _video_frames(
+    value: Any, fps: float | None, timestamps: Any, cfg: ModelConfig
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Frames given as a list: shown at `timestamps` if given, else at i / fps."""
+    if isinstance(value, np.ndarray) and value.ndim == 4:
+        frames = list(value)
+    elif isinstance(value, (list, tuple)) and len(value) > 0:
+        frames = [np.asarray(_image(f)) for f in value]
+    else:
+        raise MMRLError(f"video must be a file path or a non-empty list of frames, got {type(value).__name__}")
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise MMRLError(f"video frames must all have one size, got {sorted(shapes)}")
+    array = np.stack(frames).astype(np.uint8, copy=False)  # (T, H, W, 3)
+    if timestamps is not None:
+        if len(timestamps) != len(array):
+            raise MMRLError(f"video has {len(array)} frames but {len(timestamps)} timestamps")
+        span = float(timestamps[-1]) - float(timestamps[0])
+        if not fps and len(timestamps) > 1 and span > 0:
+            fps = (len(timestamps) - 1) / span  # the mean sampling rate (Qwen2.5-VL's second_per_grid_ts)
+        fps = float(fps or cfg.video_fps)
+        indices: list[float] = [float(t) * fps for t in timestamps]  # indices / fps = timestamps
+    else:
+        fps = float(fps or cfg.video_fps)
+        indices = list(range(len(array)))
+    array, indices = _at_least_two(array, indices)
+    return array, {"fps": fps, "frames_indices": indices, "total_num_frames": len(indices)}
+
+
+def _at_least_two(frames: np.ndarray, indices: list) -> tuple[np.ndarray, list]:
+    """Repeat a single frame: Qwen3-VL refuses t < temporal_patch_size, Qwen2-VL pads the same way."""
+    if len(frames) == 1:
+        return np.concatenate([frames, frames]), [indices[0], indices[0]]
+    return frames, indices
+
+
+# --------------------------------------------------------------------------------------------------
+# Token budget (R2)
+
+
+def _measure(
+    processor: ProcessorMixin,
+    text: str,
+    images: list[Image.Image],
+    videos: list[tuple[np.ndarray, dict[str, Any]]],
+) -> tuple[int, int, list[str]]:
+    """(total tokens, visual tokens, per-item descriptions), before any pixel is processed.
+
+    Visual counts come from the processors' `get_number_of_image_patches` / `get_num_of_video_patches`
+    (Qwen smart_resize with the processor's factor and `size` budgets, the same function `resize`
+    uses). The text is tokenised with each placeholder replaced by the processor's own expansion
+    minus the pad tokens (Qwen3-VL adds `<t seconds>` and vision start/end tokens per frame), so the
+    total is exact, not an estimate.
+    """
+    image_tok, video_tok = _placeholders(processor)
+    counts_img, counts_vid, sizes = [], [], []
+    for i, im in enumerate(images):
+        try:
+            patches = processor.image_processor.get_number_of_image_patches(im.height, im.width, {})
+        except ValueError as e:
+            raise MMRLError(f"image {i + 1} ({im.width}x{im.height}) cannot be resized: {e}") from None
+        n = int(patches) // processor.image_processor.merge_size**2
+        counts_img.append(n)
+        sizes.append(f"image {i + 1}: {im.width}x{im.height} px -> {n} tokens")
+    replacements_vid = []
+    for i, (frames, meta) in enumerate(videos):
+        t, h, w = frames.shape[:3]
+        vp = processor.video_processor
+        try:
+            patches = vp.get_num_of_video_patches(t, h, w, {})
+        except ValueError as e:
+            raise MMRLError(f"video {i + 1} ({t} frames of {w}x{h}) cannot be resized: {e}") from None
+        n = int(patches) // vp.merge_size**2
+        counts_vid.append(n)
+        sizes.append(f"video {i + 1}: {t} frames of {w}x{h} px -> {n} tokens")
+        replacements_vid.append(_video_replacement(processor, patches, t, meta))
+
+    if text.count(image_tok) != len(images) or text.count(video_tok) != len(videos):
+        raise MMRLError(
+            f"the chat template rendered {text.count(image_tok)} image and {text.count(video_tok)} video "
+            f"placeholders for {len(images)} images and {len(videos)} videos"
+        )
+    expansions = {"image": iter([""] * len(images)), "video": iter(replacements_vid)}
+    pattern = f"(?P<image>{re.escape(image_tok)})|(?P<video>{re.escape(video_tok)})"
+    expanded = re.sub(pattern, lambda m: next(expansions[m.lastgroup]), text)
+    expanded = expanded.replace(image_tok, "").replace(video_tok, "")  # pads split tokens: drop, count apart
+    n_text = len(processor.tokenizer(expanded)["input_ids"])
+    visual = sum(counts_img) + sum(counts_vid)
+    return n_text + visual, visual, sizes
+
+
+def _video_replacement(processor: ProcessorMixin, patches: int, t: int, meta: dict[str, Any]) -> str:
+    """The text the processor puts in place of one video placeholder (with pad tokens), from the grid alone."""
+    from transformers.video_utils import VideoMetadata
+
+    vp = processor.video_processor
+    grid_t = (t + -t % vp.temporal_patch_size) // vp.temporal_patch_size
+    hw = int(patches) // grid_t
+    grid = torch.tensor([[grid_t, 1, hw]])  # only t and h*w matter to the replacement
+    inputs = {"video_grid_thw": grid, "video_metadata": [VideoMetadata(**_copy_meta(meta))]}
+    return processor.replace_video_token(inputs, 0)
+
+
+def _copy_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Qwen3-VL's timestamp helper extends `frames_indices` in place: hand it a copy."""
+    return {**meta, "frames_indices": list(meta["frames_indices"])}
+
+
+def _placeholders(processor: ProcessorMixin) -> tuple[str, str]:
+    return processor.image_token, processor.video_token
+
+
+def _placeholder_ids(processor: ProcessorMixin) -> list[int]:
+    return [int(processor.image_token_id), int(processor.video_token_id)]

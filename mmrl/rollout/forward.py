@@ -1,0 +1,156 @@
+"""The trainer's forward: batch prompt + completion, score the completion tokens.
+
+One function computes log-probs for everything that needs them (the policy under gradients, the old
+policy and the frozen reference under no_grad, SFT), so the numbers the trainer compares always come
+from the same code. Batches are RIGHT-padded: every sequence then starts at position 0, and Qwen's
+M-RoPE positions (computed by the model from `mm_token_type_ids`, the image/video grids and the
+attention mask) are those of the sequence alone; the batch-vs-single tests check that (R3, R10).
+
+The policy never emits image/video placeholder tokens: a completion holding one would make the
+trainer's forward count more placeholders than there are visual features. Both engines suppress
+them when sampling and `completion_logprobs` scores under the same restricted distribution, so the
+engine's and the trainer's log-probs stay comparable (R6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from mmrl.rollout.encode import VISION_KEYS
+from mmrl.rollout.types import EncodedPrompt
+
+MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", *VISION_KEYS)
+"""Batch entries passed to the model's forward; the others (masks, lengths) are for the loss."""
+
+_CHUNK_ELEMENTS = 1 << 24  # float32 logits processed at a time (64 MiB) when scoring completions
+
+
+def suppressed_token_ids(model_or_config: Any) -> list[int]:
+    """Image and video placeholder ids of a Qwen-VL model (or its config): never sampled, never scored.
+
+    Looks through DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers.
+    """
+    inner = model_or_config
+    while not hasattr(inner, "config") and isinstance(inner, torch.nn.Module):
+        unwrapped = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None)
+        if unwrapped is None:
+            break
+        inner = unwrapped
+    config = getattr(inner, "config", inner)
+    ids = [getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)]
+    return [int(i) for i in ids if i is not None]
+
+
+def batch_vision(prompts: list[EncodedPrompt]) -> dict[str, torch.Tensor]:
+    """Visual tensors of `prompts` concatenated in batch order (one set per item, repeats included).
+
+    Qwen models consume `pixel_values` / `image_grid_thw` (and the video ones) as flat lists that
+    they walk in batch order, so item i's images must come right after item i-1's.
+    """
+    out = {}
+    for key in VISION_KEYS:
+        parts = [p.vision[key] for p in prompts if key in p.vision]
+        if parts:
+            out[key] = torch.cat(parts, dim=0)
+    return out
+
+
+def collate(prompts: list[EncodedPrompt], completions: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """RIGHT-padded batch of prompt + completion sequences for `completion_logprobs`.
+
+    Returns `input_ids`, `attention_mask`, `completion_mask` (1 on completion tokens) and
+    `mm_token_type_ids` (0 on completion and pad tokens), all (B, L); `prompt_lengths` (B,); and
+    the prompts' visual tensors concatenated in batch order. The same prompt object may appear
+    several times (a GRPO group): its visual tensors are then repeated, one set per sequence.
+    """
+    if len(prompts) != len(completions) or not prompts:
+        raise ValueError(f"need one completion per prompt, got {len(prompts)} prompts, {len(completions)} completions")
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    B, L = len(prompts), max(lengths)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(B, L, dtype=torch.long)
+    completion_mask = torch.zeros(B, L, dtype=torch.long)
+    with_types = any("mm_token_type_ids" in p.vision for p in prompts)
+    mm_types = torch.zeros(B, L, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        T, n = len(p), len(c)
+        input_ids[i, :T] = p.input_ids
+        input_ids[i, T : T + n] = torch.as_tensor(c, dtype=torch.long)
+        attention_mask[i, : T + n] = 1
+        completion_mask[i, T : T + n] = 1
+        if "mm_token_type_ids" in p.vision:
+            mm_types[i, :T] = p.vision["mm_token_type_ids"]
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "completion_mask": completion_mask,
+        "prompt_lengths": torch.tensor([len(p) for p in prompts], dtype=torch.long),
+        **batch_vision(prompts),
+    }
+    if with_types:
+        batch["mm_token_type_ids"] = mm_types
+    return batch
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Log-prob of each completion token under softmax(logits / temperature), aligned to completion positions.
+
+    Returns `logprobs` (B, Lc) float32, `entropy` (B, Lc) float32 or None, and `mask` (B, Lc) bool,
+    where Lc is the longest completion in the batch and column j is the j-th completion token.
+    The lm_head runs only on the Lc positions that predict completion tokens (the model's
+    `logits_to_keep`, given per-row positions), and the float32 log-softmax runs in chunks, each
+    recomputed in backward when gradients are on, so no (B, L, V) float32 tensor ever exists.
+    Works under gradients (policy loss) and under no_grad (old / reference log-probs).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 to score completions, got {temperature}")
+    device = next(model.parameters()).device
+    input_ids = batch["input_ids"].to(device)
+    B, L = input_ids.shape
+    prompt_lengths = batch["prompt_lengths"].to(device)
+    completion_lengths = batch["completion_mask"].to(device).sum(1)
+    Lc = max(int(completion_lengths.max()), 1)
+    steps = torch.arange(Lc, device=device)
+    positions = (prompt_lengths[:, None] - 1 + steps).clamp(max=L - 1)  # (B, Lc) rows whose logits we keep
+    targets = input_ids.gather(1, (positions + 1).clamp(max=L - 1))  # (B, Lc) the tokens they predict
+    mask = steps[None, :] < completion_lengths[:, None]  # (B, Lc)
+
+    inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
+    logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, Lc, V)
+
+    suppressed = torch.tensor(suppressed_token_ids(model), dtype=torch.long, device=device)
+    rows = max(1, _CHUNK_ELEMENTS // (B * logits.shape[-1]))
+    recompute = torch.is_grad_enabled() and logits.requires_grad
+    logprob_parts, entropy_parts = [], []
+    for s in range(0, Lc, rows):
+        args = (logits[:, s : s + rows], targets[:, s : s + rows], suppressed, temperature, with_entropy)
+        lp, ent = checkpoint(_score, *args, use_reentrant=False) if recompute else _score(*args)
+        logprob_parts.append(lp)
+        entropy_parts.append(ent)
+    logprobs = torch.cat(logprob_parts, dim=1) * mask  # (B, Lc); 0 past each completion
+    entropy = torch.cat(entropy_parts, dim=1) * mask if with_entropy else None
+    return logprobs, entropy, mask
+
+
+def _score(
+    logits: torch.Tensor, targets: torch.Tensor, suppressed: torch.Tensor, temperature: float, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(target), entropy) per position of a (B, c, V) logits chunk; entropy is zeros when not asked."""
+    x = logits.float() / temperature  # (B, c, V)
+    if suppressed.numel():
+        x = x.index_fill(-1, suppressed, torch.finfo(x.dtype).min)  # finite: keeps 0 * x free of NaN
+    logp = F.log_softmax(x, dim=-1)
+    lp = logp.gather(-1, targets[..., None]).squeeze(-1)  # (B, c)
+    if not with_entropy:
+        return lp, torch.zeros_like(lp)
+    return lp, -(logp.exp() * logp).sum(-1)

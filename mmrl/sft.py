@@ -1,0 +1,112 @@
+"""`mmrl sft`: supervised cold start on Samples' reference answers.
+
+A random-init or weak policy almost never samples the answer format a task asks for, so every
+GRPO reward is 0 and nothing is learned. A short SFT pass on reference completions fixes that.
+With `sft.shuffle_answers`, each prompt is paired with the answer of another Sample of the batch:
+the model learns the format and the answer vocabulary but not the task (accuracy stays at chance),
+which is what an honest RL experiment wants as its starting point.
+
+Loss: mean negative log-likelihood of the reference completion tokens (stop token included):
+    L = - (1 / Σ_i |y_i|) Σ_i Σ_t log π_θ(y_{i,t} | x_i, y_{i,<t})
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mmrl.config import RunConfig, to_dict
+from mmrl.grpo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from mmrl.grpo.trainer import save_final, setup_policy
+from mmrl.logging import RunLogger
+from mmrl.producers import Prepared, TaskProducer
+from mmrl.rollout.forward import collate, completion_logprobs
+from mmrl.sample import Sample
+
+
+def reference_completion(task: Any, sample: Sample) -> str:
+    """The completion SFT imitates: the task's own rendering if it has one, else the answer wrapped
+    in the Sample's answer format (`meta.answer_mode`: `answer_tag` default, `boxed`, `raw`)."""
+    if hasattr(task, "reference_completion"):
+        return task.reference_completion(sample)
+    answer = sample.answer if isinstance(sample.answer, str) else json.dumps(sample.answer)
+    mode = sample.meta.get("answer_mode", "answer_tag")
+    if mode == "boxed":
+        return f"\\boxed{{{answer}}}"
+    if mode == "raw":
+        return answer
+    return f"<answer>{answer}</answer>"
+
+
+def completion_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` followed by the end-of-turn token the engine stops at."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(ids) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+
+
+def sft(cfg: RunConfig) -> Path:
+    """Run supervised fine-tuning as configured; returns the run folder (model in `<out>/final`)."""
+    run_dir = Path(cfg.sft.out_dir)
+    policy = setup_policy(cfg, cfg.sft.steps, lr=cfg.sft.lr)
+    tokenizer = policy.processor.tokenizer
+    producer = TaskProducer(cfg, policy.processor, rank=policy.accelerator.process_index)
+    start = 0
+    checkpoint = resolve_resume(cfg.train.resume, run_dir) if cfg.train.resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model=policy.unwrapped, optimizer=policy.optimizer,
+                                scheduler=policy.scheduler)  # fmt: skip
+        producer.load_state_dict(state["producer_state"])
+        start = int(state["step"])
+    main = policy.accelerator.is_main_process
+    logger = (
+        RunLogger(run_dir, cfg.log, total_steps=cfg.sft.steps, resume_step=start if checkpoint is not None else None)
+        if main
+        else None
+    )
+    if logger:
+        logger.log_config(to_dict(cfg))
+    device = policy.accelerator.device
+    policy.model.train()
+    for step in range(start, cfg.sft.steps):
+        t0 = time.perf_counter()
+        batch = [producer.prepare(step, 0, slot) for slot in range(cfg.sft.batch_size)]
+        targets = [completion_ids(tokenizer, reference_completion(p.task, p.sample)) for p in batch]
+        if cfg.sft.shuffle_answers:
+            order = np.random.default_rng([cfg.data.seed, step, 5]).permutation(len(targets))
+            targets = [targets[i] for i in order]
+        loss, tokens = _nll_step(policy, batch, targets, device, cfg.train.micro_batch_size)
+        grad_norm = float(policy.accelerator.clip_grad_norm_(policy.model.parameters(), cfg.train.grad_clip or 1e9))
+        policy.optimizer.step()
+        policy.scheduler.step()
+        policy.optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if logger:
+            logger.log(done, {"loss/sft": loss, "grad_norm": grad_norm, "lr": policy.scheduler.get_last_lr()[0],
+                              "tokens": tokens, "time/step": time.perf_counter() - t0})  # fmt: skip
+        if main and (done % cfg.train.save_every == 0 or done == cfg.sft.steps):
+            save_checkpoint(run_dir, done, model=policy.unwrapped, optimizer=policy.optimizer,
+                            scheduler=policy.scheduler, producer_state=producer.state_dict(),
+                            extra={"config": to_dict(cfg)}, keep=cfg.train.keep_checkpoints)  # fmt: skip
+    if logger:
+        save_final(policy, run_dir / "final")
+        logger.close()
+    return run_dir
+
+
+def _nll_step(policy, batch: list[Prepared], targets: list[list[int]], device, micro: int) -> tuple[float, float]:
+    """Backward of the token-mean NLL over the whole batch (micro-batched); returns (loss, tokens)."""
+    total_tokens = sum(len(t) for t in targets)
+    total = 0.0
+    for i in range(0, len(batch), micro):
+        inputs = collate([p.prompt for p in batch[i : i + micro]], targets[i : i + micro], policy.pad_id)
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        logprobs, _, mask = completion_logprobs(policy.model, inputs)  # (B, Lc)
+        loss = -(logprobs * mask).sum() / total_tokens
+        policy.accelerator.backward(loss)
+        total += float(loss.detach())
+    return total, float(total_tokens)
