@@ -6,6 +6,7 @@ Errors the user can cause (bad path, corrupt media, bad config key) print as one
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,7 +90,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             print(f"cold start: reusing {warm}")
         cfg.model.path = str(warm)
     run_dir = train(cfg)
-    print(f"run folder: {run_dir.resolve()}")
+    if os.environ.get("RANK", "0") == "0":  # one line, also under `accelerate launch`
+        print(f"run folder: {run_dir.resolve()}")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
@@ -183,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _quiet_libraries() -> None:
     """Our own progress bars only: transformers' per-file load/save bars would interleave with them."""
-    import os
-
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         from transformers.utils import logging as hf_logging

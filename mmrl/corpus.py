@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -218,9 +219,16 @@ def build_default_corpus(cfg: CorpusConfig, *, progress: bool = True) -> Corpus:
     """Build (or finish building) the default corpus described by `cfg`; returns it opened.
 
     A complete corpus with the same config is returned as it is; a corpus built with another
-    config in the same folder is an error (choose another `root`), never silently mixed.
+    config in the same folder is an error (choose another `root`), never silently mixed. Concurrent
+    callers (several ranks) serialise on a lock file: one builds, the others then find it complete.
     """
     root = corpus_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".lock")):
+        return _build_default_corpus(cfg, root, progress)
+
+
+def _build_default_corpus(cfg: CorpusConfig, root: Path, progress: bool) -> Corpus:
     wanted = {"version": CORPUS_VERSION, "config": to_dict(cfg) | {"root": ""}}
     manifest_path = root / MANIFEST
     if manifest_path.is_file():

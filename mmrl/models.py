@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from mmrl.config import ModelConfig, default_cache_dir
 from mmrl.errors import ConfigError, MMRLError
@@ -134,8 +135,11 @@ def resolve_model_path(path: str) -> str:
             raise MMRLError(f"unknown tiny model '{path}'; valid: {', '.join('tiny:' + f for f in FAMILIES)}")
         out = default_cache_dir() / "models" / f"tiny-{family}"
         if not (out / "config.json").exists():
-            log.info("building tiny %s model into %s (first use)", family, out)
-            build_tiny(family, out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(out) + ".lock"):  # several ranks may ask at once: one builds, the others wait
+                if not (out / "config.json").exists():
+                    log.info("building tiny %s model into %s (first use)", family, out)
+                    build_tiny(family, out)
         return str(out)
     local = Path(path).expanduser()
     if local.is_dir():

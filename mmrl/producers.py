@@ -95,9 +95,7 @@ class SampleSource:
         if self._items is None:
             source: Any = self.spec.source
             if source == "default":
-                from mmrl.corpus import default_corpus
-
-                source = _LazyCorpus(lambda: default_corpus(self.corpus_cfg))
+                source = _LazyCorpus(self.corpus_cfg)
             else:
                 source = Path(source)
             self._items = self.task.sources(source)
@@ -109,12 +107,14 @@ class SampleSource:
 class _LazyCorpus:
     """Builds the default corpus only if a task actually reads it (the diagnostic task does not)."""
 
-    def __init__(self, build):
-        self._build, self._corpus = build, None
+    def __init__(self, cfg: CorpusConfig):
+        self._cfg, self._corpus = cfg, None
 
     def __getattr__(self, name: str):
         if self._corpus is None:
-            self._corpus = self._build()
+            from mmrl.corpus import default_corpus  # imports open3d: only when a task reads the corpus
+
+            self._corpus = default_corpus(self._cfg)
         return getattr(self._corpus, name)
 
 

@@ -84,6 +84,8 @@ def setup_policy(cfg: RunConfig, total_optimizer_steps: int, *, lr: float | None
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.train.schedule, cfg.train.warmup_steps, total_optimizer_steps)
     )
+    # from_pretrained returns eval mode, where transformers skips gradient checkpointing (and dropout).
+    model.train()
     model, optimizer = accelerator.prepare(model, optimizer)
     return Policy(model, processor, optimizer, scheduler, accelerator, ref_model)
 
@@ -319,13 +321,14 @@ def train(cfg: RunConfig) -> Path:
         metrics["time/step"] = time.perf_counter() - t_step
         metrics["tokens_per_s"] = metrics["tokens_generated"] / max(metrics["time/generate"], 1e-9)
         metrics |= peak_memory()
+        metrics["world_size"] = acc.num_processes
         done = step + 1
         if logger:
             if heldout and (done == cfg.train.steps or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
                 metrics |= evaluate_heldout(engine, heldout, cfg.rollout.max_new_tokens)
             logger.log(done, metrics)
             if cfg.log.samples_every and done % cfg.log.samples_every == 0:
-                logger.log_samples(done, [_sample_row(r) for r in rollouts[: cfg.rollout.n]])
+                logger.log_samples(done, [_sample_row(r) for r in _first_of_each_group(rollouts)])
         if done % cfg.train.save_every == 0 or done == cfg.train.steps:
             acc.wait_for_everyone()
             if main:
@@ -346,6 +349,13 @@ def save_final(policy: Policy, out: Path) -> None:
         model = model.merge_and_unload()
     model.save_pretrained(out)
     policy.processor.save_pretrained(out)
+
+
+def _first_of_each_group(rollouts: list[Rollout]) -> list[Rollout]:
+    seen: dict[str, Rollout] = {}
+    for r in rollouts:
+        seen.setdefault(r.group_id, r)
+    return list(seen.values())
 
 
 def _sample_row(r: Rollout) -> dict[str, Any]:
