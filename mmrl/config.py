@@ -192,6 +192,8 @@ class TrainConfig:
     """Clip the gradient norm to this value (0: off)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward pass (gradient accumulation within a mini-batch)."""
+    mixed_precision: Literal["no", "bf16"] = "bf16"
+    """On CUDA, run forward passes under bf16 autocast (accelerate); ignored on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     freeze_vision: bool = False

@@ -64,7 +64,8 @@ def setup_policy(cfg: RunConfig, total_optimizer_steps: int, *, lr: float | None
     """Load the policy, apply freezing / LoRA / checkpointing, and build optimiser and schedule."""
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.train.mixed_precision if cuda else "no")
     torch.manual_seed(cfg.train.seed)  # model-side randomness (LoRA init); sampling is seeded per call
     model, processor = load_policy(cfg.model, device=accelerator.device)
     freeze_parts(model, vision=cfg.train.freeze_vision, projector=cfg.train.freeze_projector)

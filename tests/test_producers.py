@@ -1,0 +1,136 @@
+"""TaskProducer with the real tiny model and HF engine: mixtures, datasets, bad samples,
+dynamic sampling and replay."""
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmrl.config import DataSource, RunConfig, load_config
+from mmrl.models import load_policy
+from mmrl.producers import TaskProducer
+from mmrl.rollout import make_engine
+from mmrl.sample import Sample, write_dataset
+from pretext_tasks.registry import get_task, register
+from rewards.base import Reward
+
+
+@register("test_parity")
+class ParityTask:
+    """Test task: even-indexed Samples always score 0.5 (a zero-variance group); odd ones score the
+    parity of the completion's length, so their groups usually have variance."""
+
+    @dataclass
+    class Params:
+        size: int = 32
+        """Image side."""
+
+    def __init__(self, params):
+        self.params = params
+
+    def sources(self, corpus=None):
+        return range(1000)
+
+    def make(self, index, rng):
+        image = Image.fromarray(rng.integers(0, 256, (self.params.size, self.params.size, 3), dtype=np.uint8))
+        content = [{"type": "image", "image": image}, {"type": "text", "text": "Say anything."}]
+        return Sample(f"p{index}", "test_parity", [{"role": "user", "content": content}], answer=None,
+                      meta={"even": bool(index % 2 == 0)})  # fmt: skip
+
+    def reward(self, completion, sample):
+        if sample.meta["even"]:
+            return Reward(0.5, {"constant": 1.0})
+        return Reward(float(len(completion) % 2), {"constant": 0.0})
+
+
+@pytest.fixture(scope="module")
+def policy():
+    model, processor = load_policy(load_config(RunConfig).model, device="cpu")
+    return model, processor
+
+
+def config(*overrides: str) -> RunConfig:
+    return load_config(RunConfig, None, ["rollout.n=4", "rollout.max_new_tokens=6", "data.prompts_per_step=4",
+                                         *overrides])  # fmt: skip
+
+
+def test_weighted_mixture_of_live_tasks(policy):
+    cfg = config()
+    cfg.data.sources = [DataSource(task="dominant_color", weight=3.0), DataSource(task="test_parity", weight=1.0)]
+    producer = TaskProducer(cfg, policy[1])
+    tasks = Counter(producer.prepare(step, 0, slot).sample.task for step in range(50) for slot in range(4))
+    share = tasks["dominant_color"] / sum(tasks.values())
+    assert 0.65 < share < 0.85, tasks
+    # The draw is a pure function of (seed, step, slot) and the source counters: a fresh producer repeats it.
+    first, second = TaskProducer(cfg, policy[1]), TaskProducer(cfg, policy[1])
+    assert [first.prepare(0, 0, s).sample.id for s in range(4)] == [second.prepare(0, 0, s).sample.id for s in range(4)]
+
+
+def test_dataset_source_visits_every_sample_once_per_epoch_and_skips_bad_ones(policy, tmp_path):
+    task = get_task("dominant_color")
+    samples = [task.make(i, np.random.default_rng(i)) for i in range(6)]
+    for i, s in enumerate(samples):
+        s.id = f"s{i}"
+    write_dataset(samples, tmp_path / "ds")
+    (tmp_path / "ds" / "media" / "s3_0.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    cfg = config()
+    cfg.data.sources = [DataSource(task="dominant_color", path=str(tmp_path / "ds"))]
+    producer = TaskProducer(cfg, policy[1])
+    drawn = [producer.prepare(0, 0, slot).sample.id for slot in range(5)]
+    assert sorted(drawn) == ["s0", "s1", "s2", "s4", "s5"]  # one epoch, the corrupt one skipped
+    assert producer.stats["skipped_samples"] == 1
+    state = producer.state_dict()
+    fresh = TaskProducer(cfg, policy[1])
+    fresh.load_state_dict(state)
+    assert [fresh.prepare(1, 0, s).sample.id for s in range(3)] == [
+        producer.prepare(1, 0, s).sample.id for s in range(3)
+    ]
+
+
+def test_produce_groups_rewards_and_advantages(policy):
+    model, processor = policy
+    cfg = config()
+    cfg.data.sources = [DataSource(task="test_parity")]
+    producer = TaskProducer(cfg, processor)
+    rollouts, metrics = producer.produce(make_engine(cfg.rollout, model, processor), step=0)
+    assert len(rollouts) == 4 * 4
+    groups = Counter(r.group_id for r in rollouts)
+    assert set(groups.values()) == {4}
+    for gid in groups:
+        members = [r for r in rollouts if r.group_id == gid]
+        assert len({id(r.prompt) for r in members}) == 1  # media encoded once per group
+        rewards = np.array([r.reward for r in members])
+        adv = np.array([r.advantage for r in members])
+        expected = (rewards - rewards.mean()) / (rewards.std() + 1e-6) if rewards.std() > 0 else np.zeros(4)
+        np.testing.assert_allclose(adv, expected, atol=1e-9)
+    assert metrics["reward/test_parity/constant"] == pytest.approx(
+        np.mean([r.reward_parts["constant"] for r in rollouts])
+    )
+    assert 0 <= metrics["frac_zero_std_groups"] <= 1
+
+
+def test_dynamic_sampling_keeps_only_informative_groups(policy):
+    model, processor = policy
+    cfg = config("algorithm.dynamic_sampling=true", "algorithm.max_resample=6")
+    cfg.data.sources = [DataSource(task="test_parity")]
+    producer = TaskProducer(cfg, processor)
+    rollouts, metrics = producer.produce(make_engine(cfg.rollout, model, processor), step=0)
+    groups = {r.group_id for r in rollouts}
+    assert len(groups) == 4 and len(rollouts) == 16
+    for gid in groups:
+        rewards = {r.reward for r in rollouts if r.group_id == gid}
+        assert len(rewards) > 1, "a zero-variance group was kept"
+    assert metrics["dynamic/rounds"] >= 2  # half the prompts are constant: refills were needed
+    assert metrics["frac_zero_std_groups"] > 0
+
+
+def test_replay_trains_on_nonzero_advantages_only(policy):
+    model, processor = policy
+    cfg = config("algorithm.replay=true", "data.prompts_per_step=8")
+    cfg.data.sources = [DataSource(task="test_parity")]
+    producer = TaskProducer(cfg, processor)
+    rollouts, metrics = producer.produce(make_engine(cfg.rollout, model, processor), step=0)
+    assert len(rollouts) == metrics["replay/selected"] <= 8 * 4 // 2
+    assert all(r.advantage != 0 for r in rollouts)
