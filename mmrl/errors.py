@@ -15,3 +15,13 @@ class ConfigError(MMRLError):
 
 class DatasetError(MMRLError):
     """A dataset record that is not valid (message names the file and line number)."""
+
+
+class SkipItem(MMRLError):
+    """A source item a task cannot use (image too small, video too short, depth map without valid
+    points...). Generation loops skip it and count it under `reason`; they never crash on it."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        """Short, stable key for counting (e.g. `image_too_small`)."""

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mmrl.config import CorpusConfig, DataSource, RunConfig
-from mmrl.errors import MMRLError
+from mmrl.errors import MediaError, MMRLError, SkipItem
 from mmrl.grpo.advantages import group_advantages, zero_variance_groups
 from mmrl.grpo.replay import select_replay
 from mmrl.rollout.encode import encode_prompt
@@ -201,7 +201,12 @@ class TaskProducer:
         rng = np.random.default_rng([self.cfg.data.seed, self.rank, step, round_, slot])
         source = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
         for _ in range(MAX_BAD_DRAWS):
-            sample = source.draw()
+            try:
+                sample = source.draw()
+            except (SkipItem, MediaError) as e:  # an unusable source item: count it, draw the next one
+                self.stats[f"skipped/{getattr(e, 'reason', 'unreadable_media')}"] += 1
+                log.warning("skipping a source item of %s: %s", source.spec.task, e)
+                continue
             try:
                 prompt = encode_prompt(
                     self.processor,

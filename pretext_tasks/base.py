@@ -16,6 +16,7 @@ the wording always matches what `rewards.extract` parses.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -85,4 +86,44 @@ def options_text(options: Sequence[str]) -> str:
     return ", ".join(options[:-1]) + " or " + options[-1]
 
 
-__all__ = ["PretextTask", "answer_instruction", "options_text"]
+@dataclass(frozen=True)
+class Shuffle:
+    """K elements shown in a shuffled order under labels 1..K (Visual Jigsaw's convention).
+
+    `order[j]` is the true index (0-based, in true order: raster, chronological, nearest first) of
+    the element shown under label j+1. The answer `labels[i]` is the label that true element i was
+    shown under, so listing `labels` walks the elements in their true order.
+    Worked example (K=4): order = (2, 0, 3, 1) -> labels = (2, 4, 1, 3).
+    """
+
+    order: tuple[int, ...]
+    """True index of the element shown under each label (label j+1 at position j)."""
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Ground truth: for each element in true order, the 1-based label it was shown under."""
+        return tuple(self.order.index(i) + 1 for i in range(len(self.order)))
+
+    def shown(self, elements: Sequence[Any]) -> list[Any]:
+        """`elements` (in true order) rearranged into the order they are shown in."""
+        if len(elements) != len(self.order):
+            raise ValueError(f"shuffle of {len(self.order)} elements applied to {len(elements)}")
+        return [elements[i] for i in self.order]
+
+
+def shuffle_and_label(k: int, rng: np.random.Generator, *, allow_identity: bool = False) -> Shuffle:
+    """Draw the shown order of `k` elements; by default never the identity (it would give the answer away)."""
+    if k < 2:
+        raise ValueError(f"an ordering task needs at least 2 elements, got {k}")
+    while True:
+        order = tuple(int(i) for i in rng.permutation(k))
+        if allow_identity or order != tuple(range(k)):
+            return Shuffle(order)
+
+
+def format_labels(labels: Sequence[int]) -> str:
+    """The answer payload: bare comma-separated integers, `5, 1, 3`."""
+    return ", ".join(str(int(x)) for x in labels)
+
+
+__all__ = ["PretextTask", "Shuffle", "answer_instruction", "format_labels", "options_text", "shuffle_and_label"]
