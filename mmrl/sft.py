@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from mmrl.config import RunConfig, to_dict
-from mmrl.grpo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
-from mmrl.grpo.trainer import save_final, setup_policy
+from mmrl.grpo.trainer import checkpoint, restore, save_final, setup_policy
 from mmrl.logging import RunLogger
 from mmrl.producers import Prepared, TaskProducer
 from mmrl.rollout.forward import collate, completion_logprobs
@@ -55,19 +54,10 @@ def sft(cfg: RunConfig) -> Path:
     policy = setup_policy(cfg, cfg.sft.steps, lr=cfg.sft.lr)
     tokenizer = policy.processor.tokenizer
     producer = TaskProducer(cfg, policy.processor, rank=policy.accelerator.process_index)
-    start = 0
-    checkpoint = resolve_resume(cfg.train.resume, run_dir) if cfg.train.resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model=policy.unwrapped, optimizer=policy.optimizer,
-                                scheduler=policy.scheduler)  # fmt: skip
-        producer.load_state_dict(state["producer_state"])
-        start = int(state["step"])
+    resumed = restore(policy, producer, cfg.train.resume, run_dir)
+    start = resumed or 0
     main = policy.accelerator.is_main_process
-    logger = (
-        RunLogger(run_dir, cfg.log, total_steps=cfg.sft.steps, resume_step=start if checkpoint is not None else None)
-        if main
-        else None
-    )
+    logger = RunLogger(run_dir, cfg.log, total_steps=cfg.sft.steps, resume_step=resumed) if main else None
     if logger:
         logger.log_config(to_dict(cfg))
     device = policy.accelerator.device
@@ -88,10 +78,8 @@ def sft(cfg: RunConfig) -> Path:
         if logger:
             logger.log(done, {"loss/sft": loss, "grad_norm": grad_norm, "lr": policy.scheduler.get_last_lr()[0],
                               "tokens": tokens, "time/step": time.perf_counter() - t0})  # fmt: skip
-        if main and (done % cfg.train.save_every == 0 or done == cfg.sft.steps):
-            save_checkpoint(run_dir, done, model=policy.unwrapped, optimizer=policy.optimizer,
-                            scheduler=policy.scheduler, producer_state=producer.state_dict(),
-                            extra={"config": to_dict(cfg)}, keep=cfg.train.keep_checkpoints)  # fmt: skip
+        if done % cfg.train.save_every == 0 or done == cfg.sft.steps:
+            checkpoint(policy, producer, run_dir, done, cfg)
     if logger:
         save_final(policy, run_dir / "final")
         logger.close()

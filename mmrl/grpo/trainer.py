@@ -294,19 +294,11 @@ def train(cfg: RunConfig) -> Path:
     producer = TaskProducer(cfg, policy.processor, rank=acc.process_index)
     heldout = producer.heldout(cfg.data.eval_samples) if main else []
 
-    start = 0
-    checkpoint = resolve_resume(cfg.train.resume, run_dir) if cfg.train.resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model=policy.unwrapped, optimizer=policy.optimizer,
-                                scheduler=policy.scheduler)  # fmt: skip
-        producer.load_state_dict(state["producer_state"])
-        start = int(state["step"])
+    resumed = restore(policy, producer, cfg.train.resume, run_dir)
+    start = resumed or 0
+    if resumed is not None:
         engine.sync_weights(policy.unwrapped)
-    logger = (
-        RunLogger(run_dir, cfg.log, total_steps=cfg.train.steps, resume_step=start if checkpoint is not None else None)
-        if main
-        else None
-    )
+    logger = RunLogger(run_dir, cfg.log, total_steps=cfg.train.steps, resume_step=resumed) if main else None
     if logger:
         logger.log_config(to_dict(cfg))
         if start == 0 and heldout:
@@ -331,16 +323,32 @@ def train(cfg: RunConfig) -> Path:
             if cfg.log.samples_every and done % cfg.log.samples_every == 0:
                 logger.log_samples(done, [_sample_row(r) for r in _first_of_each_group(rollouts)])
         if done % cfg.train.save_every == 0 or done == cfg.train.steps:
-            acc.wait_for_everyone()
-            if main:
-                save_checkpoint(run_dir, done, model=policy.unwrapped, optimizer=policy.optimizer,
-                                scheduler=policy.scheduler, producer_state=producer.state_dict(),
-                                extra={"config": to_dict(cfg)}, keep=cfg.train.keep_checkpoints)  # fmt: skip
+            checkpoint(policy, producer, run_dir, done, cfg)
     if logger:
         save_final(policy, run_dir / "final")
         logger.close()
     acc.wait_for_everyone()
     return run_dir
+
+
+def restore(policy: Policy, producer, resume: str, run_dir: Path) -> int | None:
+    """Load the checkpoint `resume` names (`auto`, a folder, or empty: none) into the policy and
+    producer; returns its step, or None when starting fresh."""
+    path = resolve_resume(resume, run_dir) if resume else None
+    if path is None:
+        return None
+    state = load_checkpoint(path, model=policy.unwrapped, optimizer=policy.optimizer, scheduler=policy.scheduler)
+    producer.load_state_dict(state["producer_state"])
+    return int(state["step"])
+
+
+def checkpoint(policy: Policy, producer, run_dir: Path, step: int, cfg: RunConfig) -> None:
+    """Save an atomic checkpoint of everything a resume needs (rank 0 writes; all ranks wait)."""
+    policy.accelerator.wait_for_everyone()
+    if policy.accelerator.is_main_process:
+        save_checkpoint(run_dir, step, model=policy.unwrapped, optimizer=policy.optimizer, scheduler=policy.scheduler,
+                        producer_state=producer.state_dict(), extra={"config": to_dict(cfg)},
+                        keep=cfg.train.keep_checkpoints)  # fmt: skip
 
 
 def save_final(policy: Policy, out: Path) -> None:
@@ -364,4 +372,13 @@ def _sample_row(r: Rollout) -> dict[str, Any]:
             "advantage": r.advantage, "parts": r.reward_parts}  # fmt: skip
 
 
-__all__ = ["Policy", "evaluate_heldout", "save_final", "setup_policy", "train", "update_policy"]
+__all__ = [
+    "Policy",
+    "checkpoint",
+    "evaluate_heldout",
+    "restore",
+    "save_final",
+    "setup_policy",
+    "train",
+    "update_policy",
+]
