@@ -102,6 +102,49 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(f"run folder: {run_dir.resolve()} (model: {(run_dir / 'final').resolve()})")
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    from mmrl.generate import generate, parse_params, summary_line
+
+    start = time.perf_counter()
+    report = generate(
+        args.task,
+        params=parse_params(args.param),
+        source=args.source,
+        n=args.n,
+        seed=args.seed,
+        out=args.out,
+        fmt=args.format,
+        preview=args.preview,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(summary_line(report, args.out, time.perf_counter() - start))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from mmrl.config import ModelConfig
+    from mmrl.evaluate import evaluate, format_table
+
+    model_cfg = ModelConfig(path=args.model)
+    if args.max_pixels:
+        model_cfg.max_pixels = args.max_pixels
+    result, path = evaluate(
+        args.model,
+        args.data,
+        n=args.n,
+        out=args.out,
+        model_cfg=model_cfg,
+        progress=not args.quiet,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        max_prompt_tokens=args.max_prompt_tokens,
+        seed=args.seed,
+    )
+    print(format_table(result))
+    print(f"results: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mmrl.config import CorpusConfig, RunConfig
 
@@ -166,6 +209,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, RunConfig)
     p.set_defaults(func=cmd_sft)
+
+    p = verbs.add_parser(
+        "generate",
+        help="write a dataset of Samples from a pretext task (jsonl, Hugging Face or verl format)",
+        description="Generate N Samples of a pretext task into a folder. Sample i is drawn from a source item "
+        "picked by numpy.random.default_rng([seed, i]), the same generator then making the Sample, so the same "
+        "seed gives byte-identical output. Source items a task cannot use (image too small, video too short, "
+        "unreadable file) are skipped, counted by reason and reported at the end (also in generation.json); "
+        "after 50 unusable items in a row the run stops with an error. Formats: `jsonl` (samples.jsonl + "
+        "media/, read by `mmrl train` and `mmrl eval`), `hf` (datasets.load_from_disk; the columns TRL's "
+        "GRPOTrainer reads: prompt, images; image tasks only), `verl` (train.parquet for verl / EasyR1). "
+        "Columns are documented in data/README.md."
+        "\n\nexamples:\n  mmrl generate --task dominant_color --n 64 --seed 0 --out data/dc --preview 4"
+        "\n  mmrl generate --task image_jigsaw --param rows=2 --param cols=2 --source ~/photos --n 1000 "
+        "--out data/jig --format hf",
+        formatter_class=formatter,
+    )
+    p.add_argument("--task", required=True, help="registry name of the task (e.g. dominant_color, image_jigsaw)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="task parameter (repeatable); the value is parsed as YAML: --param grid=[2,3] --param answer_mode=boxed",
+    )
+    p.add_argument("--source", default="default", help="folder of source media, or `default` (the built-in corpus)")
+    p.add_argument("--n", type=int, required=True, help="number of samples to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --overwrite)")
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "hf", "verl"], help="output format (default jsonl)")
+    p.add_argument(
+        "--preview", type=int, default=0, metavar="K", help="PNG sheets of the first K samples in OUT/preview"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset already generated in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+    p = verbs.add_parser(
+        "eval",
+        help="score a model on a generated dataset, with a random-guess baseline",
+        description="Evaluate a model on a dataset written by `mmrl generate` (jsonl format): one completion per "
+        "sample, generated in batches with the hf engine, scored with the sample's own task reward. Prints, per "
+        "task (and per meta.split when samples carry one), the count, exact accuracy (the reward's `accuracy` part "
+        "= 1, else reward >= 1) and mean reward, next to a `random` row that scores random answers of the right "
+        "form (a random permutation for ordering tasks, else the task's random_answer or shuffled reference "
+        "answers). Prompts over --max-prompt-tokens are skipped and counted. Results go to --out as JSON "
+        "(default <data>/eval-<model>.json).\n\nexample:\n  mmrl eval --model tiny:qwen2.5-vl --data data/dc --n 32",
+        formatter_class=formatter,
+    )
+    p.add_argument("--model", required=True, help="checkpoint folder, hub id, or tiny:<family> (e.g. tiny:qwen2.5-vl)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (samples.jsonl + media/)")
+    p.add_argument("--n", type=int, help="evaluate only the first N samples (file order)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated per batch (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per completion (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 decodes greedily (default)")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096, help="longer prompts are skipped (default 4096)")
+    p.add_argument("--max-pixels", type=int, help="per-image pixel budget (default: model.max_pixels, 256*28*28)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling and of the random baseline")
+    p.add_argument("--out", type=Path, help="result JSON (default <data>/eval-<model>.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -12,34 +12,18 @@ Loss: mean negative log-likelihood of the reference completion tokens (stop toke
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from mmrl.config import RunConfig, to_dict
+from mmrl.evaluate import answer_completion
 from mmrl.grpo.trainer import checkpoint, restore, save_final, setup_policy
 from mmrl.logging import RunLogger
 from mmrl.producers import Prepared, TaskProducer
 from mmrl.rollout.forward import collate, completion_logprobs
-from mmrl.sample import Sample
-
-
-def reference_completion(task: Any, sample: Sample) -> str:
-    """The completion SFT imitates: the task's own rendering if it has one, else the answer wrapped
-    in the Sample's answer format (`meta.answer_mode`: `answer_tag` default, `boxed`, `raw`)."""
-    if hasattr(task, "reference_completion"):
-        return task.reference_completion(sample)
-    answer = sample.answer if isinstance(sample.answer, str) else json.dumps(sample.answer)
-    mode = sample.meta.get("answer_mode", "answer_tag")
-    if mode == "boxed":
-        return f"\\boxed{{{answer}}}"
-    if mode == "raw":
-        return answer
-    return f"<answer>{answer}</answer>"
 
 
 def completion_ids(tokenizer, text: str) -> list[int]:
@@ -65,7 +49,7 @@ def sft(cfg: RunConfig) -> Path:
     for step in range(start, cfg.sft.steps):
         t0 = time.perf_counter()
         batch = [producer.prepare(step, 0, slot) for slot in range(cfg.sft.batch_size)]
-        targets = [completion_ids(tokenizer, reference_completion(p.task, p.sample)) for p in batch]
+        targets = [completion_ids(tokenizer, answer_completion(p.task, p.sample)) for p in batch]
         if cfg.sft.shuffle_answers:
             order = np.random.default_rng([cfg.data.seed, step, 5]).permutation(len(targets))
             targets = [targets[i] for i in order]

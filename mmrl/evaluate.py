@@ -1,0 +1,434 @@
+"""`mmrl eval`: score a model on a generated dataset, next to a random-guess baseline.
+
+For each Sample the model's completion (one per sample, batched through the hf engine) is scored by
+its own task's reward: `get_task(sample.task, **sample.meta["params"]).reward` (the parameters it
+was generated with, when the Sample records them; else the task's defaults). Per group (by task, and by `meta["split"]`
+when samples carry one) we report:
+
+- `count`: samples scored (prompts over `max_prompt_tokens` or with unreadable media are skipped and
+  counted under `skipped`, never scored as 0);
+- `accuracy`: fraction of exact answers: the reward's `exact` part equals 1 when it has one (the
+  ordering rewards), else its `accuracy` part equals 1 (partial credit, e.g. Visual Jigsaw's
+  γ·fraction, never counts), else `score >= 1`;
+- `mean_reward`: mean of `Reward.score`.
+
+The `random` row scores, for the same samples, answers of the right form drawn at random (mean over
+`baseline_draws` draws per sample): the task's own `random_answer(sample, rng) -> completion text`
+when it has one; else, when the answer is a permutation of 1..K (ordering tasks), a uniformly random
+permutation in the sample's answer format; else a shuffle of the reference answers of the task's
+samples in the dataset (a guess from the dataset's answer distribution).
+
+`score(samples, completions)` scores any completions (e.g. `reference_completions(samples)`, which
+must reach accuracy 1.0: a check of the scoring path without a model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmrl.config import ModelConfig, RolloutConfig
+from mmrl.errors import MediaError, MMRLError
+from mmrl.generate import answer_text
+from mmrl.sample import Sample
+
+log = logging.getLogger(__name__)
+
+GroupBy = dict[str, Callable[[Sample], "str | None"]]
+DEFAULT_GROUPS: GroupBy = {"task": lambda s: s.task, "split": lambda s: s.meta.get("split")}
+"""Result groupings: name -> key of a sample (None leaves the sample out of that grouping)."""
+POLICIES = ("model", "random")
+
+
+@dataclass
+class Scored:
+    """One scored completion."""
+
+    id: str
+    task: str
+    completion: str
+    reward: float
+    accuracy: float
+    """1.0 for an exact answer, else 0.0 (a mean over draws for the random baseline)."""
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring
+
+
+class _Tasks(dict):
+    """Task objects by registry name, built on first use with default parameters."""
+
+    def __missing__(self, name: str) -> Any:
+        from pretext_tasks.registry import get_task
+
+        self[name] = task = get_task(name)
+        return task
+
+    def of(self, sample: Sample) -> Any:
+        """The task that scores `sample`: built with the parameters it was generated with
+        (`meta["params"]`, when present and still valid), else with the defaults."""
+        from pretext_tasks.registry import get_task
+
+        params = sample.meta.get("params")
+        if not isinstance(params, dict):
+            return self[sample.task]
+        key = f"{sample.task}:{json.dumps(params, sort_keys=True, default=str)}"
+        if key not in self:
+            try:
+                self[key] = get_task(sample.task, **params)
+            except MMRLError as e:
+                if "unknown task" in str(e):
+                    raise
+                log.warning("task %s: meta params no longer valid (%s); scoring with defaults", sample.task, e)
+                self[key] = self[sample.task]
+        return self[key]
+
+
+def is_exact(parts: dict[str, float], score: float) -> bool:
+    """Exact answer: the reward's `exact` part is 1 when it has one (ordering rewards), else its
+    `accuracy` part is 1, else the score is at least 1."""
+    for name in ("exact", "accuracy"):
+        if name in parts:
+            return parts[name] >= 1.0
+    return score >= 1.0
+
+
+def answer_completion(task: Any, sample: Sample, answer: Any = None) -> str:
+    """The completion that states `answer` (default: the sample's own) in the sample's answer format.
+
+    The task's `reference_completion(sample)` when it has one (called on a copy carrying `answer`);
+    else `answer_text(answer)` wrapped per `meta["answer_mode"]` (falling back to the task's
+    `params.answer_mode`): `<answer>…</answer>` (answer_tag, default), `\\boxed{…}` or bare (raw).
+    """
+    answer = sample.answer if answer is None else answer
+    if hasattr(task, "reference_completion"):
+        return task.reference_completion(dataclasses.replace(sample, answer=answer))
+    mode = sample.meta.get("answer_mode") or getattr(getattr(task, "params", None), "answer_mode", "answer_tag")
+    payload = answer_text(answer)
+    if mode == "boxed":
+        return f"\\boxed{{{payload}}}"
+    if mode == "raw":
+        return payload
+    return f"<answer>{payload}</answer>"
+
+
+def reference_completions(samples: Sequence[Sample], tasks: _Tasks | None = None) -> list[str]:
+    """Each sample's ground truth as a completion (scores accuracy 1.0 when the scoring path is right)."""
+    tasks = _Tasks() if tasks is None else tasks
+    return [answer_completion(tasks.of(s), s) for s in samples]
+
+
+def random_completions(samples: Sequence[Sample], rng: np.random.Generator, tasks: dict | None = None) -> list[str]:
+    """One random-guess completion per sample, as described in the module docstring."""
+    tasks = _Tasks() if tasks is None else tasks
+    by_task: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_task.setdefault(s.task, []).append(i)
+    out = [""] * len(samples)
+    for _, indices in sorted(by_task.items()):
+        shuffled = [indices[j] for j in rng.permutation(len(indices))]  # the fallback: a shuffle of answers
+        for i, other in zip(indices, shuffled):
+            sample = samples[i]
+            task = tasks.of(sample)
+            if hasattr(task, "random_answer"):
+                out[i] = task.random_answer(sample, rng)
+            elif _is_permutation(sample.answer):
+                out[i] = answer_completion(task, sample, [int(x) + 1 for x in rng.permutation(len(sample.answer))])
+            else:
+                out[i] = answer_completion(task, sample, samples[other].answer)
+    return out
+
+
+def _is_permutation(answer: Any) -> bool:
+    return (
+        isinstance(answer, (list, tuple))
+        and len(answer) >= 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in answer)
+        and sorted(answer) == list(range(1, len(answer) + 1))
+    )
+
+
+def score(samples: Sequence[Sample], completions: Sequence[str], tasks: _Tasks | None = None) -> list[Scored]:
+    """Score `completions[i]` for `samples[i]` with the sample's task reward (a raising reward scores 0)."""
+    if len(samples) != len(completions):
+        raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
+    tasks = _Tasks() if tasks is None else tasks
+    scored = []
+    for sample, completion in zip(samples, completions):
+        try:
+            reward = tasks.of(sample).reward(completion, sample)
+            value, parts = float(reward.score), {k: float(v) for k, v in reward.parts.items()}
+        except MMRLError:
+            raise  # an unknown task name is the user's to fix, not a zero score
+        except Exception as e:  # a reward must never take the evaluation down
+            log.warning("reward of task %s raised %r on sample %s; scored 0", sample.task, e, sample.id)
+            value, parts = 0.0, {}
+        exact = 1.0 if is_exact(parts, value) else 0.0
+        scored.append(Scored(sample.id, sample.task, completion, value, exact, parts))
+    return scored
+
+
+def _baseline(samples: Sequence[Sample], draws: int, seed: int, tasks: _Tasks) -> list[Scored]:
+    """The random row: per sample, reward and exactness averaged over `draws` random completions."""
+    rng = np.random.default_rng([seed, 7])
+    runs = [score(samples, random_completions(samples, rng, tasks), tasks) for _ in range(draws)]
+    merged = []
+    for i, sample in enumerate(samples):
+        row = [run[i] for run in runs]
+        merged.append(
+            Scored(
+                sample.id,
+                sample.task,
+                row[0].completion,
+                float(np.mean([r.reward for r in row])),
+                float(np.mean([r.accuracy for r in row])),
+            )
+        )
+    return merged
+
+
+def summarize(samples: Sequence[Sample], scored: dict[str, list[Scored]], group_by: GroupBy) -> dict[str, Any]:
+    """`{grouping: {key: {policy: {count, accuracy, mean_reward}}}}`; groupings without keys are left out."""
+    groups: dict[str, Any] = {}
+    for name, key_of in group_by.items():
+        keys = [key_of(s) for s in samples]
+        table: dict[str, Any] = {}
+        for key in sorted({k for k in keys if k is not None}, key=str):
+            idx = [i for i, k in enumerate(keys) if k == key]
+            table[str(key)] = {
+                policy: {
+                    "count": len(idx),
+                    "accuracy": float(np.mean([rows[i].accuracy for i in idx])),
+                    "mean_reward": float(np.mean([rows[i].reward for i in idx])),
+                }
+                for policy, rows in scored.items()
+            }
+        if table:
+            groups[name] = table
+    return groups
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+
+
+def generate_completions(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    *,
+    model_cfg: ModelConfig,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    max_prompt_tokens: int = 4096,
+    seed: int = 0,
+    engine: str = "hf",
+    progress: bool = True,
+) -> tuple[list[str | None], Counter]:
+    """One completion per sample (None where the prompt was skipped) and the skip counts by reason:
+    `prompt_over_budget`, `unreadable_media`, `prompt_rejected` (the processor refused the media)."""
+    from mmrl.rollout import encode_prompt, make_engine
+    from mmrl.rollout.types import SamplingParams
+
+    if batch_size < 1:
+        raise MMRLError(f"--batch-size must be at least 1, got {batch_size}")
+    rollout = RolloutConfig(engine=engine, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    generator = make_engine(rollout, model, processor, seed=seed)
+    completions: list[str | None] = [None] * len(samples)
+    skipped: Counter = Counter()
+    bar = tqdm(total=len(samples), desc="eval", unit="sample", disable=not progress, dynamic_ncols=True)
+    try:
+        for chunk, start in enumerate(range(0, len(samples), batch_size)):
+            indices, prompts = [], []
+            for i in range(start, min(start + batch_size, len(samples))):
+                try:
+                    prompt = encode_prompt(
+                        processor,
+                        samples[i].messages,
+                        model_cfg,
+                        max_prompt_tokens=max_prompt_tokens,
+                        keep_media=engine != "hf",
+                    )
+                except MediaError as e:
+                    skipped["unreadable_media"] += 1
+                    log.warning("skipping sample %s: %s", samples[i].id, e)
+                    continue
+                except MMRLError as e:
+                    reason = "prompt_over_budget" if str(e).startswith("prompt needs") else "prompt_rejected"
+                    skipped[reason] += 1
+                    log.warning("skipping sample %s: %s", samples[i].id, e)
+                    continue
+                indices.append(i)
+                prompts.append(prompt)
+            if prompts:
+                sampling = SamplingParams(
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    seed=int(np.random.default_rng([seed, chunk]).integers(2**31)),
+                )
+                for i, group in zip(indices, generator.generate(prompts, 1, sampling)):
+                    completions[i] = group[0].text
+            bar.update(min(batch_size, len(samples) - start))
+            if skipped:
+                bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
+    finally:
+        bar.close()
+    return completions, skipped
+
+
+def evaluate_dataset(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    *,
+    completions: Sequence[str | None] | None = None,
+    model_cfg: ModelConfig | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    max_prompt_tokens: int = 4096,
+    seed: int = 0,
+    baseline_draws: int = 16,
+    group_by: GroupBy | None = None,
+    engine: str = "hf",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `model` on `samples`; returns the result dict (`format_table` prints it).
+
+    `completions` replaces generation (then `model` and `processor` may be None); a None entry
+    marks a skipped sample. Keys: `samples` (given), `evaluated`, `skipped` (by reason), `groups`
+    (see `summarize`; policies `model` and `random`), `per_sample` (id, task, completion, reward,
+    accuracy, parts). `group_by` maps a grouping name to a sample's key (default: task and split).
+    """
+    if not samples:
+        raise MMRLError("no samples to evaluate")
+    skipped: Counter = Counter()
+    if completions is None:
+        if model is None or processor is None:
+            raise MMRLError("evaluate_dataset needs a model and processor, or completions")
+        completions, skipped = generate_completions(
+            model,
+            processor,
+            samples,
+            model_cfg=model_cfg or ModelConfig(),
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            max_prompt_tokens=max_prompt_tokens,
+            seed=seed,
+            engine=engine,
+            progress=progress,
+        )
+    elif len(completions) != len(samples):
+        raise MMRLError(f"{len(samples)} samples but {len(completions)} completions")
+    kept = [i for i, c in enumerate(completions) if c is not None]
+    if not kept:
+        raise MMRLError(f"every sample was skipped ({dict(skipped)}); raise --max-prompt-tokens or lower pixels")
+    used = [samples[i] for i in kept]
+    tasks = _Tasks()
+    scored = {"model": score(used, [completions[i] for i in kept], tasks)}
+    if baseline_draws > 0:
+        scored["random"] = _baseline(used, baseline_draws, seed, tasks)
+    return {
+        "samples": len(samples),
+        "evaluated": len(used),
+        "skipped": dict(sorted(skipped.items())),
+        "groups": summarize(used, scored, DEFAULT_GROUPS if group_by is None else group_by),
+        "per_sample": [dataclasses.asdict(s) for s in scored["model"]],
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The result as plain-text tables, one per grouping (task first), with the skip counts."""
+    lines = []
+    for name, table in result["groups"].items():
+        rows = [(name, "policy", "count", "accuracy", "mean reward")]
+        for key, policies in table.items():
+            for policy in POLICIES:
+                if policy in policies:
+                    p = policies[policy]
+                    rows.append((key, policy, str(p["count"]), f"{p['accuracy']:.3f}", f"{p['mean_reward']:.3f}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        for r in rows:
+            left = [r[c].ljust(widths[c]) for c in range(2)]
+            right = [r[c].rjust(widths[c]) for c in range(2, 5)]
+            lines.append("  ".join(left + right).rstrip())
+        lines.append("")
+    skipped = result.get("skipped") or {}
+    total = sum(skipped.values())
+    detail = ": " + ", ".join(f"{k} {v}" for k, v in skipped.items()) if total else ""
+    lines.append(f"evaluated {result['evaluated']} of {result['samples']} samples; skipped {total}{detail}")
+    return "\n".join(lines)
+
+
+def default_out(data: str | Path, model: str) -> Path:
+    """`<data>/eval-<model slug>.json`: the result file when `--out` is not given."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or model).strip("-") or "model"
+    return Path(data) / f"eval-{slug}.json"
+
+
+def evaluate(
+    model_path: str,
+    data: str | Path,
+    *,
+    n: int | None = None,
+    out: str | Path | None = None,
+    model_cfg: ModelConfig | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], Path]:
+    """Load the model and the dataset (its first `n` samples, in file order), evaluate, write JSON.
+
+    Returns (result, path of the JSON file). `kwargs` go to `evaluate_dataset`.
+    """
+    from mmrl.models import load_policy
+    from mmrl.sample import SAMPLES_FILE, read_dataset
+
+    folder = Path(data).expanduser()
+    if folder.is_dir() and not (folder / SAMPLES_FILE).exists():
+        found = "a parquet export" if (folder / "train.parquet").exists() else "no samples.jsonl"
+        raise MMRLError(f"{folder} holds {found}; mmrl eval reads the native format (mmrl generate --format jsonl)")
+    samples = read_dataset(folder)
+    if n is not None:
+        if n < 1:
+            raise MMRLError(f"--n must be at least 1, got {n}")
+        samples = samples[:n]
+    cfg = dataclasses.replace(model_cfg or ModelConfig(), path=model_path)
+    model, processor = load_policy(cfg)
+    result = evaluate_dataset(model, processor, samples, model_cfg=cfg, progress=progress, **kwargs)
+    settings = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))}
+    result = {"model": model_path, "data": str(folder), "settings": settings, **result}
+    path = Path(out) if out is not None else default_out(folder, model_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return result, path
+
+
+__all__ = [
+    "DEFAULT_GROUPS",
+    "Scored",
+    "answer_completion",
+    "default_out",
+    "evaluate",
+    "evaluate_dataset",
+    "format_table",
+    "generate_completions",
+    "is_exact",
+    "random_completions",
+    "reference_completions",
+    "score",
+    "summarize",
+]

@@ -1,0 +1,573 @@
+"""`mmrl generate`: write a dataset of Samples from a pretext task, with exports and preview sheets.
+
+Determinism: sample i (0-based) comes from draw attempt a = 0, 1, ... with the generator
+`default_rng([seed, i])` for a = 0 and `default_rng([seed, i, a])` after a failed draw. That one
+generator first picks the source item (`items[rng.integers(len(items))]`, with replacement) and is
+then handed to `task.make(item, rng)`. The Sample's id is rewritten to `<task>-<i:06d>` (a source
+item may be drawn twice). So the same task parameters, source and seed give the same dataset, byte
+for byte, in every format, and sample i does not depend on how many samples are asked for.
+
+Source items a task cannot use (`SkipItem`, counted under its reason) or cannot read (`MediaError`,
+counted as `unreadable_media`) are skipped and the next attempt draws another item; after
+`MAX_CONSECUTIVE_FAILURES` failed attempts in a row the run stops with an error naming the reasons.
+
+Formats (documented with their columns in `data/README.md`):
+
+- `jsonl`: the native `samples.jsonl` + `media/` (`mmrl.sample.write_dataset`);
+- `hf`: a Hugging Face `datasets.Dataset` (`save_to_disk`) with the columns TRL's GRPOTrainer reads
+  for vision-language models (`prompt` with `{"type": "image"}` placeholders, `images`), plus
+  `answer`, `task`, `id`, `meta` (JSON); image tasks only, since the trainer has no video column;
+- `verl`: `train.parquet` in the shape verl's `RLHFDataset` (and EasyR1, via `problem`/`answer`) reads.
+
+Every run also writes `generation.json` (task, parameters, seed, source, counts) and, with
+`preview=K`, one PNG sheet per sample for the first K samples in `preview/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import shutil
+import textwrap
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from mmrl import media
+from mmrl.config import CorpusConfig, to_dict
+from mmrl.errors import MediaError, MMRLError, SkipItem
+from mmrl.sample import MEDIA_DIR, SAMPLES_FILE, Sample, write_dataset
+
+log = logging.getLogger(__name__)
+
+Format = Literal["jsonl", "hf", "verl"]
+FORMATS: tuple[str, ...] = ("jsonl", "hf", "verl")
+MAX_CONSECUTIVE_FAILURES = 50
+REPORT_FILE = "generation.json"
+PREVIEW_DIR = "preview"
+VERL_FILE = "train.parquet"
+HF_FILES = ("dataset_info.json", "state.json")  # plus data-*.arrow shards
+UNREADABLE = "unreadable_media"
+
+
+@dataclass
+class GenerationReport:
+    """What a generation run did; saved as `generation.json` (no times or absolute output paths,
+    so it is part of the byte-identical output)."""
+
+    task: str
+    params: dict[str, Any]
+    """The task's full parameters after defaults and coercion."""
+    seed: int
+    source: str
+    format: str
+    requested: int
+    written: int = 0
+    attempts: int = 0
+    """Draw attempts, failed ones included."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Failed draws by reason (`SkipItem.reason`, or `unreadable_media`)."""
+    preview: int = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Drawing samples
+
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """`["grid=[2,3]", "answer_mode=boxed"]` -> `{"grid": [2, 3], "answer_mode": "boxed"}` (YAML values)."""
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise MMRLError(f"--param expects key=value, got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML: keep the text, the task's parameter types judge it
+        params[key.strip()] = value
+    return params
+
+
+def source_items(task: Any, source: str | Path, corpus_cfg: CorpusConfig | None = None) -> Sequence[Any]:
+    """The task's source items from `source`: `default` (the default corpus, built on first use only
+    if the task reads it) or a path that must exist."""
+    if str(source) == "default":
+        where: Any = _LazyCorpus(corpus_cfg or CorpusConfig())
+    else:
+        where = Path(source).expanduser()
+        if not where.exists():
+            raise MMRLError(f"source {where} does not exist (pass a folder of media, or `default`)")
+    items = task.sources(where)
+    if not len(items):
+        raise MMRLError(f"task '{task.name}' found no source items in {source}")
+    return items
+
+
+def iter_samples(
+    task: Any, items: Sequence[Any], n: int, seed: int, skipped: Counter | None = None
+) -> Iterator[tuple[Sample, int]]:
+    """Yield (sample i, attempts it took) for i < n, drawn as the module docstring describes.
+
+    Failed draws are counted in `skipped` by reason. Raises MMRLError after
+    `MAX_CONSECUTIVE_FAILURES` failed draws in a row.
+    """
+    skipped = Counter() if skipped is None else skipped
+    for i in range(n):
+        reasons: Counter = Counter()
+        for attempt in range(MAX_CONSECUTIVE_FAILURES):
+            rng = np.random.default_rng([seed, i] if attempt == 0 else [seed, i, attempt])
+            item = items[int(rng.integers(len(items)))]
+            try:
+                sample = task.make(item, rng)
+            except SkipItem as e:
+                reason = e.reason
+            except MediaError as e:
+                reason = UNREADABLE
+                log.debug("unreadable source item %r: %s", item, e)
+            else:
+                sample.id = f"{task.name}-{i:06d}"
+                yield sample, attempt + 1
+                break
+            skipped[reason] += 1
+            reasons[reason] += 1
+        else:
+            detail = ", ".join(f"{r}: {c}" for r, c in sorted(reasons.items()))
+            raise MMRLError(
+                f"task '{task.name}': {MAX_CONSECUTIVE_FAILURES} source items in a row were unusable ({detail}) "
+                f"while drawing sample {i}; check the source or the task parameters"
+            )
+
+
+def generate(
+    task_name: str,
+    *,
+    n: int,
+    out: str | Path,
+    params: dict[str, Any] | None = None,
+    source: str | Path = "default",
+    seed: int = 0,
+    fmt: Format = "jsonl",
+    preview: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    corpus_cfg: CorpusConfig | None = None,
+) -> GenerationReport:
+    """Write `n` Samples of task `task_name` into `out` in format `fmt`; returns the report.
+
+    `out` must be empty or absent unless `overwrite`, which first removes this module's own outputs
+    (samples.jsonl, media/, preview/, generation.json, train.parquet, the hf files) and nothing else.
+    """
+    from pretext_tasks.registry import get_task
+
+    if fmt not in FORMATS:
+        raise MMRLError(f"unknown format '{fmt}'; valid formats: {', '.join(FORMATS)}")
+    if n < 1:
+        raise MMRLError(f"--n must be at least 1, got {n}")
+    task = get_task(task_name, **(params or {}))
+    items = source_items(task, source, corpus_cfg)
+    root = Path(out).expanduser()
+    _prepare_out(root, overwrite)
+    report = GenerationReport(task_name, to_dict(task.params), seed, str(source), fmt, n, preview=min(preview, n))
+    skipped: Counter = Counter()
+    bar = tqdm(total=n, desc=f"generate {task_name}", unit="sample", disable=not progress, dynamic_ncols=True)
+
+    def stream() -> Iterator[Sample]:
+        for i, (sample, attempts) in enumerate(iter_samples(task, items, n, seed, skipped)):
+            report.attempts += attempts
+            if i < preview:
+                preview_sheet(sample).save(root / PREVIEW_DIR / f"{i:04d}_{_safe(sample.id)}.png", compress_level=6)
+            report.written += 1
+            bar.update(1)
+            if skipped:
+                bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
+            yield sample
+
+    if preview > 0:
+        (root / PREVIEW_DIR).mkdir(parents=True, exist_ok=True)
+    try:
+        if fmt == "jsonl":
+            write_dataset(stream(), root, overwrite=True)
+        elif fmt == "hf":
+            write_hf(stream(), root)
+        else:
+            write_verl(stream(), root / VERL_FILE)
+    finally:
+        bar.close()
+    report.skipped = dict(sorted(skipped.items()))
+    (root / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report
+
+
+def summary_line(report: GenerationReport, out: str | Path, seconds: float | None = None) -> str:
+    """One line for the console: what was written where, and what was skipped by reason."""
+    took = f" in {seconds:.1f}s" if seconds is not None else ""
+    line = f"wrote {report.written} {report.task} samples to {out} ({report.format}){took}"
+    total = sum(report.skipped.values())
+    if total:
+        line += f"; skipped {total} source items: " + ", ".join(f"{r} {c}" for r, c in report.skipped.items())
+    else:
+        line += "; skipped 0 source items"
+    if report.preview:
+        line += f"; {report.preview} preview sheets in {Path(out) / PREVIEW_DIR}"
+    return line
+
+
+class _LazyCorpus:
+    """The default corpus, built only when a task actually reads it (the diagnostic task does not)."""
+
+    def __init__(self, cfg: CorpusConfig):
+        self._cfg, self._corpus = cfg, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._corpus is None:
+            from mmrl.corpus import default_corpus  # imports open3d: only when needed
+
+            self._corpus = default_corpus(self._cfg)
+        return getattr(self._corpus, name)
+
+
+def _prepare_out(root: Path, overwrite: bool) -> None:
+    if root.exists() and not root.is_dir():
+        raise MMRLError(f"output {root} exists and is not a folder")
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise MMRLError(f"output folder {root} is not empty (pass --overwrite to replace a generated dataset)")
+        for name in (SAMPLES_FILE, REPORT_FILE, VERL_FILE, *HF_FILES):
+            (root / name).unlink(missing_ok=True)
+        for shard in root.glob("data-*.arrow"):
+            shard.unlink()
+        for sub in (MEDIA_DIR, PREVIEW_DIR):
+            shutil.rmtree(root / sub, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports
+
+
+def answer_text(answer: Any) -> str:
+    """The answer as the text a model should give: a list of ints as `2, 4, 1, 3` (the ordering tasks'
+    payload), a string as itself, anything else as JSON."""
+    if isinstance(answer, str):
+        return answer
+    if isinstance(answer, (list, tuple)) and answer and all(isinstance(x, (int, np.integer)) for x in answer):
+        return ", ".join(str(int(x)) for x in answer)
+    return json.dumps(answer, ensure_ascii=False)
+
+
+def png_bytes(image: Image.Image | str | Path | np.ndarray) -> bytes:
+    """Lossless PNG bytes of an image (PIL, path or HxWx3 uint8 array), encoded like `write_dataset` does."""
+    if isinstance(image, (str, Path)):
+        image = media.load_image(image)
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _items(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message["content"]
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+
+
+def _video_frames(sample: Sample, item: dict[str, Any], fmt: str) -> list[Any]:
+    frames = item["video"]
+    if isinstance(frames, (str, Path)):
+        raise MMRLError(
+            f"sample {sample.id}: --format {fmt} exports videos given as frame lists, not video files "
+            f"({frames}); use --format jsonl"
+        )
+    return list(frames)
+
+
+def hf_row(sample: Sample) -> dict[str, Any]:
+    """One row of the hf export (see `data/README.md`): TRL's conversational `prompt` with
+    `{"type": "image"}` placeholders, the images in prompt order, and the Sample's fields."""
+    prompt, images = [], []
+    for message in sample.messages:
+        content = []
+        for item in _items(message):
+            if item["type"] == "video":
+                raise MMRLError(
+                    f"sample {sample.id} has a video: --format hf is for image tasks (TRL's GRPOTrainer reads "
+                    "`image`/`images` columns only); use --format jsonl or verl"
+                )
+            if item["type"] == "image":
+                images.append({"bytes": png_bytes(item["image"]), "path": None})
+                content.append({"type": "image", "text": None})
+            else:
+                content.append({"type": "text", "text": item["text"]})
+        prompt.append({"role": message["role"], "content": content})
+    return {
+        "prompt": prompt,
+        "images": images,
+        "answer": sample.answer,
+        "task": sample.task,
+        "id": sample.id,
+        "meta": _json(sample.meta),
+    }
+
+
+def write_hf(samples: Iterator[Sample], out: Path) -> None:
+    """Save the samples as a `datasets.Dataset` in `out` (`datasets.load_from_disk(out)` reads it).
+
+    Rows hold PNG bytes, so memory grows with the dataset's encoded size (fine up to ~100k tiles).
+    """
+    try:
+        import datasets
+    except ImportError:
+        raise MMRLError("--format hf needs the `datasets` package (pip install datasets)") from None
+    rows = [hf_row(s) for s in samples]
+    datasets.disable_progress_bars()
+    features = datasets.Dataset.from_list(rows[:1]).features  # infer answer's type from the data
+    features["images"] = datasets.List(datasets.Image())
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    dataset.save_to_disk(str(out))
+
+
+def verl_row(sample: Sample, index: int) -> dict[str, Any]:
+    """One row of the verl export (see `data/README.md`): chat messages whose content is a string
+    with `<image>`/`<video>` where the media were, images as PNG bytes, videos as PNG frame lists."""
+    prompt, images, videos = [], [], []
+    for message in sample.messages:
+        parts = []
+        for item in _items(message):
+            if item["type"] == "image":
+                images.append({"bytes": png_bytes(item["image"])})
+                parts.append("<image>")
+            elif item["type"] == "video":
+                frames = _video_frames(sample, item, "verl")
+                uris = ["data:image/png;base64," + base64.b64encode(png_bytes(f)).decode("ascii") for f in frames]
+                videos.append({"video": uris})
+                parts.append("<video>")
+            else:
+                parts.append(item["text"])
+        prompt.append({"role": message["role"], "content": "".join(parts)})
+    ground_truth = answer_text(sample.answer)
+    user = "".join(m["content"] for m in prompt if m["role"] == "user")
+    row = {
+        "data_source": f"mmrl/{sample.task}",
+        "prompt": prompt,
+        "ability": "visual_perception",
+        "reward_model": {"style": "rule", "ground_truth": ground_truth},
+        "extra_info": {
+            "index": index,
+            "id": sample.id,
+            "task": sample.task,
+            "answer": _json(sample.answer),
+            "meta": _json(sample.meta),
+        },
+        "problem": user,
+        "answer": ground_truth,
+    }
+    if images:
+        row["images"] = images
+    if videos:
+        row["videos"] = videos
+    return row
+
+
+def write_verl(samples: Iterator[Sample], path: Path) -> None:
+    """Write the samples as one parquet file (`pyarrow.parquet.read_table(path)` reads it).
+
+    The `images` / `videos` columns exist when some sample has images / videos (a row without any
+    holds an empty list there).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [verl_row(s, i) for i, s in enumerate(samples)]
+    for key in ("images", "videos"):
+        if any(key in r for r in rows):
+            for r in rows:
+                r.setdefault(key, [])
+    table = pa.Table.from_pylist(rows)
+    pq.write_table(table, path, compression="zstd")
+
+
+# --------------------------------------------------------------------------------------------------
+# Preview sheets
+
+SHEET_WIDTH = 1100
+MARGIN = 16
+GAP = 12
+THUMB = 200  # longest side of an image on the sheet
+FRAME_HEIGHT = 90  # height of one video frame in a strip
+MAX_FRAMES = 8  # frames shown per video (evenly spaced)
+CAPTION_MAX = 40  # a text item at most this long right before a media item becomes its caption
+INK, MUTED, BACKGROUND, RULE = (20, 20, 20), (110, 110, 110), (255, 255, 255), (200, 200, 200)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def preview_sheet(sample: Sample) -> Image.Image:
+    """A PNG-ready sheet of `sample` as the model sees it: each message's text and media in prompt
+    order (a short text right before a media item, e.g. `Tile 3`, is drawn as its caption; a video
+    as a strip of up to 8 evenly spaced frames), then the ground truth. For people, not for models."""
+    body, small, title = _font(15), _font(13), _font(18)
+    width = SHEET_WIDTH - 2 * MARGIN
+    blocks: list[Image.Image] = [_text_block(f"{sample.id}   (task {sample.task})", title, width, INK)]
+    for message in sample.messages:
+        blocks.append(_text_block(f"[{message['role']}]", small, width, MUTED))
+        items = _items(message)
+        tiles: list[Image.Image] = []
+        for k, item in enumerate(items):
+            nxt = items[k + 1] if k + 1 < len(items) else None
+            if item["type"] == "text":
+                text = item["text"]
+                if nxt and nxt["type"] != "text" and len(text.strip()) <= CAPTION_MAX and "\n" not in text.strip():
+                    continue  # drawn as the next media item's caption
+                if tiles:
+                    blocks.append(_flow(tiles, width))
+                    tiles = []
+                if text.strip():
+                    blocks.append(_text_block(text, body, width, INK))
+                continue
+            prev = items[k - 1] if k > 0 else None
+            caption = prev["text"].strip() if prev and prev["type"] == "text" else ""
+            if len(caption) > CAPTION_MAX or "\n" in caption:
+                caption = ""
+            tiles.append(_media_tile(item, caption, small, width))
+        if tiles:
+            blocks.append(_flow(tiles, width))
+    blocks.append(_rule(width))
+    blocks.append(_text_block(f"ground truth: {answer_text(sample.answer)}", title, width, (0, 110, 0)))
+    blocks.append(_text_block(f"answer field: {_json(sample.answer)}", small, width, MUTED))
+    height = MARGIN * 2 + sum(b.height for b in blocks) + GAP * (len(blocks) - 1)
+    sheet = Image.new("RGB", (SHEET_WIDTH, height), BACKGROUND)
+    y = MARGIN
+    for block in blocks:
+        sheet.paste(block, (MARGIN, y))
+        y += block.height + GAP
+    return sheet
+
+
+def _text_block(text: str, font: Any, width: int, colour: tuple[int, int, int]) -> Image.Image:
+    chars = max(10, int(width / max(font.getlength("n"), 1.0)))
+    lines = [wrapped for para in text.splitlines() or [""] for wrapped in (textwrap.wrap(para, chars) or [""])]
+    line_h = int(font.size * 1.35)
+    block = Image.new("RGB", (width, line_h * len(lines)), BACKGROUND)
+    draw = ImageDraw.Draw(block)
+    for k, line in enumerate(lines):
+        draw.text((0, k * line_h), line, font=font, fill=colour)
+    return block
+
+
+def _rule(width: int) -> Image.Image:
+    block = Image.new("RGB", (width, 3), BACKGROUND)
+    ImageDraw.Draw(block).line([(0, 1), (width, 1)], fill=RULE, width=1)
+    return block
+
+
+def _as_image(value: Any) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value.convert("RGB")
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value).convert("RGB")
+    return media.load_image(value)
+
+
+def _fit(image: Image.Image, box_w: int, box_h: int) -> Image.Image:
+    """Scale into a box: small images are enlarged (nearest, up to 4x, pixels stay visible)."""
+    scale = min(box_w / image.width, box_h / image.height, 4.0)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+
+
+def _media_tile(item: dict[str, Any], caption: str, font: Any, max_width: int) -> Image.Image:
+    """One media item: caption above, the image (or frame strip) in a thin frame, its size below."""
+    if item["type"] == "image":
+        original = _as_image(item["image"])
+        picture = _fit(original, THUMB, THUMB)
+        note = f"{original.width}x{original.height} px"
+    else:
+        value = item["video"]
+        if isinstance(value, (str, Path)):
+            clip = media.read_video(value, max_frames=MAX_FRAMES)
+            frames, total = [Image.fromarray(f) for f in clip.frames], media.video_info(value).num_frames
+        else:
+            frames, total = list(value), len(value)
+        first = _as_image(frames[0])
+        fits = max(1, (max_width - 4) // (_fit(first, 4 * FRAME_HEIGHT, FRAME_HEIGHT).width + 2))
+        count = min(MAX_FRAMES, len(frames), fits)
+        shown = [frames[int(j)] for j in np.unique(np.round(np.linspace(0, len(frames) - 1, count)))]
+        thumbs = [_fit(_as_image(f), 4 * FRAME_HEIGHT, FRAME_HEIGHT) for f in shown]
+        picture = Image.new("RGB", (sum(t.width + 2 for t in thumbs) - 2, max(t.height for t in thumbs)), RULE)
+        x = 0
+        for t in thumbs:
+            picture.paste(t, (x, 0))
+            x += t.width + 2
+        note = f"video: {total} frames of {first.width}x{first.height} px, {len(thumbs)} shown"
+    line_h = int(font.size * 1.35)
+    w = max(picture.width + 4, int(font.getlength(caption)) + 2, int(font.getlength(note)) + 2)
+    top = line_h + 2 if caption else 1
+    tile = Image.new("RGB", (min(w, max_width), top + picture.height + 4 + line_h + 2), BACKGROUND)
+    draw = ImageDraw.Draw(tile)
+    draw.text((0, 0), caption, font=font, fill=INK)
+    draw.rectangle([0, top - 1, picture.width + 2, top + picture.height + 2], outline=RULE)
+    tile.paste(picture, (1, top + 1))
+    draw.text((0, top + picture.height + 4), note, font=font, fill=MUTED)
+    return tile
+
+
+def _flow(tiles: list[Image.Image], width: int) -> Image.Image:
+    """Tiles left to right, wrapping to new rows when the width is used up."""
+    rows: list[list[Image.Image]] = [[]]
+    used = 0
+    for tile in tiles:
+        if rows[-1] and used + GAP + tile.width > width:
+            rows.append([])
+            used = 0
+        used += (GAP if rows[-1] else 0) + tile.width
+        rows[-1].append(tile)
+    heights = [max(t.height for t in row) for row in rows]
+    block = Image.new("RGB", (width, sum(heights) + GAP * (len(rows) - 1)), BACKGROUND)
+    y = 0
+    for row, h in zip(rows, heights):
+        x = 0
+        for tile in row:
+            block.paste(tile, (x, y))
+            x += tile.width + GAP
+        y += h + GAP
+    return block
+
+
+__all__ = [
+    "FORMATS",
+    "GenerationReport",
+    "MAX_CONSECUTIVE_FAILURES",
+    "answer_text",
+    "generate",
+    "hf_row",
+    "iter_samples",
+    "parse_params",
+    "preview_sheet",
+    "source_items",
+    "summary_line",
+    "verl_row",
+    "write_hf",
+    "write_verl",
+]

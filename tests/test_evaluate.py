@@ -1,0 +1,151 @@
+"""`mmrl eval`: the scoring path (reference answers score 1.0), the random baseline, the tiny model end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmrl.cli import main
+from mmrl.config import ModelConfig
+from mmrl.evaluate import (
+    evaluate_dataset,
+    format_table,
+    random_completions,
+    reference_completions,
+    score,
+)
+from mmrl.generate import generate
+from mmrl.models import load_policy
+from mmrl.rollout import encode_prompt
+from mmrl.sample import read_dataset
+from pretext_tasks import get_task, task_names
+from rewards.ordering import parse_permutation
+
+HAS_JIGSAW = "image_jigsaw" in task_names()
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval") / "dc"
+    generate("dominant_color", params={"image_size": 56}, n=6, seed=0, out=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def jigsaw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not HAS_JIGSAW:
+        pytest.skip("image_jigsaw is not registered yet")
+    import skimage
+
+    out = tmp_path_factory.mktemp("eval") / "jig"
+    photos = Path(skimage.__file__).parent / "data"
+    src = out.parent / "src"
+    src.mkdir()
+    for name in ("chelsea.png", "coffee.png"):
+        (src / name).write_bytes((photos / name).read_bytes())
+    generate("image_jigsaw", params={"rows": 2, "cols": 3}, source=src, n=6, seed=0, out=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_policy(ModelConfig(path="tiny:qwen2.5-vl"), device="cpu")
+
+
+def test_reference_answers_score_accuracy_one(colours: Path) -> None:
+    samples = read_dataset(colours)
+    result = evaluate_dataset(None, None, samples, completions=reference_completions(samples))
+    row = result["groups"]["task"]["dominant_color"]
+    assert row["model"] == {"count": 6, "accuracy": 1.0, "mean_reward": 1.0}
+    assert row["random"]["count"] == 6 and row["random"]["accuracy"] < 1.0
+    assert result["evaluated"] == 6 and result["skipped"] == {} and "split" not in result["groups"]
+
+
+def test_wrong_answers_score_zero_accuracy(colours: Path) -> None:
+    samples = read_dataset(colours)
+    scored = score(samples, ["<answer>magenta</answer>"] * len(samples))
+    assert [s.accuracy for s in scored] == [0.0] * 6
+    assert all(s.parts == {"format": 1.0, "accuracy": 0.0} for s in scored)
+
+
+def test_random_baseline_for_colours_guesses_from_the_answers_seen(colours: Path) -> None:
+    samples = read_dataset(colours)
+    guesses = random_completions(samples, np.random.default_rng(0))
+    answers = {f"<answer>{s.answer}</answer>" for s in samples}
+    assert set(guesses) <= answers
+    assert sorted(guesses) == sorted(f"<answer>{s.answer}</answer>" for s in samples)  # a shuffle
+
+
+def test_jigsaw_reference_scores_one_and_random_guesses_are_permutations(jigsaw: Path) -> None:
+    samples = read_dataset(jigsaw)
+    result = evaluate_dataset(None, None, samples, completions=reference_completions(samples), baseline_draws=32)
+    row = result["groups"]["task"]["image_jigsaw"]
+    assert row["model"]["accuracy"] == 1.0 and row["model"]["mean_reward"] == 1.0
+    assert row["random"]["accuracy"] < 0.2  # exact order of 6 tiles by chance: 1/720
+    task = get_task("image_jigsaw", rows=2, cols=3)
+    for guess, sample in zip(random_completions(samples, np.random.default_rng(1)), samples):
+        assert sorted(parse_permutation(guess, 6)) == [1, 2, 3, 4, 5, 6]
+        assert task.reward(guess, sample).parts["format"] > 0
+
+
+def test_results_group_by_split_when_samples_carry_one(colours: Path) -> None:
+    samples = read_dataset(colours)
+    for i, s in enumerate(samples):
+        s.meta["split"] = "hard" if i % 3 == 0 else "easy"
+    result = evaluate_dataset(None, None, samples, completions=reference_completions(samples))
+    splits = result["groups"]["split"]
+    assert {k: v["model"]["count"] for k, v in splits.items()} == {"easy": 4, "hard": 2}
+    assert "split" in format_table(result) and "hard" in format_table(result)
+
+
+def test_prompts_over_budget_are_skipped_and_counted(tmp_path: Path, policy) -> None:
+    model, processor = policy
+    generate("dominant_color", params={"image_size": 56}, n=2, seed=0, out=tmp_path / "small", progress=False)
+    generate("dominant_color", params={"image_size": 224}, n=1, seed=0, out=tmp_path / "big", progress=False)
+    small, big = read_dataset(tmp_path / "small"), read_dataset(tmp_path / "big")
+    big[0].id = "big"
+    cfg = ModelConfig()
+    budget = len(encode_prompt(processor, small[0].messages, cfg, max_prompt_tokens=10_000)) + 8
+    assert len(encode_prompt(processor, big[0].messages, cfg, max_prompt_tokens=10_000)) > budget
+    result = evaluate_dataset(
+        model, processor, [*small, *big], max_prompt_tokens=budget, max_new_tokens=4, batch_size=2, progress=False
+    )
+    assert result["skipped"] == {"prompt_over_budget": 1} and result["evaluated"] == 2
+    assert result["groups"]["task"]["dominant_color"]["model"]["count"] == 2
+    assert "skipped 1: prompt_over_budget 1" in format_table(result)
+
+
+def test_cli_eval_tiny_model_writes_table_and_json(colours: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmrl.cli", "eval", "--model", "tiny:qwen2.5-vl", "--data", str(colours), "--n", "4",
+         "--batch-size", "3", "--max-new-tokens", "6", "--out", str(out), "--quiet"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert ["task", "policy", "count", "accuracy", "mean", "reward"] in rows
+    model_row = next(r for r in rows if r[:2] == ["dominant_color", "model"])
+    random_row = next(r for r in rows if r[:2] == ["dominant_color", "random"])
+    assert model_row[2] == random_row[2] == "4"
+    result = json.loads(out.read_text())
+    assert result["model"] == "tiny:qwen2.5-vl" and result["evaluated"] == 4 and len(result["per_sample"]) == 4
+    assert result["groups"]["task"]["dominant_color"]["model"]["count"] == 4
+    assert 0.0 <= result["groups"]["task"]["dominant_color"]["model"]["mean_reward"] <= 1.0
+    assert result["settings"]["max_new_tokens"] == 6 and result["settings"]["temperature"] == 0.0
+
+
+def test_cli_eval_help_and_errors(tmp_path: Path, capsys) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mmrl.cli", "eval", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "random" in proc.stdout and "--max-prompt-tokens" in proc.stdout
+    assert main(["eval", "--model", "tiny:qwen2.5-vl", "--data", str(tmp_path / "none"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmrl eval: error: no dataset at")
+    generate("dominant_color", n=1, out=tmp_path / "v", fmt="verl", progress=False)
+    assert main(["eval", "--model", "tiny:qwen2.5-vl", "--data", str(tmp_path / "v"), "--quiet"]) == 2
+    assert "parquet export" in capsys.readouterr().err
