@@ -27,7 +27,7 @@ from filelock import FileLock
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mmrl import media, scenes
+from mmrl import media
 from mmrl.config import CorpusConfig, default_cache_dir, to_dict
 from mmrl.errors import MMRLError
 
@@ -205,6 +205,19 @@ class Corpus:
         )
 
 
+class LazyCorpus:
+    """The default corpus, built on first attribute access: tasks that never read it (the
+    diagnostic task) cost nothing."""
+
+    def __init__(self, cfg: CorpusConfig):
+        self._cfg, self._corpus = cfg, None
+
+    def __getattr__(self, name: str):
+        if self._corpus is None:
+            self._corpus = default_corpus(self._cfg)
+        return getattr(self._corpus, name)
+
+
 def corpus_root(cfg: CorpusConfig) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else default_cache_dir() / "corpus"
 
@@ -351,6 +364,8 @@ def _make_photo_video(name: str, cfg: CorpusConfig, rng: np.random.Generator, tm
 
 
 def _make_scene_video(cfg: CorpusConfig, rng: np.random.Generator, tmp: Path) -> None:
+    from mmrl import scenes  # open3d: imported only when scenes are rendered
+
     width, height = cfg.video_size
     scene = scenes.random_scene(rng, width=width, height=height)
     # Objects slide and slow down (friction) while the camera orbits: motion is visible in every
@@ -371,6 +386,8 @@ def _write_video_with_meta(tmp: Path, frames: list[np.ndarray], fps: float, meta
 
 
 def _make_rgbd(cfg: CorpusConfig, rng: np.random.Generator, tmp: Path) -> None:
+    from mmrl import scenes
+
     width, height = cfg.scene_size
     scene = scenes.random_scene(rng, width=width, height=height)
     rendering = scenes.render(scene)

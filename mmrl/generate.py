@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from mmrl import media
 from mmrl.config import CorpusConfig, to_dict
+from mmrl.corpus import LazyCorpus
 from mmrl.errors import MediaError, MMRLError, SkipItem
 from mmrl.sample import MEDIA_DIR, SAMPLES_FILE, Sample, write_dataset
 
@@ -102,7 +103,7 @@ def source_items(task: Any, source: str | Path, corpus_cfg: CorpusConfig | None 
     """The task's source items from `source`: `default` (the default corpus, built on first use only
     if the task reads it) or a path that must exist."""
     if str(source) == "default":
-        where: Any = _LazyCorpus(corpus_cfg or CorpusConfig())
+        where: Any = LazyCorpus(corpus_cfg or CorpusConfig())
     else:
         where = Path(source).expanduser()
         if not where.exists():
@@ -220,20 +221,6 @@ def summary_line(report: GenerationReport, out: str | Path, seconds: float | Non
     if report.preview:
         line += f"; {report.preview} preview sheets in {Path(out) / PREVIEW_DIR}"
     return line
-
-
-class _LazyCorpus:
-    """The default corpus, built only when a task actually reads it (the diagnostic task does not)."""
-
-    def __init__(self, cfg: CorpusConfig):
-        self._cfg, self._corpus = cfg, None
-
-    def __getattr__(self, name: str) -> Any:
-        if self._corpus is None:
-            from mmrl.corpus import default_corpus  # imports open3d: only when needed
-
-            self._corpus = default_corpus(self._cfg)
-        return getattr(self._corpus, name)
 
 
 def _prepare_out(root: Path, overwrite: bool) -> None:
