@@ -20,7 +20,8 @@ from PIL import Image
 from mmrl import media
 from mmrl.cli import main
 from mmrl.errors import MMRLError, SkipItem
-from mmrl.generate import generate, iter_samples, preview_sheet, summary_line
+from mmrl.generate import generate, iter_samples, summary_line
+from mmrl.preview import preview_sheet
 from mmrl.sample import Sample, read_dataset
 from pretext_tasks import task_names
 from pretext_tasks.registry import register
