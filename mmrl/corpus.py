@@ -95,17 +95,19 @@ class RGBDItem:
         return json.loads(self.scene_path.read_text()) if self.scene_path else None
 
 
-def _files(root: str | Path, suffixes: frozenset[str], what: str) -> list[Path]:
+def _files(root: str | Path, suffixes: frozenset[str], what: str, *, allow_empty: bool = False) -> list[Path]:
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise MMRLError(f"{what} folder {folder} does not exist")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-    if not files:
+    if not files and not allow_empty:
         raise MMRLError(f"no {what} files ({', '.join(sorted(suffixes))}) found under {folder}")
     return files
 
 
 def _item_id(path: Path, root: Path) -> str:
+    if path == root:  # a single item stored at the folder's top level
+        return root.name
     return path.relative_to(root).with_suffix("").as_posix()
 
 
@@ -114,9 +116,10 @@ def image_folder(root: str | Path) -> list[ImageItem]:
     return [ImageItem(_item_id(p, Path(root)), p) for p in _files(root, media.IMAGE_EXTENSIONS, "image")]
 
 
-def video_folder(root: str | Path) -> list[VideoItem]:
+def video_folder(root: str | Path, *, allow_empty: bool = False) -> list[VideoItem]:
     """Every video under `root` (recursive, sorted by path)."""
-    return [VideoItem(_item_id(p, Path(root)), p) for p in _files(root, media.VIDEO_EXTENSIONS, "video")]
+    files = _files(root, media.VIDEO_EXTENSIONS, "video", allow_empty=allow_empty)
+    return [VideoItem(_item_id(p, Path(root)), p) for p in files]
 
 
 def geometry_folder(root: str | Path) -> list[GeometryItem]:
@@ -144,7 +147,8 @@ def _ply_has_faces(path: Path) -> bool:
 def rgbd_folder(root: str | Path, depth_scale: float = 1000.0) -> list[RGBDItem]:
     """RGB-D pairs under `root`, in any of three layouts (checked in this order):
 
-    - `color/<stem>.{jpg,png}` + `depth/<stem>.png` (ScanNet export layout);
+    - `color/<stem>.{jpg,png}` + `depth/<stem>.png` (ScanNet export layout), at the top level or in
+      any subfolder (`<scene>/color` + `<scene>/depth`: a whole ScanNet tree; ids `<scene>/<stem>`);
     - `<item>/rgb.{png,jpg}` + `<item>/depth.png` (+ optional `<item>/scene.json`), the default corpus;
     - `<stem>_rgb.{png,jpg}` + `<stem>_depth.png` side by side.
 
@@ -154,11 +158,16 @@ def rgbd_folder(root: str | Path, depth_scale: float = 1000.0) -> list[RGBDItem]
     if not folder.is_dir():
         raise MMRLError(f"RGB-D folder {folder} does not exist")
     items: list[RGBDItem] = []
-    if (folder / "color").is_dir() and (folder / "depth").is_dir():
-        for rgb in sorted((folder / "color").iterdir()):
-            depth = folder / "depth" / (rgb.stem + ".png")
-            if rgb.suffix.lower() in media.IMAGE_EXTENSIONS and depth.is_file():
-                items.append(RGBDItem(rgb.stem, rgb, depth, depth_scale))
+    scans = sorted(
+        c.parent for c in [folder / "color", *folder.rglob("color")] if c.is_dir() and (c.parent / "depth").is_dir()
+    )
+    if scans:
+        for scan in dict.fromkeys(scans):
+            prefix = "" if scan == folder else scan.relative_to(folder).as_posix() + "/"
+            for rgb in sorted((scan / "color").iterdir()):
+                depth = scan / "depth" / (rgb.stem + ".png")
+                if rgb.suffix.lower() in media.IMAGE_EXTENSIONS and depth.is_file():
+                    items.append(RGBDItem(prefix + rgb.stem, rgb, depth, depth_scale))
     else:
         for depth in sorted(folder.rglob("*depth.png")):
             stem = depth.name[: -len("depth.png")]
@@ -199,8 +208,8 @@ class Corpus:
         return cls(
             root=root,
             photos=image_folder(root / "photos"),
-            videos=video_folder(root / "videos"),
-            rgbd=rgbd_folder(root / "rgbd"),
+            videos=video_folder(root / "videos", allow_empty=True),  # a corpus may be built without videos
+            rgbd=rgbd_folder(root / "rgbd") if manifest.get("rgbd") else [],
             manifest=manifest,
         )
 

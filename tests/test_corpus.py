@@ -208,3 +208,25 @@ def test_geometry_folder_tells_meshes_from_point_clouds(tmp_path):
     assert kinds == {"box": "mesh", "cloud": "point_cloud"}
     loaded = {g.id: g.load() for g in geometry_folder(tmp_path)}
     assert len(loaded["box"].triangles) == 12 and len(loaded["cloud"].points) == 50
+
+
+def test_rgbd_whole_scannet_tree_and_top_level_pair(tmp_path):
+    depth = np.full((6, 8), 2.0, np.float32)
+    rgb = Image.new("RGB", (8, 6), "blue")
+    for scene in ("scene0000_00", "scene0001_00"):
+        (tmp_path / "tree" / scene / "color").mkdir(parents=True)
+        (tmp_path / "tree" / scene / "depth").mkdir()
+        rgb.save(tmp_path / "tree" / scene / "color" / "0.jpg")
+        media.save_depth(tmp_path / "tree" / scene / "depth" / "0.png", depth)
+    assert [i.id for i in rgbd_folder(tmp_path / "tree")] == ["scene0000_00/0", "scene0001_00/0"]
+    (tmp_path / "single").mkdir()
+    rgb.save(tmp_path / "single" / "rgb.png")
+    media.save_depth(tmp_path / "single" / "depth.png", depth)
+    (item,) = rgbd_folder(tmp_path / "single")
+    assert item.id == "single" and np.allclose(item.load()[1], 2.0)
+
+
+def test_corpus_without_videos_opens(tmp_path):
+    cfg = CorpusConfig(root=str(tmp_path), max_photos=1, videos_per_photo=0, scene_videos=0, rgbd_scenes=1)
+    corpus = build_default_corpus(cfg, progress=False)
+    assert (len(corpus.photos), len(corpus.videos), len(corpus.rgbd)) == (1, 0, 1)
