@@ -1,0 +1,487 @@
+"""`depth_jigsaw`: the 3D Visual Jigsaw — order numbered points on one RGB image from nearest to farthest.
+
+Source: Wu et al. 2025, *Visual Jigsaw Post-Training Improves MLLMs* (arXiv 2509.25190), §3 "3D jigsaw";
+fact sheet `specs/visual_jigsaw.md` §6. The paper draws 6 points per ScanNet RGB-D frame, every depth in
+[0.1, 10] m, every pair ≥ 40 px apart in the image and > 0.2 m apart in depth; marks them with numbered
+red circles in a random order; the model lists the labels from nearest to farthest. Its point sampler
+was never released; this module is mmrl's.
+
+Conventions:
+
+* Points are `(row, col)` pixel centres at the colour image's native resolution; their depth is the
+  z-depth (metres, camera frame, the ScanNet/NYU convention) of that pixel. 0 = no valid depth.
+* True order = nearest first. Labels follow `pretext_tasks.base.Shuffle`: the point drawn with label
+  j+1 is true point `order[j]`, and the answer lists, nearest first, the label each point was drawn
+  with (`Shuffle.labels`). The shuffle is never the identity.
+* Depth is registered to the colour image by nearest-neighbour resampling when the shapes differ
+  (ScanNet's depth frames are 640×480, its colour frames 1296×968).
+
+The point sampler (sheet §6, "mmrl point sampler"):
+
+1. Candidates: pixels with valid depth in [`min_depth`, `max_depth`], at least `border` px from every
+   image edge, and not on a depth edge: their `edge_window`² neighbourhood is all valid and its depth
+   range is ≤ `edge_max_range` (so the depth under a marker's centre is unambiguous).
+2. Sequential sampling: each point is drawn uniformly among the candidates compatible with every point
+   accepted so far (pixel distance ≥ `min_pixel_distance` and |Δdepth| > `min_depth_gap`). This is
+   rejection sampling done exactly — every candidate that would be rejected against an accepted point
+   is removed at once (one vectorised test per accepted point) — so it has rejection sampling's
+   distribution, and a dead end (no compatible candidate left) is known at once; it restarts from
+   scratch, at most `max_tries` times.
+3. A cheap necessary condition is checked first: the candidates' depths must span more than
+   (K − 1)·`min_depth_gap`. A source that fails raises `SkipItem` (`no_valid_depth` when no pixel
+   has valid depth in range, `depth_constraints_unsatisfiable` otherwise); loops skip and count it.
+
+Rendering follows the released code: markers (filled translucent red circle, solid red outline, white
+centred number) are alpha-composited at native resolution, then the image is optionally resized.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from mmrl.config import to_dict
+from mmrl.errors import ConfigError, MMRLError, SkipItem
+from mmrl.sample import Sample
+from pretext_tasks.base import answer_instruction, format_labels, shuffle_and_label
+from pretext_tasks.registry import register
+from rewards.base import Reward
+from rewards.ordering import OrderingParams
+
+if TYPE_CHECKING:
+    from mmrl.corpus import Corpus
+
+NAME = "depth_jigsaw"
+
+SourceKind = Literal["auto", "rgbd", "geometry"]
+
+
+@dataclass
+class DepthJigsawParams(OrderingParams):
+    """Sampler, rendering and source parameters; the answer format (`answer_mode`, `think`) and the
+    reward knobs (`gamma`, `partial_min_k`, ...) come from `rewards.ordering.OrderingParams`."""
+
+    points: int = 6
+    """K, the number of marked points (paper: 6). At least 2."""
+    min_depth: float = 0.1
+    """Nearest usable depth in metres; pixels closer are never chosen (paper: 0.1)."""
+    max_depth: float = 10.0
+    """Farthest usable depth in metres; pixels farther are never chosen (paper: 10)."""
+    min_pixel_distance: float = 40.0
+    """Least image distance, in native pixels, between the centres of any two points (paper: 40).
+    At least 2·`marker_radius`, so markers never overlap."""
+    min_depth_gap: float = 0.2
+    """Every pair of points differs in depth by strictly more than this, in metres (paper: 0.2)."""
+    border: int = 17
+    """Least distance in pixels from a point to every image edge (17 = marker radius 15 + outline 2)."""
+    edge_window: int = 5
+    """Side k (odd) of the k×k neighbourhood tested for depth edges around a candidate pixel."""
+    edge_max_range: float = 0.1
+    """A candidate's k×k neighbourhood must be all valid with max − min depth ≤ this (metres)."""
+    max_tries: int = 20
+    """Restarts of the sequential point sampler before the source is skipped as unsatisfiable."""
+    marker_radius: int = 15
+    """Radius of the circle marking a point, in native pixels (released code: 15)."""
+    marker_fill: tuple[int, int, int, int] = (255, 0, 0, 120)
+    """RGBA fill of the circle, alpha-composited over the image (released code: (255, 0, 0, 120))."""
+    marker_outline: tuple[int, int, int, int] = (255, 0, 0, 255)
+    """RGBA colour of the circle's outline (solid red)."""
+    marker_outline_width: int = 2
+    """Width of the outline in pixels."""
+    label_color: tuple[int, int, int, int] = (255, 255, 255, 255)
+    """RGBA colour of the number drawn at the circle's centre (white)."""
+    font: str = "DejaVuSans.ttf"
+    """TrueType font of the numbers: a file path or a name PIL finds in the system font folders;
+    when it is not found, PIL's built-in default font (same glyphs on every machine) is used."""
+    font_size: int = 15
+    """Font size of the numbers in pixels (released code: 15)."""
+    resize_to: tuple[int, int] | None = None
+    """Resize the marked image to (width, height) after drawing (bicubic), e.g. (644, 476) for ScanNet
+    frames as in the released data; None keeps the native size. Points stay stored at native pixels."""
+    source_kind: SourceKind = "auto"
+    """What `sources(path)` reads: `rgbd` (RGB-D pairs, see `mmrl.corpus.rgbd_folder`), `geometry`
+    (meshes / point clouds rendered to RGB-D) or `auto` (RGB-D pairs if any, else geometry).
+    The default corpus always gives its procedural RGB-D scenes."""
+    depth_scale: float = 1000.0
+    """Depth PNG units per metre in a user's RGB-D folder (1000: millimetres, ScanNet/NYU; 5000: TUM)."""
+    geometry_size: tuple[int, int] = (640, 480)
+    """(width, height) of the RGB-D rendering of a mesh or point cloud (camera: `default_camera_for`)."""
+    point_radius: int = 1
+    """Point clouds only: each point covers the pixels within this radius (holes become invalid depth)."""
+    system_prompt: str | None = None
+    """Optional system message; None sends none."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # answer format and reward knobs
+        self.marker_fill = tuple(int(v) for v in self.marker_fill)  # type: ignore[assignment]
+        self.marker_outline = tuple(int(v) for v in self.marker_outline)  # type: ignore[assignment]
+        self.label_color = tuple(int(v) for v in self.label_color)  # type: ignore[assignment]
+        self.geometry_size = (int(self.geometry_size[0]), int(self.geometry_size[1]))
+        if self.resize_to is not None:
+            self.resize_to = (int(self.resize_to[0]), int(self.resize_to[1]))
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"{NAME}: {what}")
+
+        need(self.points >= 2, f"points must be >= 2, got {self.points}")
+        need(
+            0 < self.min_depth < self.max_depth,
+            f"need 0 < min_depth < max_depth, got {self.min_depth} and {self.max_depth}",
+        )
+        need(self.min_depth_gap >= 0, f"min_depth_gap must be >= 0, got {self.min_depth_gap}")
+        need(self.marker_radius >= 1, f"marker_radius must be >= 1, got {self.marker_radius}")
+        need(
+            self.min_pixel_distance >= 2 * self.marker_radius,
+            f"min_pixel_distance ({self.min_pixel_distance}) must be >= 2 * marker_radius "
+            f"({2 * self.marker_radius}) or markers overlap",
+        )
+        need(self.border >= 0, f"border must be >= 0, got {self.border}")
+        need(self.edge_window >= 1 and self.edge_window % 2 == 1, f"edge_window must be odd, got {self.edge_window}")
+        need(self.edge_max_range >= 0, f"edge_max_range must be >= 0, got {self.edge_max_range}")
+        need(self.max_tries >= 1, f"max_tries must be >= 1, got {self.max_tries}")
+        for key in ("marker_fill", "marker_outline", "label_color"):
+            value = getattr(self, key)
+            need(len(value) == 4 and all(0 <= v <= 255 for v in value), f"{key} must be RGBA in 0..255, got {value}")
+        need(self.marker_outline_width >= 0, f"marker_outline_width must be >= 0, got {self.marker_outline_width}")
+        need(self.font_size >= 1, f"font_size must be >= 1, got {self.font_size}")
+        need(
+            self.resize_to is None or min(self.resize_to) >= 1,
+            f"resize_to must be positive (w, h), got {self.resize_to}",
+        )
+        need(self.depth_scale > 0, f"depth_scale must be > 0, got {self.depth_scale}")
+        need(min(self.geometry_size) >= 1, f"geometry_size must be positive (w, h), got {self.geometry_size}")
+        need(self.point_radius >= 0, f"point_radius must be >= 0, got {self.point_radius}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Depth and the point sampler
+
+
+@dataclass(frozen=True)
+class DepthPoint:
+    """One marked point: pixel centre (row, col) at native resolution and its z-depth in metres."""
+
+    row: int
+    col: int
+    depth: float
+
+
+def register_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`depth` (metres) resampled to the colour image's `size` = (width, height) by nearest neighbour
+    (pixel centres mapped proportionally); NaN, ±inf and negative values become 0 (invalid)."""
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim != 2:
+        raise MMRLError(f"depth map must be 2-D (H, W), got shape {depth.shape}")
+    width, height = size
+    if depth.shape != (height, width):
+        rows = np.minimum(((np.arange(height) + 0.5) * depth.shape[0] / height).astype(np.int64), depth.shape[0] - 1)
+        cols = np.minimum(((np.arange(width) + 0.5) * depth.shape[1] / width).astype(np.int64), depth.shape[1] - 1)
+        depth = depth[rows[:, None], cols[None, :]]
+    return np.where(np.isfinite(depth) & (depth > 0), depth, np.float32(0)).astype(np.float32)
+
+
+def _window_filter(a: np.ndarray, k: int, op: np.ufunc, pad: float) -> np.ndarray:
+    """Centred k×k sliding `op`-reduction (np.minimum / np.maximum) of `a`, outside padded with `pad`;
+    separable, k − 1 element-wise `op` calls per axis."""
+    r, (h, w) = k // 2, a.shape
+    padded = np.pad(a, r, constant_values=pad)
+    across = padded[:, :w].copy()
+    for d in range(1, k):
+        op(across, padded[:, d : d + w], out=across)
+    out = across[:h].copy()
+    for d in range(1, k):
+        op(out, across[d : d + h], out=out)
+    return out
+
+
+def candidate_mask(depth: np.ndarray, params: DepthJigsawParams) -> np.ndarray:
+    """(H, W) bool: pixels a point may sit on (depth in range, inside the border, not on a depth edge).
+
+    `depth` is registered and cleaned (0 = invalid). The window test: every pixel of the centred
+    `edge_window`² neighbourhood has valid depth (outside the image counts as invalid) and the
+    neighbourhood's max − min depth is ≤ `edge_max_range`.
+    """
+    h, w = depth.shape
+    in_range = (depth >= params.min_depth) & (depth <= params.max_depth)
+    inside = np.zeros_like(in_range)
+    b = params.border
+    if h > 2 * b and w > 2 * b:
+        inside[b : h - b, b : w - b] = True
+    k = params.edge_window
+    low = _window_filter(depth, k, np.minimum, 0.0)  # > 0 iff the whole window is valid
+    high = _window_filter(depth, k, np.maximum, 0.0)
+    flat = (low > 0) & (high - low <= np.float32(params.edge_max_range))
+    return in_range & inside & flat
+
+
+def sample_points(depth: np.ndarray, params: DepthJigsawParams, rng: np.random.Generator) -> list[DepthPoint]:
+    """K points satisfying every constraint of `params`, nearest first; `SkipItem` when none are found.
+
+    `depth`: registered, cleaned depth in metres (0 = invalid). See the module docstring for the method.
+    """
+    k = params.points
+    valid = depth > 0
+    if not ((depth >= params.min_depth) & (depth <= params.max_depth) & valid).any():
+        raise SkipItem("no_valid_depth", f"no pixel has valid depth in [{params.min_depth}, {params.max_depth}] m")
+    rows, cols = np.nonzero(candidate_mask(depth, params))
+    z = depth[rows, cols].astype(np.float64)
+    if len(z) < k:
+        raise SkipItem(
+            "depth_constraints_unsatisfiable",
+            f"{len(z)} candidate pixels (in range, inside the border, off depth edges)",
+        )
+    span = float(z.max() - z.min())
+    if span <= (k - 1) * params.min_depth_gap:
+        raise SkipItem(
+            "depth_constraints_unsatisfiable",
+            f"candidate depths span {span:.3f} m, not more than (K - 1) * {params.min_depth_gap} m for K = {k}",
+        )
+    rows_f, cols_f = rows.astype(np.float64), cols.astype(np.float64)
+    min_d2 = float(params.min_pixel_distance) ** 2
+    for _ in range(params.max_tries):
+        alive = np.ones(len(z), dtype=bool)
+        chosen: list[int] = []
+        while len(chosen) < k:
+            left = np.flatnonzero(alive)
+            if not len(left):
+                break  # dead end: restart
+            i = int(left[rng.integers(len(left))])
+            chosen.append(i)
+            d2 = (rows_f - rows_f[i]) ** 2 + (cols_f - cols_f[i]) ** 2
+            alive &= (d2 >= min_d2) & (np.abs(z - z[i]) > params.min_depth_gap)
+        if len(chosen) == k:
+            points = [DepthPoint(int(rows[i]), int(cols[i]), float(depth[rows[i], cols[i]])) for i in chosen]
+            return sorted(points, key=lambda p: p.depth)
+    raise SkipItem(
+        "depth_constraints_unsatisfiable",
+        f"no {k} points {params.min_pixel_distance:g} px and > {params.min_depth_gap:g} m apart "
+        f"in {params.max_tries} tries ({len(z)} candidates)",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+@functools.lru_cache(maxsize=8)
+def load_font(font: str, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The TrueType font `font` at `size`, or PIL's built-in default font when it cannot be found."""
+    try:
+        return ImageFont.truetype(font, size)
+    except OSError:
+        return ImageFont.load_default(size)
+
+
+def font_name(params: DepthJigsawParams) -> str:
+    """Family and style of the font the numbers are drawn with (tells which font a Sample used)."""
+    font = load_font(params.font, params.font_size)
+    return " ".join(font.getname()) if isinstance(font, ImageFont.FreeTypeFont) else "PIL bitmap default"
+
+
+def draw_markers(image: Image.Image, centres: Sequence[tuple[int, int]], params: DepthJigsawParams) -> Image.Image:
+    """`image` with a numbered marker at each (row, col) of `centres`: the i-th gets label i+1.
+
+    Each marker: a circle of `marker_radius` filled with `marker_fill` (RGBA), outlined in
+    `marker_outline`, the number centred in `label_color`; alpha-composited in one layer.
+    """
+    base = image.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    font = load_font(params.font, params.font_size)
+    r = params.marker_radius
+    for label, (row, col) in enumerate(centres, start=1):
+        draw.ellipse(
+            (col - r, row - r, col + r, row + r),
+            fill=params.marker_fill,
+            outline=params.marker_outline,
+            width=params.marker_outline_width,
+        )
+        draw.text((col, row), str(label), fill=params.label_color, font=font, anchor="mm")
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+
+
+def load_rgbd(item: Any, params: DepthJigsawParams) -> tuple[Image.Image, np.ndarray]:
+    """RGB image and registered depth (metres, 0 = invalid) of a source item.
+
+    Items: `mmrl.corpus.RGBDItem` (RGB + depth files), `mmrl.corpus.GeometryItem` (a mesh or point cloud,
+    rendered with `mmrl.geometry_render.default_camera_for` at `geometry_size`) or an `mmrl.scenes.Scene`
+    (ray-cast directly).
+    """
+    from mmrl.corpus import GeometryItem, RGBDItem
+    from mmrl.scenes import Scene
+
+    if isinstance(item, RGBDItem):
+        image, depth = item.load()
+    elif isinstance(item, GeometryItem):
+        path = Path(item.path)
+        stamp = path.stat().st_mtime_ns if path.is_file() else -1  # a rewritten file is rendered again
+        rgb, depth = _render_geometry(str(path), stamp, item.kind, params.geometry_size, params.point_radius)
+        image = Image.fromarray(rgb)
+    elif isinstance(item, Scene):
+        from mmrl.scenes import render
+
+        rendering = render(item)
+        image, depth = Image.fromarray(rendering.rgb), rendering.depth
+    else:
+        raise MMRLError(f"{NAME}: cannot read a source item of type {type(item).__name__}")
+    image = image.convert("RGB")
+    return image, register_depth(depth, image.size)
+
+
+@functools.lru_cache(maxsize=8)
+def _render_geometry(
+    path: str, stamp: int, kind: str, size: tuple[int, int], point_radius: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """RGB and depth of one mesh / point cloud file (cached: the same file always renders the same)."""
+    from mmrl import media
+    from mmrl.geometry_render import default_camera_for, render_geometry
+
+    geometry = media.load_mesh(path) if kind == "mesh" else media.load_point_cloud(path)
+    camera = default_camera_for(geometry, *size)
+    rendering = render_geometry(geometry, camera, point_radius=point_radius)
+    rgb, depth = rendering.rgb, np.where(rendering.valid, rendering.depth, 0).astype(np.float32)
+    rgb.setflags(write=False)
+    depth.setflags(write=False)
+    return rgb, depth
+
+
+def source_id(item: Any) -> str:
+    """A readable id of a source item (its own `id`, else `scene`)."""
+    return str(getattr(item, "id", "scene"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt
+
+
+def prompt_text(params: DepthJigsawParams) -> str:
+    """The question; it depends on the parameters only, never on the sample."""
+    k = params.points
+    example = params.example(k)
+    return (
+        f"The image shows {k} points, each marked by a red circle with a number label from 1 to {k}. "
+        "Order the points from closest to farthest from the camera, judging each point by the depth "
+        "at the centre of its circle. Give the labels from the closest point to the farthest, "
+        f"separated by commas. {answer_instruction(params.answer_mode, 'labels', think=params.think)} "
+        f"Example of the answer format: {example}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The task
+
+
+@register(NAME)
+@dataclass
+class DepthJigsaw:
+    """Order K numbered points on an RGB image from closest to farthest (3D Visual Jigsaw)."""
+
+    Params: ClassVar[type[DepthJigsawParams]] = DepthJigsawParams
+    name: ClassVar[str]
+    params: DepthJigsawParams = field(default_factory=DepthJigsawParams)
+    """The sampler, rendering, prompt and reward parameters."""
+
+    def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[Any]:
+        """Source items: the default corpus's procedural RGB-D scenes (`corpus.rgbd`; None builds or opens
+        the default corpus), or a folder read as `source_kind` says (RGB-D pairs in any layout of
+        `mmrl.corpus.rgbd_folder`, with `depth_scale`; meshes / point clouds via `geometry_folder`)."""
+        from mmrl.corpus import default_corpus, geometry_folder, rgbd_folder
+
+        kind = self.params.source_kind
+        if corpus is None:
+            corpus = default_corpus()
+        if not isinstance(corpus, (str, Path)):
+            if kind == "geometry":
+                raise ConfigError(f"{NAME}: source_kind 'geometry' needs a folder of meshes or point clouds")
+            return corpus.rgbd
+        if kind == "rgbd":
+            return rgbd_folder(corpus, self.params.depth_scale)
+        if kind == "geometry":
+            return geometry_folder(corpus)
+        try:
+            return rgbd_folder(corpus, self.params.depth_scale)
+        except MMRLError as rgbd_error:
+            try:
+                return geometry_folder(corpus)
+            except MMRLError as geometry_error:
+                raise MMRLError(f"{NAME}: {rgbd_error}; and {geometry_error}") from None
+
+    def make(self, source_item: Any, rng: np.random.Generator) -> Sample:
+        """One Sample: the RGB image with K numbered markers, the question; answer = labels nearest first.
+
+        One seed is drawn from `rng` and stored in `meta["seed"]`; the points and the shuffle come from
+        a generator seeded with it. Raises `SkipItem` when the item cannot yield K valid points.
+        """
+        p = self.params
+        seed = int(rng.integers(2**63))
+        sub = np.random.default_rng(seed)
+        image, depth = load_rgbd(source_item, p)
+        points = sample_points(depth, p, sub)
+        shuffle = shuffle_and_label(p.points, sub)
+        shown = shuffle.shown(points)
+        marked = draw_markers(image, [(q.row, q.col) for q in shown], p)
+        if p.resize_to is not None:
+            marked = marked.resize(p.resize_to, Image.Resampling.BICUBIC)
+        messages: list[dict[str, Any]] = []
+        if p.system_prompt:
+            messages.append({"role": "system", "content": p.system_prompt})
+        content = [{"type": "image", "image": marked}, {"type": "text", "text": prompt_text(p)}]
+        messages.append({"role": "user", "content": content})
+        sid = source_id(source_item)
+        meta = {
+            "source": sid,
+            "seed": seed,
+            "points": [[q.row, q.col, round(q.depth, 6)] for q in points],
+            "order": list(shuffle.order),
+            "native_size": list(image.size),
+            "image_size": list(marked.size),
+            "font": font_name(p),
+            "answer_mode": p.answer_mode,
+            "think": p.think,
+            "params": to_dict(p),
+        }
+        return Sample(
+            id=f"{NAME}-{sid}-{seed % 10**8:08d}",
+            task=NAME,
+            messages=messages,
+            answer=list(shuffle.labels),
+            meta=meta,
+        )
+
+    def reward(self, completion: str, sample: Sample) -> Reward:
+        """`rewards.ordering.ordering_reward` against the labels stored in the Sample (Visual Jigsaw, γ = 0.2):
+        R = 0.2·1[format] + (1 if o = g else γ·(1/K)·Σ_i 1[o_i = g_i] for a valid o when K ≥ partial_min_k)
+        − repetition penalty, reported as clip(R / 1.2, 0, 1) (`reward_scale: unit`). The answer mode and
+        the think requirement are the Sample's own (its prompt asked for them); the knobs are `params`."""
+        return self.params.score(completion, sample)
+
+    def reference_completion(self, sample: Sample) -> str:
+        """The reply SFT imitates: the labels, bare comma-separated integers in the Sample's answer
+        wrapper, after a one-sentence reasoning block when the Sample asks for thinking."""
+        thought = f"From the closest point to the farthest: {format_labels(sample.answer)}."
+        return self.params.reference(sample, thought)
+
+
+__all__ = [
+    "DepthJigsaw",
+    "DepthJigsawParams",
+    "DepthPoint",
+    "candidate_mask",
+    "draw_markers",
+    "font_name",
+    "load_rgbd",
+    "prompt_text",
+    "register_depth",
+    "sample_points",
+]
