@@ -11,12 +11,12 @@ step per rollout batch (TRL: `gradient_accumulation_steps=1`, `num_iterations=1`
 `ppo_epochs=1`, `mini_batches=1`), all sequences of a step in one generate call and in one
 forward/backward (no gradient checkpointing on either side).
 
-Equal work: completions are forced to exactly `--max-new-tokens` tokens on both sides. TRL gets
-`generation_kwargs={"min_new_tokens": N}`. mmrl's HF engine has no such knob, so its policy's
-`generation_config.eos_token_id` is set to the image placeholder id, a token both engines suppress
-and therefore never sample: the engine never stops early. The script checks, from a wrapper around
-each model's `generate`, that both sides generate the same (batch, prompt length, new tokens) every
-step, and that both see the same Sample ids per step.
+Equal work: completions are forced to exactly `--max-new-tokens` tokens on both sides: TRL gets
+`generation_kwargs={"min_new_tokens": N}`, mmrl `rollout.min_new_tokens = N`. The script checks, from
+a wrapper around each model's `generate`, that both sides generate the same (batch, prompt length,
+new tokens) every step, and that both see the same Sample ids per step. (mmrl's HF engine prefills
+each prompt of a group once in a forward of its own before `generate`; its "engine generate" time
+includes that, its "HF generate" time does not.)
 
 Timing alternates inside one `trainer.train()` run: a callback runs one mmrl step before TRL's first
 step and one after each TRL step (mmrl, TRL, mmrl, TRL, ...). An mmrl step is what `mmrl.grpo.train`
@@ -163,6 +163,7 @@ class MMRLSide:
         cfg.rollout = RolloutConfig(
             n=args.group,
             max_new_tokens=args.max_new_tokens,
+            min_new_tokens=args.max_new_tokens,  # fixed-length completions, as TRL's min_new_tokens
             temperature=args.temperature,
             top_p=1.0,
             top_k=0,
@@ -186,8 +187,6 @@ class MMRLSide:
         self.cfg = cfg
         self.policy = setup_policy(cfg, total_steps)
         model = self.policy.unwrapped
-        # Fixed-length completions (see the module docstring): the stop token becomes one never sampled.
-        model.generation_config.eos_token_id = [int(model.config.image_token_id)]
         self.engine = make_engine(cfg.rollout, model, self.policy.processor, seed=args.seed)
         self.timer = GenerateTimer(model)
         self.producer = TaskProducer(cfg, self.policy.processor)
@@ -399,7 +398,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, versions: di
         "steps per side, alternating; medians [min-max]",
         "",
         "| config | params | prompt tokens | mmrl step s | TRL step s | mmrl/TRL | mmrl ms/token | TRL ms/token "
-        "| mmrl HF generate s | TRL HF generate s | mmrl produce s | mmrl update s |",
+        "| mmrl engine generate s | TRL HF generate s | mmrl produce s | mmrl update s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -409,7 +408,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, versions: di
             f"| {m['step']:.3f} [{r['mmrl_spread'][0]:.3f}-{r['mmrl_spread'][1]:.3f}] "
             f"| {t['step']:.3f} [{r['trl_spread'][0]:.3f}-{r['trl_spread'][1]:.3f}] "
             f"| **{r['ratio']:.2f}** | {1000 * m['step'] / r['tokens']:.2f} | {1000 * t['step'] / r['tokens']:.2f} "
-            f"| {m['hf_generate']:.3f} | {t['hf_generate']:.3f} | {m['produce']:.3f} | {m['update']:.3f} |"
+            f"| {m['engine_generate']:.3f} | {t['hf_generate']:.3f} | {m['produce']:.3f} | {m['update']:.3f} |"
         )
     lines.append("")
     lines.append("mmrl produce = prepare (draw + encode prompts) + engine generate + score; medians per phase:")
@@ -418,7 +417,8 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, versions: di
         prepare = m["produce"] - m["engine_generate"] - m["score"]
         lines.append(
             f"  {r['config']}: prepare {prepare:.3f} s, engine generate {m['engine_generate']:.3f} s "
-            f"(of which HF generate {m['hf_generate']:.3f} s), score {m['score']:.3f} s, "
+            f"(of which HF generate {m['hf_generate']:.3f} s, the rest mostly the shared prompt prefill), "
+            f"score {m['score']:.3f} s, "
             f"update + sync {m['update']:.3f} s"
         )
     return "\n".join(lines)

@@ -76,8 +76,8 @@ class CorpusConfig:
     """Synthetic camera-motion videos (pans and zooms) made from each photo."""
     scene_videos: int = 8
     """Videos of animated procedural 3D scenes."""
-    video_frames: int = 48
-    """Frames per synthetic video."""
+    video_frames: int = 120
+    """Frames per synthetic video (120 at 8 fps = 15 s: enough for 6 trimmed jigsaw clips)."""
     video_fps: float = 8.0
     """Frame rate of the synthetic videos."""
     video_size: tuple[int, int] = (256, 192)
@@ -96,6 +96,8 @@ class RolloutConfig:
     """Completions sampled per prompt (the GRPO group size G)."""
     max_new_tokens: int = 32
     """Most tokens generated per completion; longer ones are cut and marked truncated."""
+    min_new_tokens: int = 0
+    """Generate at least this many tokens before a stop token is allowed; for speed benchmarks at fixed length."""
     max_prompt_tokens: int = 2048
     """Most prompt tokens (text + visual) per prompt; a longer prompt is rejected, never cut."""
     temperature: float = 1.0

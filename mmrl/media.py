@@ -283,6 +283,21 @@ def _even_subsample(indices: np.ndarray, count: int) -> np.ndarray:
     return indices[positions]
 
 
+def read_frames(path: str | Path, indices: Sequence[int] | np.ndarray) -> VideoFrames:
+    """Decode exactly the source frames at `indices` (in that order), nothing else.
+
+    For callers that choose frames themselves (e.g. clips of a temporal split); timestamps are
+    index / average fps, as in `read_video`.
+    """
+    reader, p = _open_video(path)
+    idx = np.asarray(indices, dtype=np.int64).ravel()
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= len(reader):
+        raise MediaError(f"cannot read frames {idx.min() if idx.size else '[]'}..{idx.max() if idx.size else ''} "
+                         f"of video {p}: it has {len(reader)} frames")  # fmt: skip
+    fps = float(reader.get_avg_fps())
+    return VideoFrames(_decode(reader, idx, p), idx / fps, idx, fps, str(p))
+
+
 def read_video(
     path: str | Path,
     *,

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,6 +117,8 @@ def build_tiny(family: str, out_dir: str | Path, *, seed: int = 0, spec: TinySpe
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        if not (tmp / "config.json").exists():  # transformers skips the write on a rank other than 0
+            raise MMRLError(f"building {out} on distributed rank {_distributed_rank()}: only rank 0 can save models")
         if out.exists():  # replace an older build: move it aside first so `out` is never half-written
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "x")
@@ -136,10 +139,14 @@ def resolve_model_path(path: str) -> str:
         out = default_cache_dir() / "models" / f"tiny-{family}"
         if not (out / "config.json").exists():
             out.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(out) + ".lock"):  # several ranks may ask at once: one builds, the others wait
-                if not (out / "config.json").exists():
-                    log.info("building tiny %s model into %s (first use)", family, out)
-                    build_tiny(family, out)
+            if _distributed_rank() > 0:
+                # Under torch.distributed, transformers writes weights on rank 0 only: rank 0 builds.
+                _wait_for(out / "config.json", timeout=600)
+            else:
+                with FileLock(str(out) + ".lock"):  # several processes may ask at once: one builds
+                    if not (out / "config.json").exists():
+                        log.info("building tiny %s model into %s (first use)", family, out)
+                        build_tiny(family, out)
         return str(out)
     local = Path(path).expanduser()
     if local.is_dir():
@@ -147,6 +154,19 @@ def resolve_model_path(path: str) -> str:
     if path.startswith(("/", ".", "~")) or local.exists():
         raise MMRLError(f"model path '{path}' does not exist or is not a folder")
     return path  # a hub id: transformers resolves it from its own cache; we never force a download
+
+
+def _distributed_rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _wait_for(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise MMRLError(f"waited {timeout:.0f}s for rank 0 to build {path.parent}; it did not appear")
+        time.sleep(0.2)
 
 
 def load_processor(cfg: ModelConfig) -> ProcessorMixin:

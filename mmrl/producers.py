@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mmrl.config import CorpusConfig, DataSource, RunConfig
+from mmrl.corpus import LazyCorpus
 from mmrl.errors import MediaError, MMRLError, SkipItem
 from mmrl.grpo.advantages import group_advantages, zero_variance_groups
 from mmrl.grpo.replay import select_replay
@@ -95,27 +96,13 @@ class SampleSource:
         if self._items is None:
             source: Any = self.spec.source
             if source == "default":
-                source = _LazyCorpus(self.corpus_cfg)
+                source = LazyCorpus(self.corpus_cfg)
             else:
                 source = Path(source)
             self._items = self.task.sources(source)
             if not len(self._items):
                 raise MMRLError(f"task '{self.spec.task}' found no source items in {self.spec.source}")
         return self._items
-
-
-class _LazyCorpus:
-    """Builds the default corpus only if a task actually reads it (the diagnostic task does not)."""
-
-    def __init__(self, cfg: CorpusConfig):
-        self._cfg, self._corpus = cfg, None
-
-    def __getattr__(self, name: str):
-        if self._corpus is None:
-            from mmrl.corpus import default_corpus  # imports open3d: only when a task reads the corpus
-
-            self._corpus = default_corpus(self._cfg)
-        return getattr(self._corpus, name)
 
 
 @dataclass
@@ -166,6 +153,7 @@ class TaskProducer:
             prepared = [self.prepare(step, round_, slot) for slot in range(missing)]
             sampling = SamplingParams(
                 max_new_tokens=cfg.rollout.max_new_tokens,
+                min_new_tokens=cfg.rollout.min_new_tokens,
                 temperature=cfg.rollout.temperature,
                 top_p=cfg.rollout.top_p,
                 top_k=cfg.rollout.top_k,

@@ -67,6 +67,7 @@ def sft(cfg: RunConfig) -> Path:
     if logger:
         save_final(policy, run_dir / "final")
         logger.close()
+    policy.accelerator.wait_for_everyone()  # every rank may load `final` next (cold start)
     return run_dir
 
 

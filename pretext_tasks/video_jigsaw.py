@@ -205,10 +205,8 @@ class VideoJigsaw:
         else:
             source_id, path = source_item.id, source_item.path
         p = self.params
-        # mmrl.media's decord reader and error handling (MediaError naming the file), used directly
-        # so that only the sampled frames are decoded.
-        reader, checked = media._open_video(path)
-        num_frames, source_fps = len(reader), float(reader.get_avg_fps())
+        info = media.video_info(path)  # MediaError naming the file when unreadable
+        num_frames, source_fps = info.num_frames, info.fps
         split = split_clips(num_frames, p.clips, p.trim_ratio)
         clip_frames = split.length - 2 * split.trim
         if clip_frames < p.min_frames_per_clip:
@@ -219,7 +217,7 @@ class VideoJigsaw:
             )
         n = frames_per_clip(clip_frames, source_fps, p.fps, p.max_frames_per_clip)
         indices = [clip_indices(start, end, n) for start, end in split.ranges]
-        decoded = media._decode(reader, np.asarray(indices, dtype=np.int64).ravel(), checked)
+        decoded = media.read_frames(path, np.ravel(indices)).frames  # only the sampled frames
         resized = resize_frames(decoded, p.frame_max_pixels)
         frames = resized.reshape(p.clips, n, *resized.shape[1:])  # (K, n, H, W, 3), clips in true order
         clip_fps = n / clip_frames * source_fps

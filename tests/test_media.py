@@ -471,3 +471,14 @@ def test_depth_scale_and_bad_files(tmp_path: Path) -> None:
     assert str(cut) in str(info.value)
     with pytest.raises(ValueError):
         media.save_depth(tmp_path / "x.png", np.zeros((2, 2, 2)))
+
+
+def test_read_frames_decodes_exactly_the_given_indices(tmp_path):
+    frames = np.stack([np.full((32, 64, 3), 8 * i, np.uint8) for i in range(20)])
+    path = media.write_video(tmp_path / "ramp.mp4", frames, fps=10)
+    clip = media.read_frames(path, [15, 3, 7])
+    assert clip.indices.tolist() == [15, 3, 7]
+    np.testing.assert_allclose(clip.timestamps, [1.5, 0.3, 0.7])
+    assert [int(round(f.mean() / 8)) for f in clip.frames] == [15, 3, 7]  # brightness encodes the index
+    with pytest.raises(MediaError, match="it has 20 frames"):
+        media.read_frames(path, [19, 20])

@@ -23,6 +23,7 @@ from mmrl.rollout import (
     make_engine,
     sampling_params,
 )
+from mmrl.rollout.forward import shares_vision, suppressed_token_ids, unwrap_model
 from mmrl.rollout.types import EncodedPrompt, SamplingParams
 
 BUDGET = 4096
@@ -275,6 +276,67 @@ def test_gradients_flow_through_chunked_scoring(tiny_models, clip):
     model.zero_grad()
 
 
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
+def test_shared_vision_equals_per_sequence_vision(tiny_models, family, clip):
+    """Groups encode each distinct image/video once: same log-probs, entropies and gradients as per sequence."""
+    cfg, model, processor = tiny_models[family]
+    image, two_images, video, text = _mixed_prompts(tiny_models[family], clip)
+    single = encode_prompt(processor, _user({"type": "image", "image": _image(90, 60, 5)}, _text("Shape?")), cfg,
+                           max_prompt_tokens=BUDGET)  # fmt: skip
+    seqs = [image, two_images, image, video, single, two_images, text, image, video, text]  # groups + singles
+    rng = np.random.default_rng(0)
+    completions = [rng.integers(10, 300, int(rng.integers(1, 8))).tolist() for _ in seqs]
+    batch = collate(seqs, completions, pad_id=0)
+    distinct = [image, two_images, video, single]  # with media, in first-appearance order
+    images = [p for p in distinct if "image_grid_thw" in p.vision]
+    assert torch.equal(batch["unique_pixel_values"], torch.cat([p.vision["pixel_values"] for p in images]))
+    assert torch.equal(batch["unique_image_grid_thw"], torch.cat([p.vision["image_grid_thw"] for p in images]))
+    assert batch["unique_image_index"].tolist() == [0, 1, 2, 0, 3, 1, 2, 0]  # one per row of image_grid_thw
+    assert batch["unique_video_index"].tolist() == [0, 0] and batch["unique_video_grid_thw"].shape == (1, 3)
+    assert not any(k.startswith("unique_") for k in collate(distinct, completions[:4], pad_id=0))  # no repeats
+    assert shares_vision(model)
+
+    rows: list[int] = []  # patch rows of each vision tower call
+    hook = model.model.visual.register_forward_pre_hook(lambda _, args: rows.append(int(args[0].shape[0])))
+    results = {}
+    try:
+        for share in (False, True):
+            model.zero_grad(set_to_none=True)
+            rows.clear()
+            logprobs, entropy, mask = completion_logprobs(model, batch, temperature=0.7, with_entropy=True,
+                                                          share_vision=share)  # fmt: skip
+            (-(logprobs * mask).sum() / mask.sum() - 0.01 * (entropy * mask).sum()).backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            results[share] = (logprobs.detach(), entropy.detach(), grads, sum(rows))
+    finally:
+        hook.remove()
+        model.zero_grad(set_to_none=True)
+    (lp, ent, grads, patches), (lp1, ent1, grads1, patches1) = results[False], results[True]
+    distinct_patches = sum(p.vision[k].shape[0] for p in distinct for k in ("pixel_values", "pixel_values_videos")
+                           if k in p.vision)  # fmt: skip
+    assert patches1 == distinct_patches < patches  # each distinct image/video through the vision tower once
+    torch.testing.assert_close(lp1, lp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ent1, ent, rtol=1e-5, atol=1e-6)
+    assert grads1.keys() == grads.keys() and any(n.startswith("model.visual.") for n in grads)
+    for name, g in grads.items():  # the shared features' gradient is the sum over the group
+        assert float((grads1[name] - g).norm()) <= 1e-5 * float(g.norm()) + 1e-12, name
+
+
+def test_suppressed_token_ids_look_through_wrappers(tiny_models):
+    _, model, _ = tiny_models["qwen2.5-vl"]
+    ids = [model.config.image_token_id, model.config.video_token_id]
+    assert suppressed_token_ids(model) == suppressed_token_ids(model.config) == ids
+
+    class Wrapper(torch.nn.Module):  # like DDP: the model under `.module`, no `.config` of its own
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert suppressed_token_ids(Wrapper(model)) == ids and unwrap_model(Wrapper(model)) is model
+    with pytest.raises(TypeError, match="no `config`"):
+        suppressed_token_ids(torch.nn.Linear(2, 2))  # [] would shift every log-prob silently
+
+
 # --------------------------------------------------------------------------------------------------
 # HF engine
 
@@ -376,6 +438,73 @@ def test_greedy_alone_equals_in_padded_batch(tiny_models, family, clip):
         alone = engine.generate([prompt], 1, greedy)[0][0]
         assert alone.token_ids == group[0].token_ids
         np.testing.assert_allclose(alone.logprobs, group[0].logprobs, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_shared_prefill_equals_plain_generate(tiny_models, family, clip, monkeypatch):
+    """A group's prompt is prefilled once and its cache repeated: same samples as one prefill per sequence."""
+    _, model, processor = tiny_models[family]
+    prompts = _mixed_prompts(tiny_models[family], clip)
+    engine = HFEngine(model, processor, batch_size=7)  # 4 x 3 sequences: a group split over two batches
+    sampling = SamplingParams(max_new_tokens=8, seed=5)
+    prefills = []
+    real = engine._shared_prefill
+    monkeypatch.setattr(engine, "_shared_prefill", lambda *a: prefills.append(len(a[0])) or real(*a))
+    shared = engine.generate(prompts, 3, sampling)
+    assert prefills == [7, 5]
+    monkeypatch.setattr(engine, "_can_share_prefill", lambda prompts: False)
+    plain = engine.generate(prompts, 3, sampling)
+    for group, plain_group in zip(shared, plain):
+        for c, ref in zip(group, plain_group):  # the same random draws from (numerically) the same distribution
+            assert c.token_ids == ref.token_ids
+            np.testing.assert_allclose(c.logprobs, ref.logprobs, atol=1e-5)
+    monkeypatch.undo()
+    greedy = SamplingParams(max_new_tokens=8, temperature=0)
+    for prompt, group in zip(prompts, engine.generate(prompts, 3, greedy)):
+        alone = engine.generate([prompt], 1, greedy)[0][0]  # no repeat: plain prefill
+        assert all(c.token_ids == alone.token_ids for c in group)
+
+
+def test_min_new_tokens(tiny_models, clip):
+    """No stop token before min_new_tokens: stop tokens are masked (and left out of the reported log-probs)."""
+    cfg, model, processor = tiny_models["qwen2.5-vl"]
+    prompts = _mixed_prompts(tiny_models["qwen2.5-vl"], clip)[:2]
+    engine = HFEngine(model, processor)
+    engine.eos_ids = list(range(0, model.config.text_config.vocab_size, 2))  # half the vocabulary stops
+    free = [c for g in engine.generate(prompts, 4, SamplingParams(max_new_tokens=6, seed=1)) for c in g]
+    assert any(len(c.token_ids) < 3 for c in free)
+    forced = [c for g in engine.generate(prompts, 4, SamplingParams(max_new_tokens=6, min_new_tokens=3, seed=1))
+              for c in g]  # fmt: skip
+    assert all(len(c.token_ids) >= 3 and not set(c.token_ids[:3]) & set(engine.eos_ids) for c in forced)
+    assert any(c.finish_reason == "stop" for c in forced)
+    with torch.no_grad():
+        batch = collate([p for p in prompts for _ in range(4)], [c.token_ids for c in forced], engine.pad_id)
+        trainer, _, _ = completion_logprobs(model, batch)
+    for k, c in enumerate(forced):
+        lp = torch.tensor(c.logprobs)
+        assert (lp[:3] > trainer[k, :3] + 1e-3).all()  # renormalised without the stop tokens
+        torch.testing.assert_close(lp[3:], trainer[k, 3 : len(c.token_ids)], atol=1e-4, rtol=0)
+    exact = engine.generate(prompts, 2, SamplingParams(max_new_tokens=5, min_new_tokens=5, seed=2))
+    assert all(len(c.token_ids) == 5 and c.finish_reason == "length" for g in exact for c in g)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        engine.generate(prompts, 1, SamplingParams(min_new_tokens=-1))
+
+
+def test_producer_passes_min_new_tokens(tiny_models):
+    from mmrl.config import RunConfig
+    from mmrl.producers import TaskProducer
+
+    cfg_model, model, processor = tiny_models["qwen2.5-vl"]
+    cfg = RunConfig(model=cfg_model, rollout=RolloutConfig(n=2, max_new_tokens=4, min_new_tokens=4))
+    cfg.data.prompts_per_step = 2
+    engine = HFEngine(model, processor)
+    engine.eos_ids = list(range(0, model.config.text_config.vocab_size, 2))
+    seen = []
+    generate = engine.generate
+    engine.generate = lambda prompts, n, sampling: seen.append(sampling) or generate(prompts, n, sampling)
+    rollouts, _ = TaskProducer(cfg, processor).produce(engine, 0)
+    assert [s.min_new_tokens for s in seen] == [4]
+    assert len(rollouts) == 4 and all(len(r.completion.token_ids) == 4 for r in rollouts)
 
 
 def test_video_prompt_generation(tiny_models, clip):

@@ -10,10 +10,19 @@ The policy never emits image/video placeholder tokens: a completion holding one 
 trainer's forward count more placeholders than there are visual features. Both engines suppress
 them when sampling and `completion_logprobs` scores under the same restricted distribution, so the
 engine's and the trainer's log-probs stay comparable (R6).
+
+A GRPO group is n sequences of one prompt object. For the Qwen-VL families (`SHARED_VISION_MODEL_TYPES`)
+`completion_logprobs` runs the vision tower once per distinct prompt of the batch and hands each
+sequence its prompt's features through the models' `mm_encoder_outputs` forward argument (the
+transformers 5 way to pass pre-encoded images/videos, Qwen3-VL's deepstack features included)
+instead of re-encoding the same pixels n times. The features are shared by indexing, so the vision
+tower's gradient is the sum over the group, as with one encoding per sequence. Other models take the
+plain path (pixels repeated per sequence); both give the same log-probs and gradients (tested).
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -28,21 +37,57 @@ MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", *VISION_KEYS)
 
 _CHUNK_ELEMENTS = 1 << 24  # float32 logits processed at a time (64 MiB) when scoring completions
 
+SHARED_VISION_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+"""`config.model_type`s whose forward takes `mm_encoder_outputs` in the layout `get_image_features` /
+`get_video_features` return (per-item `pooler_output`, plus per-layer `deepstack_features` for Qwen3-VL):
+`completion_logprobs` encodes each distinct prompt's media once for these, and repeats pixels otherwise."""
+
+_MODALITIES = (("image", "pixel_values", "image_grid_thw"), ("video", "pixel_values_videos", "video_grid_thw"))
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP / DataParallel (`.module`), torch.compile (`._orig_mod`) and peft
+    (`get_base_model()`) wrappers, in any nesting; `model` itself when it is not wrapped."""
+    inner = model
+    for _ in range(16):  # wrappers nest a few levels at most
+        nxt = getattr(inner, "module", None)
+        if nxt is None:
+            nxt = getattr(inner, "_orig_mod", None)
+        if nxt is None and callable(getattr(inner, "get_base_model", None)):
+            nxt = inner.get_base_model()
+        if not isinstance(nxt, torch.nn.Module) or nxt is inner:
+            break
+        inner = nxt
+    return inner
+
 
 def suppressed_token_ids(model_or_config: Any) -> list[int]:
     """Image and video placeholder ids of a Qwen-VL model (or its config): never sampled, never scored.
 
-    Looks through DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers.
+    Looks through DDP, torch.compile and peft wrappers (`unwrap_model`). A module without a `config`
+    is an error: returning no ids would silently score under a different distribution than the engines.
     """
-    inner = model_or_config
-    while not hasattr(inner, "config") and isinstance(inner, torch.nn.Module):
-        unwrapped = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None)
-        if unwrapped is None:
-            break
-        inner = unwrapped
-    config = getattr(inner, "config", inner)
+    config = model_or_config
+    if isinstance(model_or_config, torch.nn.Module):
+        config = getattr(unwrap_model(model_or_config), "config", None)
+        if config is None:
+            raise TypeError(
+                f"{type(model_or_config).__name__} has no `config` (nor does any model it wraps): cannot tell "
+                "which image/video placeholder tokens to suppress"
+            )
     ids = [getattr(config, "image_token_id", None), getattr(config, "video_token_id", None)]
     return [int(i) for i in ids if i is not None]
+
+
+def shares_vision(model: torch.nn.Module) -> bool:
+    """Whether `completion_logprobs` can encode a group's media once for `model` (see the module docstring)."""
+    inner = unwrap_model(model)
+    model_type = getattr(getattr(inner, "config", None), "model_type", None)
+    return (
+        model_type in SHARED_VISION_MODEL_TYPES
+        and "mm_encoder_outputs" in inspect.signature(inner.forward).parameters
+        and all(callable(getattr(inner, f"get_{m}_features", None)) for m, _, _ in _MODALITIES)
+    )
 
 
 def batch_vision(prompts: list[EncodedPrompt]) -> dict[str, torch.Tensor]:
@@ -65,7 +110,11 @@ def collate(prompts: list[EncodedPrompt], completions: list[list[int]], pad_id: 
     Returns `input_ids`, `attention_mask`, `completion_mask` (1 on completion tokens) and
     `mm_token_type_ids` (0 on completion and pad tokens), all (B, L); `prompt_lengths` (B,); and
     the prompts' visual tensors concatenated in batch order. The same prompt object may appear
-    several times (a GRPO group): its visual tensors are then repeated, one set per sequence.
+    several times (a GRPO group): its visual tensors are then repeated, one set per sequence, and the
+    batch also holds each distinct prompt's media once, for `completion_logprobs` to encode once:
+    `unique_pixel_values` + `unique_image_grid_thw` (distinct prompts in first-appearance order) and
+    `unique_image_index` (one entry per row of `image_grid_thw`: that image's row among the unique
+    ones), and the same three for videos (`unique_pixel_values_videos`, ...).
     """
     if len(prompts) != len(completions) or not prompts:
         raise ValueError(f"need one completion per prompt, got {len(prompts)} prompts, {len(completions)} completions")
@@ -93,7 +142,32 @@ def collate(prompts: list[EncodedPrompt], completions: list[list[int]], pad_id: 
     }
     if with_types:
         batch["mm_token_type_ids"] = mm_types
+    batch.update(_unique_vision(prompts))
     return batch
+
+
+def _unique_vision(prompts: list[EncodedPrompt]) -> dict[str, torch.Tensor]:
+    """The `unique_*` entries of `collate`: empty unless some prompt object repeats and carries media."""
+    distinct: dict[int, EncodedPrompt] = {}
+    for p in prompts:
+        distinct.setdefault(id(p), p)
+    if len(distinct) == len(prompts):
+        return {}
+    out = {}
+    for modality, pixel_key, grid_key in _MODALITIES:
+        counts = {key: int(p.vision[grid_key].shape[0]) if grid_key in p.vision else 0 for key, p in distinct.items()}
+        if not any(counts.values()):
+            continue
+        starts, total = {}, 0
+        for key, count in counts.items():  # first-appearance order
+            starts[key], total = total, total + count
+        with_media = [p for key, p in distinct.items() if counts[key]]
+        out[f"unique_{pixel_key}"] = torch.cat([p.vision[pixel_key] for p in with_media])
+        out[f"unique_{grid_key}"] = torch.cat([p.vision[grid_key] for p in with_media])
+        out[f"unique_{modality}_index"] = torch.cat(
+            [torch.arange(starts[id(p)], starts[id(p)] + counts[id(p)], dtype=torch.long) for p in prompts]
+        )
+    return out
 
 
 def completion_logprobs(
@@ -102,6 +176,7 @@ def completion_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    share_vision: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Log-prob of each completion token under softmax(logits / temperature), aligned to completion positions.
 
@@ -111,6 +186,10 @@ def completion_logprobs(
     `logits_to_keep`, given per-row positions), and the float32 log-softmax runs in chunks, each
     recomputed in backward when gradients are on, so no (B, L, V) float32 tensor ever exists.
     Works under gradients (policy loss) and under no_grad (old / reference log-probs).
+
+    When the batch repeats a prompt (`collate`'s `unique_*` entries) and `shares_vision(model)`, each
+    distinct image/video is encoded once and its features are reused by every sequence of its group;
+    `share_vision=False` forces the plain path (pixels encoded once per sequence), e.g. to compare them.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to score completions, got {temperature}")
@@ -126,6 +205,8 @@ def completion_logprobs(
     mask = steps[None, :] < completion_lengths[:, None]  # (B, Lc)
 
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
+    if share_vision and any(k.startswith("unique_") for k in batch) and shares_vision(model):
+        inputs = _with_shared_vision(unwrap_model(model), inputs, batch, device)
     logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, Lc, V)
 
     suppressed = torch.tensor(suppressed_token_ids(model), dtype=torch.long, device=device)
@@ -140,6 +221,31 @@ def completion_logprobs(
     logprobs = torch.cat(logprob_parts, dim=1) * mask  # (B, Lc); 0 past each completion
     entropy = torch.cat(entropy_parts, dim=1) * mask if with_entropy else None
     return logprobs, entropy, mask
+
+
+def _with_shared_vision(
+    inner: torch.nn.Module, inputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, Any]:
+    """`inputs` with each modality's pixels replaced by `mm_encoder_outputs` encoded once per distinct prompt.
+
+    `get_image_features` / `get_video_features` return one `pooler_output` tensor per image (and, for
+    Qwen3-VL, per-layer `deepstack_features` split the same way); selecting them with
+    `unique_<modality>_index` gives every sequence its own entries in batch order, which is the order
+    the model scatters them into the placeholder tokens. The grids stay in `inputs` for M-RoPE.
+    """
+    encoded = {}
+    for modality, pixel_key, grid_key in _MODALITIES:
+        if f"unique_{pixel_key}" not in batch:
+            continue
+        encode = getattr(inner, f"get_{modality}_features")
+        out = encode(batch[f"unique_{pixel_key}"].to(device), batch[f"unique_{grid_key}"].to(device), return_dict=True)
+        index = batch[f"unique_{modality}_index"].tolist()
+        fields = {"pooler_output": tuple(out.pooler_output[j] for j in index)}
+        if getattr(out, "deepstack_features", None) is not None:
+            fields["deepstack_features"] = [tuple(layer[j] for j in index) for layer in out.deepstack_features]
+        encoded[modality] = type(out)(**fields)
+        inputs = {k: v for k, v in inputs.items() if k != pixel_key}
+    return {**inputs, "mm_encoder_outputs": encoded}
 
 
 def _score(

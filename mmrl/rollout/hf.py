@@ -6,6 +6,18 @@ LEFT-padded batches of at most `batch_size`; the model derives M-RoPE positions 
 mask and `mm_token_type_ids`, so a prompt's completion does not depend on its batch-mates (tested
 with greedy decoding).
 
+Shared prefill: when a batch holds several samples of one prompt, the prompt is encoded (vision
+tower + language model) once. Each distinct prompt minus its last token is run through the model
+with a cache, the cache rows are repeated for the prompt's samples (`Cache.reorder_cache`, the
+beam-search row selection), and `generate` continues from that cache with the full left-padded
+batch: it runs the last prompt token of every sequence, then samples as usual, with the same random
+draws as without the shared prefill. Qwen-VL models keep M-RoPE offsets (`rope_deltas`) from their
+last prefill; they are cleared so that `generate` recomputes every sequence's 3D positions from the
+full inputs, exactly as in a plain call. Used for the Qwen-VL families (`SHARED_PREFILL_MODEL_TYPES`)
+when the batch repeats a prompt and has images or videos; otherwise every sequence is prefilled by
+`generate`. (Without image/video grids a Qwen forward numbers left-padded tokens from the first
+column, not from each prompt's first token as `generate` does, so text-only batches keep the plain path.)
+
 Reported log-probs are those of the sampled tokens under the distribution actually sampled from:
 softmax(logits / temperature) after top-k and top-p filtering (renormalised), with image/video
 placeholder tokens suppressed. This is what vLLM reports with `logprobs_mode="processed_logprobs"`,
@@ -24,13 +36,20 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
-from mmrl.rollout.forward import batch_vision, suppressed_token_ids
+from mmrl.rollout.forward import SHARED_VISION_MODEL_TYPES, batch_vision, suppressed_token_ids, unwrap_model
 from mmrl.rollout.types import Completion, EncodedPrompt, SamplingParams
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin
 
 log = logging.getLogger(__name__)
+
+SHARED_PREFILL_MODEL_TYPES = SHARED_VISION_MODEL_TYPES
+"""`config.model_type`s whose `generate` derives M-RoPE positions from the full inputs once
+`model.model.rope_deltas` is None, so that a batch can start from a shared, repeated prompt cache."""
+
+_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
+_PIXEL_KEYS = ("pixel_values", "pixel_values_videos")
 
 
 class HFEngine:
@@ -63,6 +82,8 @@ class HFEngine:
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if sampling.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be >= 0, got {sampling.min_new_tokens}")
         items = [i for i in range(len(prompts)) for _ in range(n)]  # sequence k samples prompts[items[k]]
         seed = sampling.seed
         if seed is None:
@@ -100,7 +121,7 @@ class HFEngine:
         recorder = _LogprobRecorder(sampling)
         kwargs = dict(
             max_new_tokens=sampling.max_new_tokens,
-            min_new_tokens=0,
+            min_new_tokens=sampling.min_new_tokens,
             do_sample=not greedy,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
@@ -112,10 +133,51 @@ class HFEngine:
         )
         if not greedy:  # explicit values override a checkpoint's generation_config (Qwen ships top_k=1)
             kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+        if self._can_share_prefill(prompts):
+            inputs = self._shared_prefill(prompts, inputs, device)
         out = self.model.generate(**inputs, **kwargs)
         new = out.sequences[:, prompt_len:]  # (B, S)
         logprobs = recorder.finish(new)  # (B, S)
         return [self._completion(new[b].tolist(), logprobs[b].tolist()) for b in range(new.shape[0])]
+
+    def _can_share_prefill(self, prompts: Sequence[EncodedPrompt]) -> bool:
+        """Whether `_shared_prefill` applies to this batch (see the module docstring)."""
+        if len({id(p) for p in prompts}) == len(prompts) or min(len(p) for p in prompts) < 2:
+            return False
+        if not any("image_grid_thw" in p.vision or "video_grid_thw" in p.vision for p in prompts):
+            return False
+        inner = unwrap_model(self.model)
+        return (
+            getattr(inner.config, "model_type", None) in SHARED_PREFILL_MODEL_TYPES
+            and hasattr(getattr(inner, "model", None), "rope_deltas")
+            and getattr(inner.generation_config, "cache_implementation", None) is None
+        )
+
+    @torch.no_grad()
+    def _shared_prefill(
+        self, prompts: Sequence[EncodedPrompt], inputs: dict[str, torch.Tensor], device: torch.device
+    ) -> dict[str, object]:
+        """`generate` inputs for `prompts` that start from a cache prefilled once per distinct prompt.
+
+        The distinct prompts are left-padded to the batch's length T and run without their last
+        token; row k of the batch then takes the cache row of its prompt. `generate` gets the full
+        (B, T) tokens and mask (it runs only the uncached last column), the grids for M-RoPE, and no
+        pixels: the images and videos are already in the cache.
+        """
+        rows: dict[int, int] = {}  # id(prompt) -> its row among the distinct prompts (first-appearance order)
+        distinct: list[EncodedPrompt] = []
+        for p in prompts:
+            if id(p) not in rows:
+                rows[id(p)] = len(distinct)
+                distinct.append(p)
+        head = {k: v.to(device) for k, v in _left_pad(distinct, self.pad_id).items()}
+        if head["input_ids"].shape[1] != inputs["input_ids"].shape[1]:
+            raise AssertionError("distinct prompts padded to another length than their batch")
+        head = {k: v[:, :-1] if k in _TOKEN_KEYS else v for k, v in head.items()}
+        cache = self.model(**head, use_cache=True, logits_to_keep=1).cache
+        cache.reorder_cache(torch.tensor([rows[id(p)] for p in prompts], dtype=torch.long, device=device))
+        unwrap_model(self.model).model.rope_deltas = None  # stale (distinct rows): generate recomputes them
+        return {**{k: v for k, v in inputs.items() if k not in _PIXEL_KEYS}, "cache": cache}
 
     def _completion(self, tokens: list[int], logprobs: list[float]) -> Completion:
         """Cut at the first stop token (kept); no stop token means the length limit was hit."""

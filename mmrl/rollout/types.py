@@ -16,6 +16,10 @@ import torch
 class SamplingParams:
     max_new_tokens: int = 32
     """Most tokens generated per completion."""
+    min_new_tokens: int = 0
+    """Generate at least this many tokens before a stop token is allowed (for speed benchmarks at fixed
+    length). While it holds, stop tokens are masked out of the sampled distribution, so the engine's
+    log-probs of those steps exclude the stop tokens' mass and differ slightly from the trainer's."""
     temperature: float = 1.0
     """Softmax temperature; logprobs are reported under this tempered distribution."""
     top_p: float = 1.0

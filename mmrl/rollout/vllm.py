@@ -138,6 +138,7 @@ class VLLMEngine:
             top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k > 0 else -1,  # -1: off in every vLLM version
             max_tokens=sampling.max_new_tokens,
+            min_tokens=sampling.min_new_tokens,
             logprobs=0,  # the sampled token's log-prob only
             seed=seed,
             stop_token_ids=self.eos_ids,
