@@ -58,7 +58,17 @@ PLOT_FILE = "reward_curve.png"
 SUMMARY_FILE = "summary.json"
 TB_DIR = "tb"
 
-GENERATION_KEYS = ("engine", "n", "max_new_tokens", "temperature", "top_p", "top_k", "max_prompt_tokens", "batch_size")
+GENERATION_KEYS = (
+    "engine",
+    "n",
+    "max_new_tokens",
+    "min_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_prompt_tokens",
+    "batch_size",
+)
 """`rollout` fields printed at start as the effective generation settings (R11)."""
 VISION_KEYS = ("min_pixels", "max_pixels", "video_min_pixels", "video_max_pixels", "video_fps", "video_max_frames")
 """`model` fields printed with them: the pixel and frame budgets (R1)."""

@@ -28,8 +28,9 @@ from mmrl.corpus import LazyCorpus
 from mmrl.errors import MediaError, MMRLError, SkipItem
 from mmrl.grpo.advantages import group_advantages, zero_variance_groups
 from mmrl.grpo.replay import select_replay
+from mmrl.rollout import sampling_params
 from mmrl.rollout.encode import encode_prompt
-from mmrl.rollout.types import Completion, EncodedPrompt, Engine, Rollout, SamplingParams
+from mmrl.rollout.types import Completion, EncodedPrompt, Engine, Rollout
 from mmrl.sample import Sample, read_dataset
 from rewards.base import Reward
 
@@ -151,14 +152,8 @@ class TaskProducer:
             if missing <= 0:
                 break
             prepared = [self.prepare(step, round_, slot) for slot in range(missing)]
-            sampling = SamplingParams(
-                max_new_tokens=cfg.rollout.max_new_tokens,
-                min_new_tokens=cfg.rollout.min_new_tokens,
-                temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p,
-                top_k=cfg.rollout.top_k,
-                seed=int(np.random.default_rng([cfg.train.seed, self.rank, step, round_]).integers(2**31)),
-            )
+            seed = int(np.random.default_rng([cfg.train.seed, self.rank, step, round_]).integers(2**31))
+            sampling = sampling_params(cfg.rollout, seed=seed)
             t0 = time.perf_counter()
             completions = engine.generate([p.prompt for p in prepared], n, sampling)
             metrics["time/generate"] += time.perf_counter() - t0

@@ -176,7 +176,7 @@ def test_log_config_writes_yaml_and_prints_generation_settings_once(tmp_path: Pa
     assert load_config(RunConfig, tmp_path / "config.yaml") == config
     out = capsys.readouterr().out
     assert out.count("generation: ") == 1
-    assert "generation: engine=hf n=4 max_new_tokens=64 temperature=0.7 top_p=1.0 top_k=0" in out
+    assert "generation: engine=hf n=4 max_new_tokens=64 min_new_tokens=0 temperature=0.7 top_p=1.0 top_k=0" in out
     assert "vision budget: min_pixels=3136 max_pixels=200704" in out
 
 

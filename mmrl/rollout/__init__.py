@@ -53,5 +53,10 @@ def make_engine(cfg: RolloutConfig, model: torch.nn.Module, processor: Processor
 def sampling_params(cfg: RolloutConfig, *, seed: int | None = None) -> SamplingParams:
     """SamplingParams from the rollout config (every generation field of it, R11)."""
     return SamplingParams(
-        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, seed=seed
+        max_new_tokens=cfg.max_new_tokens,
+        min_new_tokens=cfg.min_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        seed=seed,
     )
