@@ -264,7 +264,7 @@ def png_bytes(image: Image.Image | str | Path | np.ndarray) -> bytes:
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=6)
+    image.save(buffer, format="PNG", compress_level=1)  # as mmrl.sample: fast, lossless, deterministic
     return buffer.getvalue()
 
 

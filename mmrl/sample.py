@@ -129,8 +129,9 @@ def _copy_in(src: Path, root: Path, rel_stem: str, sample: str) -> str:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    # No metadata and fixed compression: the same pixels give the same bytes.
-    image.save(path, format="PNG", compress_level=6)
+    # zlib level 1: 3-4x faster than the default 6 for a few % more bytes (PNG encoding dominates
+    # dataset writing); no metadata and a fixed level: the same pixels give the same bytes.
+    image.save(path, format="PNG", compress_level=1)
 
 
 def _safe(name: str) -> str:
