@@ -38,6 +38,8 @@ centred number) are alpha-composited at native resolution, then the image is opt
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,32 +223,83 @@ def candidate_mask(depth: np.ndarray, params: DepthJigsawParams) -> np.ndarray:
     return in_range & inside & flat
 
 
+@dataclass(frozen=True)
+class _Candidates:
+    """What the point sampler needs from one registered depth map and the candidate parameters
+    (`min_depth`, `max_depth`, `border`, `edge_window`, `edge_max_range`); read-only arrays."""
+
+    any_valid: bool
+    """Some pixel has valid depth in [`min_depth`, `max_depth`]."""
+    rows: np.ndarray
+    """Row of each candidate pixel, in raster order (so sorted)."""
+    cols: np.ndarray
+    """Column of each candidate pixel."""
+    z: np.ndarray
+    """Depth of each candidate, in the depth map's dtype (float32 when registered)."""
+    by_depth: np.ndarray
+    """Candidate indices in increasing depth (stable)."""
+    z_sorted: np.ndarray
+    """`z[by_depth]` as float64."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.rows, self.cols, self.z, self.by_depth, self.z_sorted))
+
+
+def _candidates(depth: np.ndarray, params: DepthJigsawParams) -> _Candidates:
+    """The candidates of a registered, cleaned depth map (`candidate_mask`), in raster order."""
+    h, w = depth.shape
+    any_valid = bool(((depth >= params.min_depth) & (depth <= params.max_depth) & (depth > 0)).any())
+    flat = np.flatnonzero(candidate_mask(depth, params))
+    # int32 pixel arithmetic in the draw loop cannot overflow below 32768 px: 2 * 32767**2 < 2**31.
+    index = np.int32 if max(h, w) < 32768 else np.int64
+    rows, cols = (a.astype(index) for a in np.divmod(flat, w))
+    z = depth.ravel()[flat]
+    by_depth = np.argsort(z, kind="stable").astype(np.int32 if len(z) < 2**31 else np.int64)
+    z_sorted = z[by_depth].astype(np.float64)
+    arrays = (rows, cols, z, by_depth, z_sorted)
+    for a in arrays:
+        a.setflags(write=False)
+    return _Candidates(any_valid, *arrays)
+
+
 def sample_points(depth: np.ndarray, params: DepthJigsawParams, rng: np.random.Generator) -> list[DepthPoint]:
     """K points satisfying every constraint of `params`, nearest first; `SkipItem` when none are found.
 
     `depth`: registered, cleaned depth in metres (0 = invalid). See the module docstring for the method.
     """
-    k = params.points
-    valid = depth > 0
-    if not ((depth >= params.min_depth) & (depth <= params.max_depth) & valid).any():
+    return _draw_points(_candidates(np.asarray(depth), params), params, rng)
+
+
+def _draw_points(cand: _Candidates, params: DepthJigsawParams, rng: np.random.Generator) -> list[DepthPoint]:
+    """`sample_points` on precomputed candidates.
+
+    Each accepted point removes the candidates it conflicts with, as a test against every candidate
+    would, but only looks at those that can conflict: the depth-sorted candidates within
+    `min_depth_gap` (+ a margin; the exact |Δz| > gap test is applied to them) and the raster-ordered
+    candidates within `min_pixel_distance` rows (one slice). The candidates are kept in raster order
+    and `rng` is called exactly as by a test against every candidate, so the points are the same.
+    """
+    k, gap = params.points, params.min_depth_gap
+    if not cand.any_valid:
         raise SkipItem("no_valid_depth", f"no pixel has valid depth in [{params.min_depth}, {params.max_depth}] m")
-    rows, cols = np.nonzero(candidate_mask(depth, params))
-    z = depth[rows, cols].astype(np.float64)
-    if len(z) < k:
+    rows, cols, z, by_depth, z_sorted = cand.rows, cand.cols, cand.z, cand.by_depth, cand.z_sorted
+    n = len(z)
+    if n < k:
         raise SkipItem(
             "depth_constraints_unsatisfiable",
-            f"{len(z)} candidate pixels (in range, inside the border, off depth edges)",
+            f"{n} candidate pixels (in range, inside the border, off depth edges)",
         )
-    span = float(z.max() - z.min())
-    if span <= (k - 1) * params.min_depth_gap:
+    span = float(z_sorted[-1] - z_sorted[0])
+    if span <= (k - 1) * gap:
         raise SkipItem(
             "depth_constraints_unsatisfiable",
-            f"candidate depths span {span:.3f} m, not more than (K - 1) * {params.min_depth_gap} m for K = {k}",
+            f"candidate depths span {span:.3f} m, not more than (K - 1) * {gap} m for K = {k}",
         )
-    rows_f, cols_f = rows.astype(np.float64), cols.astype(np.float64)
     min_d2 = float(params.min_pixel_distance) ** 2
+    reach = int(min(np.ceil(params.min_pixel_distance), int(rows[-1]) + 1))  # rows farther never conflict
     for _ in range(params.max_tries):
-        alive = np.ones(len(z), dtype=bool)
+        alive = np.ones(n, dtype=bool)
         chosen: list[int] = []
         while len(chosen) < k:
             left = np.flatnonzero(alive)
@@ -254,16 +307,74 @@ def sample_points(depth: np.ndarray, params: DepthJigsawParams, rng: np.random.G
                 break  # dead end: restart
             i = int(left[rng.integers(len(left))])
             chosen.append(i)
-            d2 = (rows_f - rows_f[i]) ** 2 + (cols_f - cols_f[i]) ** 2
-            alive &= (d2 >= min_d2) & (np.abs(z - z[i]) > params.min_depth_gap)
+            zi, ri, ci = float(z[i]), int(rows[i]), int(cols[i])
+            # Depth: the interval holds every candidate with |z - zi| <= gap (the margin exceeds any
+            # rounding); the exact test of the full comparison decides within it.
+            margin = 1e-9 * (1.0 + abs(zi) + gap)
+            lo = int(np.searchsorted(z_sorted, zi - gap - margin, "left"))
+            hi = int(np.searchsorted(z_sorted, zi + gap + margin, "right"))
+            near = by_depth[lo:hi]
+            alive[near[~(np.abs(z[near].astype(np.float64) - zi) > gap)]] = False
+            # Pixels: only rows within `reach` can be closer than min_pixel_distance.
+            a, b = np.searchsorted(rows, np.array([ri - reach, ri + reach + 1], dtype=rows.dtype))
+            dr, dc = rows[a:b] - ri, cols[a:b] - ci
+            alive[a:b] &= (dr * dr + dc * dc).astype(np.float64) >= min_d2
         if len(chosen) == k:
-            points = [DepthPoint(int(rows[i]), int(cols[i]), float(depth[rows[i], cols[i]])) for i in chosen]
+            points = [DepthPoint(int(rows[i]), int(cols[i]), float(z[i])) for i in chosen]
             return sorted(points, key=lambda p: p.depth)
     raise SkipItem(
         "depth_constraints_unsatisfiable",
         f"no {k} points {params.min_pixel_distance:g} px and > {params.min_depth_gap:g} m apart "
-        f"in {params.max_tries} tries ({len(z)} candidates)",
+        f"in {params.max_tries} tries ({n} candidates)",
     )
+
+
+_CANDIDATE_CACHE: OrderedDict[tuple[Any, ...], _Candidates] = OrderedDict()
+_CANDIDATE_CACHE_ITEMS = 64
+_CANDIDATE_CACHE_BYTES = 512 * 2**20
+_CANDIDATE_CACHE_LOCK = threading.Lock()
+
+
+def _rgbd_candidates(item: Any, size: tuple[int, int], params: DepthJigsawParams) -> _Candidates:
+    """The candidates of an `RGBDItem`'s depth registered to `size` = (width, height), cached per depth
+    file (path, mtime, size: a rewritten file is read again), scale and candidate parameters; an LRU of
+    at most `_CANDIDATE_CACHE_ITEMS` items and `_CANDIDATE_CACHE_BYTES` (the newest is always kept).
+    `mmrl generate` draws sources with replacement, so a hit skips the depth decode and the mask."""
+    from mmrl import media
+
+    path = Path(item.depth_path)
+    try:
+        stat = path.stat()
+        stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        stamp = None  # load_depth raises its own error; nothing is cached
+    key = (
+        str(path),
+        stamp,
+        float(item.depth_scale),
+        tuple(size),
+        params.min_depth,
+        params.max_depth,
+        params.border,
+        params.edge_window,
+        params.edge_max_range,
+    )
+    with _CANDIDATE_CACHE_LOCK:
+        hit = _CANDIDATE_CACHE.get(key)
+        if hit is not None:
+            _CANDIDATE_CACHE.move_to_end(key)
+            return hit
+    cand = _candidates(register_depth(media.load_depth(path, item.depth_scale), size), params)
+    if stamp is not None:
+        with _CANDIDATE_CACHE_LOCK:
+            _CANDIDATE_CACHE[key] = cand
+            total = sum(c.nbytes for c in _CANDIDATE_CACHE.values())
+            while len(_CANDIDATE_CACHE) > 1 and (
+                len(_CANDIDATE_CACHE) > _CANDIDATE_CACHE_ITEMS or total > _CANDIDATE_CACHE_BYTES
+            ):
+                _, old = _CANDIDATE_CACHE.popitem(last=False)
+                total -= old.nbytes
+    return cand
 
 
 # --------------------------------------------------------------------------------------------------
@@ -426,8 +537,16 @@ class DepthJigsaw:
         p = self.params
         seed = int(rng.integers(2**63))
         sub = np.random.default_rng(seed)
-        image, depth = load_rgbd(source_item, p)
-        points = sample_points(depth, p, sub)
+        from mmrl.corpus import RGBDItem
+
+        if isinstance(source_item, RGBDItem):  # the depth's candidates are cached per file
+            from mmrl import media
+
+            image = media.load_image(source_item.rgb_path).convert("RGB")
+            points = _draw_points(_rgbd_candidates(source_item, image.size, p), p, sub)
+        else:
+            image, depth = load_rgbd(source_item, p)
+            points = sample_points(depth, p, sub)
         shuffle = shuffle_and_label(p.points, sub)
         shown = shuffle.shown(points)
         marked = draw_markers(image, [(q.row, q.col) for q in shown], p)

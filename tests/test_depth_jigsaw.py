@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from pretext_tasks import get_task, task_class
 from pretext_tasks.depth_jigsaw import (
     DepthJigsaw,
     DepthJigsawParams,
+    DepthPoint,
     candidate_mask,
     draw_markers,
     prompt_text,
@@ -318,6 +320,95 @@ def test_sampler_meets_constraints_on_many_scenes_and_registers_depth() -> None:
     assert np.array_equal(candidate_mask(depth, params), expected) and 100 < expected.sum() < 0.9 * (36 * 52)
     small = np.arange(12, dtype=np.float32).reshape(3, 4)
     assert np.array_equal(register_depth(small, (8, 6)), np.repeat(np.repeat(small, 2, 0), 2, 1))
+
+
+def _sample_points_reference(depth: np.ndarray, params: DepthJigsawParams, rng: np.random.Generator) -> list:
+    """The sampler as first written (before the candidate cache and the windowed conflict tests): every
+    accepted point is tested against every candidate. The task's sampler must draw the same points."""
+    k = params.points
+    if not ((depth >= params.min_depth) & (depth <= params.max_depth) & (depth > 0)).any():
+        raise SkipItem("no_valid_depth", "")
+    rows, cols = np.nonzero(candidate_mask(depth, params))
+    z = depth[rows, cols].astype(np.float64)
+    if len(z) < k or float(z.max() - z.min()) <= (k - 1) * params.min_depth_gap:
+        raise SkipItem("depth_constraints_unsatisfiable", "")
+    rows_f, cols_f = rows.astype(np.float64), cols.astype(np.float64)
+    min_d2 = float(params.min_pixel_distance) ** 2
+    for _ in range(params.max_tries):
+        alive = np.ones(len(z), dtype=bool)
+        chosen: list[int] = []
+        while len(chosen) < k:
+            left = np.flatnonzero(alive)
+            if not len(left):
+                break
+            i = int(left[rng.integers(len(left))])
+            chosen.append(i)
+            d2 = (rows_f - rows_f[i]) ** 2 + (cols_f - cols_f[i]) ** 2
+            alive &= (d2 >= min_d2) & (np.abs(z - z[i]) > params.min_depth_gap)
+        if len(chosen) == k:
+            points = [DepthPoint(int(rows[i]), int(cols[i]), float(depth[rows[i], cols[i]])) for i in chosen]
+            return sorted(points, key=lambda p: p.depth)
+    raise SkipItem("depth_constraints_unsatisfiable", "")
+
+
+def _reference_or_reason(depth: np.ndarray, params: DepthJigsawParams, seed: int) -> object:
+    try:
+        return _sample_points_reference(depth, params, np.random.default_rng(seed))
+    except SkipItem as e:
+        return e.reason
+
+
+def _points_or_reason(depth: np.ndarray, params: DepthJigsawParams, seed: int) -> object:
+    try:
+        return sample_points(depth, params, np.random.default_rng(seed))
+    except SkipItem as e:
+        return e.reason
+
+
+def test_sampler_draws_exactly_the_points_of_the_reference_sampler(corpus: Corpus, tmp_path: Path) -> None:
+    task = get_task("depth_jigsaw")
+    p = task.params
+    variants = [
+        p,
+        DepthJigsawParams(points=4, min_pixel_distance=60.5, min_depth_gap=0.5, border=5),
+        DepthJigsawParams(points=8, min_pixel_distance=30, min_depth_gap=0.05, max_tries=3),
+    ]
+    # The corpus scenes through make (cached candidates; every draw after the first per item is a hit)
+    # and through sample_points, 8 scenes x 3 seeds, against the reference on the same registered depth.
+    for item in corpus.rgbd:
+        image, raw = item.load()
+        depth = register_depth(raw, image.size)
+        for seed in range(3):
+            sub_seed = int(np.random.default_rng(seed).integers(2**63))  # as make draws it
+            expected = _sample_points_reference(depth, p, np.random.default_rng(sub_seed))
+            for _ in range(2):  # a miss, then a hit of the candidate cache
+                sample = task.make(item, np.random.default_rng(seed))
+                assert sample.meta["seed"] == sub_seed
+                assert sample.meta["points"] == [[q.row, q.col, round(q.depth, 6)] for q in expected]
+            for params in variants:
+                assert _points_or_reason(depth, params, seed) == _reference_or_reason(depth, params, seed)
+    # Unregistered float64 depth maps (rendered scenes), a ScanNet-like upscale, restarts and dead ends.
+    for seed in range(6):
+        depth = scene_rendering(200 + seed).depth
+        big = register_depth(depth, (1296, 968))
+        for params in variants:
+            assert _points_or_reason(depth, params, seed) == _reference_or_reason(depth, params, seed)
+        assert _points_or_reason(big, p, seed) == _reference_or_reason(big, p, seed)
+    stairs = np.broadcast_to(1.0 + 0.4 * (np.arange(100) // 25), (100, 100)).astype(np.float32)
+    for params in (p, DepthJigsawParams(points=3, min_pixel_distance=30)):
+        for seed in range(4):
+            assert _points_or_reason(stairs, params, seed) == _reference_or_reason(stairs, params, seed)
+    # A rewritten depth file is read again (the cache is keyed by its mtime and size).
+    rendering = scene_rendering(9)
+    item = write_pair(tmp_path / "rewritten", rendering.rgb, rendering.depth)
+    first = task.make(item, np.random.default_rng(0)).meta["points"]
+    media.save_depth(item.depth_path, rendering.depth[:, ::-1].copy())
+    os.utime(item.depth_path, ns=(1, 1))  # a different mtime even on coarse-clock file systems
+    flipped = task.make(item, np.random.default_rng(0)).meta["points"]
+    depth = register_depth(media.load_depth(item.depth_path), (320, 240))
+    sub_seed = int(np.random.default_rng(0).integers(2**63))
+    expected = _sample_points_reference(depth, p, np.random.default_rng(sub_seed))
+    assert flipped == [[q.row, q.col, round(q.depth, 6)] for q in expected] != first
 
 
 # --------------------------------------------------------------------------------------------------
