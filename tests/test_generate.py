@@ -367,3 +367,34 @@ def test_cli_refuses_a_non_empty_output_unless_overwrite(tmp_path: Path, capsys)
     assert main([*args[:3], "--n", "1", *args[5:], "--overwrite"]) == 0
     assert len(read_dataset(tmp_path / "o")) == 1 and len(list((tmp_path / "o" / "media").iterdir())) == 1
     assert (tmp_path / "o" / "notes.txt").read_text() == "mine"  # only our own outputs are replaced
+
+
+def test_real_tasks_skip_bad_sources_in_the_generation_loop(tmp_path: Path) -> None:
+    """Unreadable image, too-short video, all-zero depth map: skipped, counted by reason, reported."""
+    from mmrl import media, scenes
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(images / "good.png")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    report = generate("image_jigsaw", source=images, n=12, seed=0, out=tmp_path / "img", progress=False)
+    assert report.written == 12 and report.skipped.get("unreadable_media", 0) > 0
+
+    videos = tmp_path / "videos"
+    ramp = np.stack([np.full((48, 64, 3), 2 * i, np.uint8) for i in range(120)])
+    media.write_video(videos / "long.mp4", ramp, fps=8)
+    media.write_video(videos / "short.mp4", ramp[:10], fps=8)
+    report = generate("video_jigsaw", source=videos, n=4, seed=0, out=tmp_path / "vid", progress=False)
+    assert report.written == 4 and report.skipped.get("video_too_short", 0) > 0
+
+    rgbd = tmp_path / "rgbd"
+    rendering = scenes.render(scenes.random_scene(np.random.default_rng(1)))
+    for name, depth in (("good", rendering.depth), ("zeros", np.zeros_like(rendering.depth))):
+        (rgbd / name).mkdir(parents=True)
+        Image.fromarray(rendering.rgb).save(rgbd / name / "rgb.png")
+        media.save_depth(rgbd / name / "depth.png", depth)
+    report = generate("depth_jigsaw", source=rgbd, n=4, seed=0, out=tmp_path / "depth", progress=False)
+    assert report.written == 4 and report.skipped.get("no_valid_depth", 0) > 0
+    saved = json.loads((tmp_path / "depth" / "generation.json").read_text())
+    assert saved["skipped"] == report.skipped
