@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Supervised fine-tuning on the reference completions of the configured tasks, to warm-start "
         "a policy's output format before RL (sft.* fields; data.* and model.* as for `train`). With "
         "`sft.shuffle_answers=true` it teaches the format only. The model is saved in <sft.out_dir>/final."
-        "\n\nexample:\n  mmrl sft --config configs/quickstart_sft.yaml",
+        "\n\nexample:\n  mmrl sft --config configs/quickstart.yaml",
         formatter_class=formatter,
     )
     _add_config_args(p, RunConfig)
