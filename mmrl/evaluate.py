@@ -41,6 +41,7 @@ from mmrl.config import ModelConfig, RolloutConfig
 from mmrl.errors import MediaError, MMRLError
 from mmrl.generate import answer_text
 from mmrl.sample import Sample
+from rewards.extract import wrap_answer
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +117,7 @@ def answer_completion(task: Any, sample: Sample, answer: Any = None) -> str:
     if hasattr(task, "reference_completion"):
         return task.reference_completion(dataclasses.replace(sample, answer=answer))
     mode = sample.meta.get("answer_mode") or getattr(getattr(task, "params", None), "answer_mode", "answer_tag")
-    payload = answer_text(answer)
-    if mode == "boxed":
-        return f"\\boxed{{{payload}}}"
-    if mode == "raw":
-        return payload
-    return f"<answer>{payload}</answer>"
+    return wrap_answer(answer_text(answer), mode)
 
 
 def reference_completions(samples: Sequence[Sample], tasks: _Tasks | None = None) -> list[str]:

@@ -46,6 +46,7 @@ from mmrl.config import CorpusConfig, to_dict
 from mmrl.corpus import LazyCorpus
 from mmrl.errors import MediaError, MMRLError, SkipItem
 from mmrl.sample import MEDIA_DIR, SAMPLES_FILE, Sample, write_dataset
+from rewards.ordering import labels_text
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def answer_text(answer: Any) -> str:
     if isinstance(answer, str):
         return answer
     if isinstance(answer, (list, tuple)) and answer and all(isinstance(x, (int, np.integer)) for x in answer):
-        return ", ".join(str(int(x)) for x in answer)
+        return labels_text(answer)
     return json.dumps(answer, ensure_ascii=False)
 
 

@@ -121,9 +121,4 @@ def shuffle_and_label(k: int, rng: np.random.Generator, *, allow_identity: bool 
             return Shuffle(order)
 
 
-def format_labels(labels: Sequence[int]) -> str:
-    """The answer payload: bare comma-separated integers, `5, 1, 3`."""
-    return ", ".join(str(int(x)) for x in labels)
-
-
-__all__ = ["PretextTask", "Shuffle", "answer_instruction", "format_labels", "options_text", "shuffle_and_label"]
+__all__ = ["PretextTask", "Shuffle", "answer_instruction", "options_text", "shuffle_and_label"]

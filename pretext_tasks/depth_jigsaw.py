@@ -51,10 +51,10 @@ from PIL import Image, ImageDraw, ImageFont
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, MMRLError, SkipItem
 from mmrl.sample import Sample
-from pretext_tasks.base import answer_instruction, format_labels, shuffle_and_label
+from pretext_tasks.base import answer_instruction, shuffle_and_label
 from pretext_tasks.registry import register
 from rewards.base import Reward
-from rewards.ordering import OrderingParams
+from rewards.ordering import OrderingParams, labels_text
 
 if TYPE_CHECKING:
     from mmrl.corpus import Corpus
@@ -588,7 +588,7 @@ class DepthJigsaw:
     def reference_completion(self, sample: Sample) -> str:
         """The reply SFT imitates: the labels, bare comma-separated integers in the Sample's answer
         wrapper, after a one-sentence reasoning block when the Sample asks for thinking."""
-        thought = f"From the closest point to the farthest: {format_labels(sample.answer)}."
+        thought = f"From the closest point to the farthest: {labels_text(sample.answer)}."
         return self.params.reference(sample, thought)
 
 

@@ -138,3 +138,13 @@ def _last_boxed(text: str) -> str | None:
 
 
 __all__ = ["ANSWER_MODES", "AnswerMode", "check_mode", "extract_answer", "format_ok"]
+
+
+def wrap_answer(payload: str, mode: AnswerMode = "answer_tag") -> str:
+    """The inverse of `extract_answer`: `payload` as `<answer>…</answer>`, `\\boxed{…}` or bare (raw)."""
+    check_mode(mode)
+    if mode == "answer_tag":
+        return f"<answer>{payload}</answer>"
+    if mode == "boxed":
+        return f"\\boxed{{{payload}}}"
+    return payload

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 from mmrl.errors import ConfigError
 from rewards.base import Reward
-from rewards.extract import THINK_CLOSE, THINK_OPEN, AnswerMode, check_mode, extract_answer, format_ok
+from rewards.extract import THINK_CLOSE, THINK_OPEN, AnswerMode, check_mode, extract_answer, format_ok, wrap_answer
 
 if TYPE_CHECKING:
     from mmrl.sample import Sample
@@ -130,13 +130,12 @@ def has_repeated_lines(text: str, *, min_words: int = REPEAT_MIN_WORDS, max_run:
 def answer_text(labels: Sequence[int], mode: AnswerMode = "answer_tag") -> str:
     """A labels list wrapped the way `mode` asks for it: `<answer>2, 4, 1, 3</answer>`,
     `\\boxed{2, 4, 1, 3}` or the bare `2, 4, 1, 3` (used for prompt examples and SFT targets)."""
-    check_mode(mode)
-    payload = ", ".join(str(int(x)) for x in labels)
-    if mode == "answer_tag":
-        return f"<answer>{payload}</answer>"
-    if mode == "boxed":
-        return f"\\boxed{{{payload}}}"
-    return payload
+    return wrap_answer(labels_text(labels), mode)
+
+
+def labels_text(labels: Sequence[int]) -> str:
+    """The answer payload of an ordering task: bare comma-separated integers, `2, 4, 1, 3`."""
+    return ", ".join(str(int(x)) for x in labels)
 
 
 def ordering_reward(
