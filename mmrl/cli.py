@@ -103,9 +103,25 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from mmrl.generate import generate, parse_params, summary_line
+    from mmrl.generate import generate, generate_suite, parse_params, summary_line
 
     start = time.perf_counter()
+    if args.suite:
+        if args.format != "jsonl":
+            raise MMRLError("--suite writes the native jsonl format (what `mmrl eval` reads); drop --format")
+        report = generate_suite(
+            args.suite,
+            params=parse_params(args.param),
+            source=args.source,
+            n=args.n,
+            seed=args.seed,
+            out=args.out,
+            preview=args.preview,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+        print(summary_line(report, args.out, time.perf_counter() - start))
+        return
     report = generate(
         args.task,
         params=parse_params(args.param),
@@ -223,10 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Columns are documented in data/README.md."
         "\n\nexamples:\n  mmrl generate --task dominant_color --n 64 --seed 0 --out data/dc --preview 4"
         "\n  mmrl generate --task image_jigsaw --param rows=2 --param cols=2 --source ~/photos --n 1000 "
-        "--out data/jig --format hf",
+        "--out data/jig --format hf"
+        "\n  mmrl generate --suite viu --n 20 --out data/viu     # VIUBench-style Easy/Hard suite, then mmrl eval",
         formatter_class=formatter,
     )
-    p.add_argument("--task", required=True, help="registry name of the task (e.g. dominant_color, image_jigsaw)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--task", help="registry name of the task (e.g. dominant_color, image_jigsaw)")
+    what.add_argument(
+        "--suite",
+        choices=["viu"],
+        help="a fixed evaluation suite instead of one task: `viu` (VideoSSR's VIUBench equivalent: counting, "
+        "grounding per perturbation type and temporal jigsaw, Easy and Hard splits); --n samples per block, "
+        "--param overrides every block (e.g. frames=16)",
+    )
     p.add_argument(
         "--param",
         action="append",

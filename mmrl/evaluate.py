@@ -46,8 +46,16 @@ from rewards.extract import wrap_answer
 log = logging.getLogger(__name__)
 
 GroupBy = dict[str, Callable[[Sample], "str | None"]]
-DEFAULT_GROUPS: GroupBy = {"task": lambda s: s.task, "split": lambda s: s.meta.get("split")}
-"""Result groupings: name -> key of a sample (None leaves the sample out of that grouping)."""
+DEFAULT_GROUPS: GroupBy = {
+    "task": lambda s: s.task,
+    "task/split": lambda s: f"{s.task}/{s.meta['split']}" if s.meta.get("split") else None,
+    "split": lambda s: s.meta.get("split"),
+    "perturbation/split": lambda s: (
+        f"{s.meta['perturbation']}/{s.meta.get('split', '-')}" if s.meta.get("perturbation") else None
+    ),
+}
+"""Result groupings: name -> key of a sample (None leaves the sample out of that grouping). `task/split`
+is the per-task, per-split table of a suite; `perturbation/split` the grounding columns of `viu`."""
 POLICIES = ("model", "random")
 
 

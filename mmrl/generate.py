@@ -211,6 +211,66 @@ def generate(
     return report
 
 
+def generate_suite(
+    suite: str,
+    *,
+    n: int,
+    out: str | Path,
+    params: dict[str, Any] | None = None,
+    source: str | Path = "default",
+    seed: int = 0,
+    preview: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    corpus_cfg: CorpusConfig | None = None,
+) -> GenerationReport:
+    """Write `n` Samples of every entry of evaluation suite `suite` (`mmrl.suites`) into one jsonl
+    dataset in `out`; `params` override every entry's task parameters. Sample ids are
+    `<suite>-<task>-<split>[-<label>]-<i:04d>`; each Sample's meta gets `split` and `suite`."""
+    from mmrl.suites import suite_entries
+    from pretext_tasks.registry import get_task
+
+    if n < 1:
+        raise MMRLError(f"--n must be at least 1, got {n}")
+    entries = suite_entries(suite, params)
+    tasks = [get_task(e.task, **e.params) for e in entries]  # every parameter checked before any work
+    items_of: dict[str, Sequence[Any]] = {}
+    root = Path(out).expanduser()
+    _prepare_out(root, overwrite)
+    report = GenerationReport(f"suite:{suite}", {e.key: e.params for e in entries}, seed, str(source), "jsonl",
+                              n * len(entries), preview=min(preview, n * len(entries)))  # fmt: skip
+    skipped: Counter = Counter()
+    bar = tqdm(total=report.requested, desc=f"suite {suite}", unit="sample", disable=not progress, dynamic_ncols=True)
+
+    def stream() -> Iterator[Sample]:
+        for e, (entry, task) in enumerate(zip(entries, tasks)):
+            if entry.task not in items_of:
+                items_of[entry.task] = source_items(task, source, corpus_cfg)
+            entry_seed = int(np.random.default_rng([seed, e]).integers(2**31))
+            for i, (sample, attempts) in enumerate(iter_samples(task, items_of[entry.task], n, entry_seed, skipped)):
+                sample.id = f"{suite}-{entry.key}-{i:04d}"
+                sample.meta = {**sample.meta, "split": entry.split, "suite": suite}
+                if report.written < preview:
+                    from mmrl.preview import preview_sheet  # imports generate: keep the cycle at call time
+
+                    name = f"{report.written:04d}_{_safe(sample.id)}.png"
+                    preview_sheet(sample).save(root / PREVIEW_DIR / name, compress_level=6)
+                report.attempts += attempts
+                report.written += 1
+                bar.update(1)
+                yield sample
+
+    if preview > 0:
+        (root / PREVIEW_DIR).mkdir(parents=True, exist_ok=True)
+    try:
+        write_dataset(stream(), root, overwrite=True)
+    finally:
+        bar.close()
+    report.skipped = dict(sorted(skipped.items()))
+    (root / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return report
+
+
 def summary_line(report: GenerationReport, out: str | Path, seconds: float | None = None) -> str:
     """One line for the console: what was written where, and what was skipped by reason."""
     took = f" in {seconds:.1f}s" if seconds is not None else ""

@@ -51,7 +51,7 @@ PerturbFn = Callable[..., np.ndarray]
 class Perturbation:
     """One perturbation type: its registry `name`, the segment function and the prompt description.
 
-    `fn(frames, rng, *, per_frame=False, other=None) -> frames` is pure; `description` completes
+    `fn(frames, rng, *, per_frame=False, other=None, strength=1.0) -> frames` is pure; `description` completes
     "in one segment of the video, ..." (e.g. "the colours are inverted"). `needs_other` marks Swap,
     which takes the other video's frames for the same indices.
     """
@@ -106,6 +106,11 @@ def _paste_centred(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     top, left = (height - h) // 2, (width - w) // 2
     canvas[top : top + h, left : left + w] = frame
     return canvas
+
+
+def _toward_one(factor: float, strength: float) -> float:
+    """A multiplicative factor moved toward 1 (strength < 1: subtler) or away from it (> 1)."""
+    return 1.0 + strength * (factor - 1.0)
 
 
 def _map_pil(frames: np.ndarray, op: Callable[[Image.Image], Image.Image]) -> np.ndarray:
@@ -169,10 +174,13 @@ def add_gaussian_noise(
     return np.clip(np.rint(frames + noise), 0, 255).astype(np.uint8)
 
 
-def noise(frames: np.ndarray, rng: np.random.Generator, *, per_frame: bool = False, **_: object) -> np.ndarray:
-    """Gaussian noise with σ ~ U(`NOISE_SIGMA`), one σ per segment (or per frame)."""
+def noise(
+    frames: np.ndarray, rng: np.random.Generator, *, per_frame: bool = False, strength: float = 1.0, **_: object
+) -> np.ndarray:
+    """Gaussian noise with σ ~ strength · U(`NOISE_SIGMA`), one σ per segment (or per frame)."""
     frames = check_frames(frames)
-    return add_gaussian_noise(frames, draw_params(rng, *NOISE_SIGMA, frames.shape[0], per_frame), rng)
+    low, high = (strength * x for x in NOISE_SIGMA)
+    return add_gaussian_noise(frames, draw_params(rng, low, high, frames.shape[0], per_frame), rng)
 
 
 def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -227,10 +235,13 @@ def zoom_in_frames(frames: np.ndarray, scale: float | Sequence[float] | np.ndarr
     return np.stack(out)
 
 
-def zoom_in(frames: np.ndarray, rng: np.random.Generator, *, per_frame: bool = False, **_: object) -> np.ndarray:
-    """Zoom in by scale ~ U(`ZOOM_IN_SCALE`), one scale per segment (or per frame)."""
+def zoom_in(
+    frames: np.ndarray, rng: np.random.Generator, *, per_frame: bool = False, strength: float = 1.0, **_: object
+) -> np.ndarray:
+    """Zoom in by scale ~ 1 + strength · (U(`ZOOM_IN_SCALE`) − 1), one scale per segment (or per frame)."""
     frames = check_frames(frames)
-    return zoom_in_frames(frames, draw_params(rng, *ZOOM_IN_SCALE, frames.shape[0], per_frame))
+    low, high = (_toward_one(x, strength) for x in ZOOM_IN_SCALE)
+    return zoom_in_frames(frames, draw_params(rng, low, high, frames.shape[0], per_frame))
 
 
 def zoom_out_frames(frames: np.ndarray, scale: float | Sequence[float] | np.ndarray) -> np.ndarray:
@@ -244,10 +255,13 @@ def zoom_out_frames(frames: np.ndarray, scale: float | Sequence[float] | np.ndar
     return np.stack(out)
 
 
-def zoom_out(frames: np.ndarray, rng: np.random.Generator, *, per_frame: bool = False, **_: object) -> np.ndarray:
-    """Zoom out by scale ~ U(`ZOOM_OUT_SCALE`), one scale per segment (or per frame)."""
+def zoom_out(
+    frames: np.ndarray, rng: np.random.Generator, *, per_frame: bool = False, strength: float = 1.0, **_: object
+) -> np.ndarray:
+    """Zoom out by scale ~ 1 + strength · (U(`ZOOM_OUT_SCALE`) − 1), one scale per segment (or per frame)."""
     frames = check_frames(frames)
-    return zoom_out_frames(frames, draw_params(rng, *ZOOM_OUT_SCALE, frames.shape[0], per_frame))
+    low, high = (_toward_one(x, strength) for x in ZOOM_OUT_SCALE)
+    return zoom_out_frames(frames, draw_params(rng, low, high, frames.shape[0], per_frame))
 
 
 def mirror(frames: np.ndarray, rng: np.random.Generator | None = None, **_: object) -> np.ndarray:
@@ -255,14 +269,21 @@ def mirror(frames: np.ndarray, rng: np.random.Generator | None = None, **_: obje
     return np.ascontiguousarray(check_frames(frames)[:, :, ::-1])
 
 
-def blur(frames: np.ndarray, rng: np.random.Generator | None = None, **_: object) -> np.ndarray:
-    """Gaussian blur of radius `BLUR_RADIUS` (PIL)."""
-    return _map_pil(check_frames(frames), lambda im: im.filter(ImageFilter.GaussianBlur(BLUR_RADIUS)))
+def blur(
+    frames: np.ndarray, rng: np.random.Generator | None = None, *, strength: float = 1.0, **_: object
+) -> np.ndarray:
+    """Gaussian blur of radius strength · `BLUR_RADIUS` (PIL)."""
+    radius = strength * BLUR_RADIUS
+    return _map_pil(check_frames(frames), lambda im: im.filter(ImageFilter.GaussianBlur(radius)))
 
 
-def saturation(frames: np.ndarray, rng: np.random.Generator | None = None, **_: object) -> np.ndarray:
-    """Enhance colour by `SATURATION_FACTOR` (PIL `ImageEnhance.Color`: luma kept, chroma doubled)."""
-    return _map_pil(check_frames(frames), lambda im: ImageEnhance.Color(im).enhance(SATURATION_FACTOR))
+def saturation(
+    frames: np.ndarray, rng: np.random.Generator | None = None, *, strength: float = 1.0, **_: object
+) -> np.ndarray:
+    """Enhance colour by 1 + strength · (`SATURATION_FACTOR` − 1) (PIL `ImageEnhance.Color`: luma kept,
+    chroma scaled; ×2 at strength 1)."""
+    factor = _toward_one(SATURATION_FACTOR, strength)
+    return _map_pil(check_frames(frames), lambda im: ImageEnhance.Color(im).enhance(factor))
 
 
 def stutter_index(t: int, n: int) -> np.ndarray:
@@ -332,15 +353,20 @@ def perturb(
     *,
     other: np.ndarray | None = None,
     per_frame: bool = False,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """Apply perturbation `name` to a `(T, H, W, 3)` uint8 segment; returns a new array of that shape.
 
     `rng` supplies every random choice (same generator state, same bytes). `per_frame` draws the
     parameter of Noise, ZoomIn and ZoomOut per frame instead of once per segment. `other` is the other
-    video's frames for Swap (required there, ignored elsewhere).
+    video's frames for Swap (required there, ignored elsewhere). `strength` scales the size of the
+    change of the types with a magnitude (Noise σ, the zoom factors' distance from 1, Blur radius,
+    Saturation factor's distance from 1): 1 is the sheet's, below 1 subtler; the others ignore it.
     """
+    if not strength > 0:
+        raise ValueError(f"strength must be positive, got {strength}")
     try:
         p = PERTURBATIONS[name]
     except KeyError:
         raise ValueError(f"unknown perturbation '{name}'; valid: {', '.join(PERTURBATIONS)}") from None
-    return p.fn(frames, rng, per_frame=per_frame, other=other)
+    return p.fn(frames, rng, per_frame=per_frame, other=other, strength=strength)

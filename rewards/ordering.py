@@ -150,6 +150,7 @@ def ordering_reward(
     repetition_penalty: float = 0.5,
     scale: Literal["unit", "raw"] = "unit",
     footrule: bool = False,
+    format_score: float = FORMAT_SCORE,
 ) -> Reward:
     """Score an ordering answer against the ground-truth `labels` (Visual Jigsaw's reward).
 
@@ -159,14 +160,14 @@ def ordering_reward(
     scores 0 with every part 0. Otherwise, with o = `parse_permutation(completion, K, mode=mode)`,
     g = `labels`, K = len(g):
 
-        format     = 0.2
+        format     = format_score (0.2; VideoSSR's temporal jigsaw: 0)
         accuracy   = 1                                   if o = g
                    = 1 − D(o, g) / ⌊K²/2⌋                if footrule and o is valid
                    = γ · (1/K) · Σ_i 1[o_i = g_i]        if o is valid and K ≥ partial_min_k
                    = 0                                   otherwise (unparseable, invalid, K small)
         repetition = −repetition_penalty if `has_repeated_lines(completion)` else 0
         raw        = format + accuracy + repetition      ∈ [−0.5, 1.2] with the defaults
-        score      = clip(raw / 1.2, 0, 1)               (`scale="unit"`; `"raw"` keeps `raw`)
+        score      = clip(raw / (format_score + 1), 0, 1)   (`scale="unit"`; `"raw"` keeps `raw`)
 
     D is Spearman's footrule (`footrule_distance`); with `footrule` it replaces the γ partial
     credit for every K (γ and `partial_min_k` are then unused), and its maximum ⌊K²/2⌋ makes the
@@ -207,9 +208,9 @@ def ordering_reward(
         elif k >= partial_min_k:
             accuracy = gamma * sum(o == g for o, g in zip(compared, truth)) / k
     repetition = -repetition_penalty if repetition_penalty and has_repeated_lines(completion) else 0.0
-    raw = FORMAT_SCORE + accuracy + repetition
-    score = raw if scale == "raw" else min(1.0, max(0.0, raw / MAX_RAW_SCORE))
-    parts = {"format": FORMAT_SCORE, "accuracy": accuracy, "repetition": repetition, "exact": float(exact)}
+    raw = format_score + accuracy + repetition
+    score = raw if scale == "raw" else min(1.0, max(0.0, raw / (format_score + 1.0)))
+    parts = {"format": format_score, "accuracy": accuracy, "repetition": repetition, "exact": float(exact)}
     return Reward(score, parts)
 
 
@@ -243,6 +244,8 @@ class OrderingParams:
     """`unit`: score = clip(raw / 1.2, 0, 1), exact = 1.0; `raw`: the released code's 0-1.2 (−0.5) scale."""
     footrule: bool = False
     """Replace γ partial credit by the Spearman-footrule score 1 − D/⌊K²/2⌋ for valid permutations."""
+    format_score: float = FORMAT_SCORE
+    """R_fmt, added when the format gate passes (0.2: Visual Jigsaw; 0: VideoSSR, no format term)."""
 
     def __post_init__(self) -> None:
         check_mode(self.answer_mode)
@@ -254,6 +257,8 @@ class OrderingParams:
             raise ConfigError(f"partial_min_k must be >= 2, got {self.partial_min_k}")
         if self.repetition_penalty < 0:
             raise ConfigError(f"repetition_penalty must be >= 0, got {self.repetition_penalty}")
+        if not 0.0 <= self.format_score <= 1.0:
+            raise ConfigError(f"format_score must be in [0, 1], got {self.format_score}")
 
     def score(self, completion: str, sample: Sample) -> Reward:
         """`ordering_reward` of `completion` against `sample.answer` (the labels stored when the
@@ -273,6 +278,7 @@ class OrderingParams:
             repetition_penalty=self.repetition_penalty,
             scale=self.reward_scale,
             footrule=self.footrule,
+            format_score=self.format_score,
         )
 
     def reference(self, sample: Sample, thought: str) -> str:
