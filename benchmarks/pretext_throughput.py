@@ -12,6 +12,10 @@ For each task, on the default corpus (built into $MMRL_CACHE or ~/.cache/mmrl on
 - `depth_jigsaw` (K = 6 points) on the corpus RGB-D scenes; decode = `RGBDItem.load()` (RGB PNG +
   16-bit depth PNG);
 - `dominant_color`: draws its own image, nothing to decode: generation only, ratio n/a;
+- `anomaly_grounding` (all 15 perturbation types, 8-16 of 48 frames), `object_counting` and
+  `temporal_jigsaw` (6 clips) on the corpus videos, at VideoSSR's defaults (48 frames from the
+  middle 90 %); decode = `read_frames` of the 48 frames the task shows (`Sample.meta["frame_indices"]`,
+  learnt as for `video_jigsaw`). Grounding's Swap also decodes a second video inside make;
 - `depth_jigsaw_scannet_size`: `depth_jigsaw` on the same scenes upscaled to ScanNet's frame sizes
   (colour 1296x968 JPEG, depth 640x480 16-bit PNG, written to a temporary ScanNet-layout folder and
   read with `mmrl.corpus.rgbd_folder`): the corpus scenes are 320x240, real RGB-D data is not.
@@ -145,6 +149,9 @@ BENCHES = {
         TaskBench("video_jigsaw", "video_jigsaw", {"clips": 6}, "corpus videos", _decode_video, lambda it: [it.path]),
         TaskBench("depth_jigsaw", "depth_jigsaw", {"points": 6}, "corpus RGB-D scenes", _decode_rgbd, _rgbd_files),
         TaskBench("dominant_color", "dominant_color", {}, "none (synthetic)", None),
+        TaskBench("anomaly_grounding", "anomaly_grounding", {}, "corpus videos", _decode_video, lambda it: [it.path]),
+        TaskBench("object_counting", "object_counting", {}, "corpus videos", _decode_video, lambda it: [it.path]),
+        TaskBench("temporal_jigsaw", "temporal_jigsaw", {}, "corpus videos", _decode_video, lambda it: [it.path]),
         TaskBench(
             "depth_jigsaw_scannet_size",
             "depth_jigsaw",
@@ -156,7 +163,10 @@ BENCHES = {
         ),
     )
 }
-DEFAULT_TASKS = "image_jigsaw,video_jigsaw,depth_jigsaw,dominant_color,depth_jigsaw_scannet_size"
+DEFAULT_TASKS = (
+    "image_jigsaw,video_jigsaw,depth_jigsaw,dominant_color,depth_jigsaw_scannet_size,"
+    "anomaly_grounding,object_counting,temporal_jigsaw"
+)
 
 
 @dataclass
@@ -236,8 +246,8 @@ def item_key(item: Any) -> str:
 
 
 def plan_task(bench: TaskBench, task: Any, items: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Untimed preparation: warm the page cache with every file the run will read and, for video_jigsaw,
-    learn the frame indices the task samples from each video (one make per distinct video)."""
+    """Untimed preparation: warm the page cache with every file the run will read and, for video tasks,
+    learn the frame indices a video task samples from each video (one make per distinct video)."""
     from mmrl.errors import SkipItem
 
     plan: dict[str, Any] = {"frame_indices": {}}
@@ -249,7 +259,7 @@ def plan_task(bench: TaskBench, task: Any, items: Any, args: argparse.Namespace)
     for item in seen.values():
         for path in bench.files(item):
             Path(path).read_bytes()
-        if bench.task == "video_jigsaw":
+        if bench.decode is _decode_video:
             try:
                 sample = task.make(item, np.random.default_rng(0))
             except SkipItem:
@@ -287,10 +297,10 @@ def run_task(bench: TaskBench, items: Any, args: argparse.Namespace, out_dir: Pa
             break
         else:
             raise RuntimeError(f"{bench.name}: {MAX_CONSECUTIVE_FAILURES} skipped draws in a row at item {i}")
-        if bench.task == "video_jigsaw":
+        if bench.decode is _decode_video:
             used = np.ravel(sample.meta["frame_indices"]).tolist()
             if used != plan["frame_indices"][str(item.path)]:
-                raise AssertionError(f"video_jigsaw sampled other frames of {item.path} than planned")
+                raise AssertionError(f"{bench.task} sampled other frames of {item.path} than planned")
         sample.id = f"{bench.task}-{i:06d}"  # as mmrl generate names them
         _, *phases["write"] = timed(lambda: write_dataset([sample], out_dir, overwrite=True))  # noqa: B023
         if keep:

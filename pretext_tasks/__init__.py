@@ -19,14 +19,20 @@ from pretext_tasks.registry import get_task, load_tasks, register, task_class, t
 
 load_tasks()
 
-from pretext_tasks.depth_jigsaw import DepthJigsaw  # noqa: E402  (after the registry is loaded)
+from pretext_tasks.anomaly_grounding import AnomalyGrounding  # noqa: E402  (after the registry is loaded)
+from pretext_tasks.depth_jigsaw import DepthJigsaw  # noqa: E402
 from pretext_tasks.image_jigsaw import ImageJigsaw  # noqa: E402
+from pretext_tasks.object_counting import ObjectCounting  # noqa: E402
+from pretext_tasks.temporal_jigsaw import TemporalJigsaw  # noqa: E402
 from pretext_tasks.video_jigsaw import VideoJigsaw  # noqa: E402
 
 __all__ = [
+    "AnomalyGrounding",
     "DepthJigsaw",
     "ImageJigsaw",
+    "ObjectCounting",
     "PretextTask",
+    "TemporalJigsaw",
     "VideoJigsaw",
     "answer_instruction",
     "get_task",

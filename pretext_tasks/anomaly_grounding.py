@@ -19,7 +19,7 @@ name a frame: then the smallest number of places with 10^−d · sample_fps < 1,
 time t back to the frame index round(t · sample_fps) always gives the true frame.
 
 Swap replaces the segment by the same frame positions of another video of the task's source list
-(`sources()` must have been called: `mmrl generate` and the trainer do). Reward: temporal IoU of the
+(what `sources()` returned; for a bare path, the other videos of its folder). Reward: temporal IoU of the
 parsed `start-end` answer (`rewards.temporal.grounding_reward`): reversed, worded or unit-suffixed
 intervals score 0.
 """
@@ -185,8 +185,10 @@ class AnomalyGrounding:
         )
 
     def _swap_partner(self, path: Path, rng: np.random.Generator) -> videossr.SampledVideo:
-        """The F frames of another video of the pool (Swap shows its frames at the same positions)."""
-        others = [item for item in self._pool if videossr.item_path(item)[1] != path]
+        """The F frames of another video (Swap shows its frames at the same positions): from the list
+        `sources()` returned, or, when this task was handed a bare path, from the video's own folder."""
+        pool = self._pool or videossr.video_sources(NAME, path.parent)
+        others = [item for item in pool if videossr.item_path(item)[1] != path]
         if not others:
             raise SkipItem("no_swap_partner", f"{path}: swap needs another video; call sources() on a folder of 2+")
         for _ in range(MAX_SWAP_PARTNERS):

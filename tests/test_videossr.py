@@ -173,6 +173,8 @@ def test_swap_uses_another_video_and_needs_one(tmp_path: Path, videos: Path) -> 
     with pytest.raises(SkipItem) as info:
         task.make(task.sources(alone)[0], np.random.default_rng(0))
     assert info.value.reason == "no_swap_partner"
+    fresh = get_task("anomaly_grounding", perturbations=["swap"])  # no sources() call: the video's folder
+    assert fresh.make(videos / "cat.mp4", np.random.default_rng(0)).meta["swap_source"] == "coffee"
 
 
 def test_invisible_perturbations_are_skipped(tmp_path: Path) -> None:
@@ -371,3 +373,29 @@ def test_viu_suite_writes_splits_and_evaluates_per_task_and_split(tmp_path: Path
         f"{k}/{s}" for k in VIU_GROUNDING_TYPES for s in ("easy", "hard")
     }
     assert re.search(r"^temporal_jigsaw/hard +random +1 ", format_table(result), re.M)
+
+
+# ---------------------------------------------------------------------------------------------- tiny training
+
+
+@pytest.mark.slow
+def test_tiny_training_on_the_three_task_mixture_completes(tmp_path: Path, videos: Path) -> None:
+    from mmrl.config import RunConfig, load_config
+    from mmrl.grpo.trainer import train
+    from mmrl.logging import read_metrics
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(
+        RunConfig,
+        root / "configs" / "videossr_tiny.yaml",
+        [f"train.out_dir={tmp_path / 'run'}", f"sft.out_dir={tmp_path / 'sft'}", "train.cold_start=false",
+         "train.steps=3", "data.prompts_per_step=6", "rollout.n=4", "data.eval_samples=3", "log.progress=false"],
+    )  # fmt: skip
+    for source in cfg.data.sources:
+        source.source = str(videos)  # a folder source: no default-corpus build inside the test
+    records = [r for r in read_metrics(train(cfg)) if r["step"] >= 1]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    seen = {key.split("/")[1] for r in records for key in r if key.count("/") == 1 and key.startswith("reward/")}
+    assert {"anomaly_grounding", "object_counting", "temporal_jigsaw"} <= seen
+    assert all(0.0 <= r["reward/mean"] <= 1.0 for r in records)
+    assert (tmp_path / "run" / "final" / "config.json").is_file()
