@@ -77,7 +77,8 @@ def instruction_text(params: TemporalJigsawParams) -> str:
     k = params.clips
     return (
         f"\nPut the clips back in time order: give the clip labels from the earliest clip to the latest, as {k} "
-        f"comma-separated numbers. {answer_instruction(params.answer_mode, 'labels', think=params.think)} "
+        f"comma-separated numbers. If, say, Clip 2 holds the start of the video and Clip 1 its end, the answer "
+        f"begins with 2 and ends with 1. {answer_instruction(params.answer_mode, 'labels', think=params.think)} "
         f"Example of the format for {k} clips: {params.example(k)}"
     )
 
