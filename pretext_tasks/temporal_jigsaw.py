@@ -30,8 +30,9 @@ from mmrl.config import to_dict
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
 from pretext_tasks import videossr
-from pretext_tasks.base import answer_instruction, shuffle_and_label
+from pretext_tasks.base import shuffle_and_label
 from pretext_tasks.registry import register
+from pretext_tasks.video_jigsaw import instruction_text
 from rewards.base import Reward
 from rewards.extract import AnswerMode
 from rewards.ordering import OrderingParams
@@ -69,17 +70,6 @@ def intro_text(clips: int, frames_per_clip: int) -> str:
     return (
         f"A video was cut into {clips} consecutive clips of {frames_per_clip} frames each. The clips are shown "
         f"below in shuffled order, each after its label (Clip 1 to Clip {clips}).\n"
-    )
-
-
-def instruction_text(params: TemporalJigsawParams) -> str:
-    """The task and the exact answer format, with one example permutation of length K."""
-    k = params.clips
-    return (
-        f"\nPut the clips back in time order: give the clip labels from the earliest clip to the latest, as {k} "
-        f"comma-separated numbers. If, say, Clip 2 holds the start of the video and Clip 1 its end, the answer "
-        f"begins with 2 and ends with 1. {answer_instruction(params.answer_mode, 'labels', think=params.think)} "
-        f"Example of the format for {k} clips: {params.example(k)}"
     )
 
 
@@ -143,4 +133,4 @@ class TemporalJigsaw:
         return self.params.reference(sample, REFERENCE_THOUGHT)
 
 
-__all__ = ["TemporalJigsaw", "TemporalJigsawParams", "instruction_text", "intro_text"]
+__all__ = ["TemporalJigsaw", "TemporalJigsawParams", "intro_text"]

@@ -159,12 +159,14 @@ def intro_text(params: VideoJigsawParams) -> str:
     )
 
 
-def instruction_text(params: VideoJigsawParams) -> str:
-    """The task and the exact answer format, with one example permutation of length K."""
-    k = params.clips
+def instruction_text(params: OrderingParams) -> str:
+    """The task and the exact answer format, with one example permutation of length K (`params.clips`);
+    shared by the clip-ordering tasks (`video_jigsaw`, `temporal_jigsaw`)."""
+    k = params.clips  # type: ignore[attr-defined]
     return (
         f"\nPut the clips back in time order: give the clip labels from the earliest clip to the latest, as {k} "
-        f"comma-separated numbers. {answer_instruction(params.answer_mode, 'labels', think=params.think)} "
+        f"comma-separated numbers. If, say, Clip 2 holds the start of the video and Clip 1 its end, the answer "
+        f"begins with 2 and ends with 1. {answer_instruction(params.answer_mode, 'labels', think=params.think)} "
         f"Example of the format for {k} clips: {params.example(k)}"
     )
 

@@ -205,7 +205,8 @@ def test_prompt_states_clips_labels_and_format(videos: dict[str, Path]) -> None:
     assert texts[1:5] == ["Clip 1: ", "\nClip 2: ", "\nClip 3: ", "\nClip 4: "]
     assert texts[-1] == (
         "\nPut the clips back in time order: give the clip labels from the earliest clip to the latest, as 4 "
-        "comma-separated numbers. Answer with only <answer>labels</answer>. Example of the format for 4 clips: "
+        "comma-separated numbers. If, say, Clip 2 holds the start of the video and Clip 1 its end, the answer begins "
+        "with 2 and ends with 1. Answer with only <answer>labels</answer>. Example of the format for 4 clips: "
         "<answer>2, 4, 1, 3</answer>"
     )
     others = [task.make(videos["pan48"], np.random.default_rng(s)) for s in range(1, 8)]
