@@ -29,27 +29,26 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from mmrl import media, scenes
-from mmrl import scene_edits as edits
-from mmrl.errors import ConfigError, MMRLError, SkipItem
+from mmrl import media
+from mmrl.errors import MMRLError, SkipItem
+from mmrl.game_config import CHART_SWAPS, CHART_TYPES, SCENE_ATTRIBUTES, PairKind, PairParams, SpyView
+
+if TYPE_CHECKING:
+    from mmrl import scene_edits as edits
+    from mmrl import scenes
 
 log = logging.getLogger(__name__)
 
-PairKind = Literal["scene", "chart", "photo"]
-SpyView = Literal["modified", "blank"]
 
 BLANK_COLOR = (128, 128, 128)
 """The blank spy view: uniform mid-grey, not white, so it cannot pass for an empty chart (charts are drawn
 on white) and carries no brightness bias."""
 
-SCENE_ATTRIBUTES = ("color", "shape")
-CHART_TYPES = ("bar", "line", "pie")
-CHART_SWAPS = ("values", "colors", "labels")
 
 DIFFERENCES = {
     "scene": "{n} objects were replaced by different objects at the same positions ({what})",
@@ -95,74 +94,6 @@ class ImagePair:
         raise ValueError(f"spy view must be 'modified' or 'blank', got {view!r}")
 
 
-@dataclass
-class PairParams:
-    kind: PairKind = "scene"
-    """Which pairs: `scene` (procedural 3D, CLEVR-like), `chart` (matplotlib bar/line/pie) or `photo` (folder)."""
-    spy_view: SpyView = "modified"
-    """What the spy sees: the `modified` image (released code) or a `blank` grey image (paper v2 text)."""
-    size: tuple[int, int] = (320, 240)
-    """Width and height in pixels of generated scenes and charts (photos keep their own size)."""
-    n_objects: tuple[int, int] = (4, 6)
-    """Scenes: fewest and most objects (uniform), CLEVR-like 4-6."""
-    n_changes: int = 2
-    """Scenes: objects replaced per pair (the paper: 2). Charts always swap two attributes once."""
-    attributes: tuple[str, ...] = ("color", "shape")
-    """Scenes: `color`, `shape` or both; each changed object gets a new value for every one listed (the paper:
-    new shape and new colour)."""
-    shadows: bool = True
-    """Scenes: cast hard shadows (CLEVR has them); a reshaped object's shadow changes too."""
-    min_visible: float = 0.5
-    """Scenes: an object may change only if at least this fraction of it is unoccluded, before and after."""
-    min_area: float = 0.004
-    """Scenes: ... and only if it covers at least this fraction of the image, before and after (0.004 of
-    320x240 is ~300 pixels)."""
-    chart_types: tuple[str, ...] = CHART_TYPES
-    """Charts: types drawn from (uniform): `bar`, `line`, `pie`."""
-    chart_swaps: tuple[str, ...] = CHART_SWAPS
-    """Charts: swaps drawn from (uniform among those a chart admits): `values` (two categories' values in
-    one series), `colors` (two bars'/slices'/series' colours), `labels` (two category labels)."""
-    photo_folder: str = ""
-    """Photos: folder of (original, edited) pairs (see `games.pairs.photo_pairs` for the layouts)."""
-
-    def __post_init__(self) -> None:
-        # YAML and from_dict may give lists; store tuples so params compare equal whatever their source
-        self.size = tuple(self.size)  # type: ignore[assignment]
-        self.n_objects = tuple(self.n_objects)  # type: ignore[assignment]
-        self.attributes = tuple(self.attributes)
-        self.chart_types = tuple(self.chart_types)
-        self.chart_swaps = tuple(self.chart_swaps)
-        _choice("kind", self.kind, ("scene", "chart", "photo"))
-        _choice("spy_view", self.spy_view, ("modified", "blank"))
-        if len(self.size) != 2 or not all(isinstance(v, int) and 64 <= v <= 4096 for v in self.size):
-            raise ConfigError(f"pairs: 'size' must be (width, height) with each in 64..4096, got {self.size}")
-        lo_hi = self.n_objects
-        if len(lo_hi) != 2 or not all(isinstance(v, int) for v in lo_hi) or not 1 <= lo_hi[0] <= lo_hi[1] <= 10:
-            raise ConfigError(f"pairs: 'n_objects' must be (min, max) with 1 <= min <= max <= 10, got {lo_hi}")
-        if not isinstance(self.n_changes, int) or not 1 <= self.n_changes <= lo_hi[0]:
-            raise ConfigError(f"pairs: 'n_changes' must be in 1..min(n_objects) = 1..{lo_hi[0]}, got {self.n_changes}")
-        _subset("attributes", self.attributes, SCENE_ATTRIBUTES)
-        _subset("chart_types", self.chart_types, CHART_TYPES)
-        _subset("chart_swaps", self.chart_swaps, CHART_SWAPS)
-        if not 0.0 < self.min_visible <= 1.0:
-            raise ConfigError(f"pairs: 'min_visible' must be in (0, 1], got {self.min_visible}")
-        if not 0.0 <= self.min_area < 0.5:
-            raise ConfigError(f"pairs: 'min_area' must be in [0, 0.5), got {self.min_area}")
-        if self.kind == "photo" and not str(self.photo_folder).strip():
-            raise ConfigError("pairs: 'photo_folder' must name a folder of image pairs when kind is 'photo'")
-
-
-def _choice(name: str, value: Any, options: Sequence[str]) -> None:
-    if value not in options:
-        raise ConfigError(f"pairs: '{name}' must be one of {list(options)}, got {value!r}")
-
-
-def _subset(name: str, values: tuple[str, ...], options: Sequence[str]) -> None:
-    if not values or len(set(values)) != len(values) or not set(values) <= set(options):
-        raise ConfigError(f"pairs: '{name}' must be a non-empty list of distinct values from {list(options)}, "
-                          f"got {list(values)}")  # fmt: skip
-
-
 # --------------------------------------------------------------------------------------------------
 # (a) Procedural scenes
 
@@ -173,6 +104,8 @@ def scene_pair(rng: np.random.Generator, params: PairParams, *, pair_id: str = "
     A changed object is at least `min_visible` unoccluded and covers at least `min_area` of the image in both
     renders, so the change can be seen. Raises `SkipItem("no_scene_pair")` if no such pair is found in
     `_SCENE_TRIES` scenes (only with extreme params, e.g. a tiny image and a large `min_area`)."""
+    from mmrl import scenes  # open3d loads here, not when the run config imports `PairParams`
+
     width, height = params.size
     min_pixels = params.min_area * width * height
     for _ in range(_SCENE_TRIES):
@@ -233,6 +166,9 @@ def _replace_objects(
     """Give each target a new value for every attribute in `attributes` (always different from its old one),
     keeping every (size, colour, shape) in the scene distinct; None when a target has no valid new value
     (every candidate shape would overlap a neighbour)."""
+    from mmrl import scene_edits as edits
+    from mmrl import scenes
+
     made: list[edits.Edit] = []
     changes: list[dict[str, Any]] = []
     for old in targets:

@@ -21,73 +21,20 @@ Per-step inputs come from `decision_accuracy` and `na_rate` over the step's game
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal, get_args
 
 import numpy as np
 
 from games.scoring import Vote
 from mmrl.errors import ConfigError
+from mmrl.game_config import AccMode, ScheduleConfig, ScheduleMode
 
 Stage = Literal["decision", "clue"]
-ScheduleMode = Literal["adaptive", "alternate", "clue", "decision"]
-AccMode = Literal["mean", "majority"]
 
 TOLERANCE = 1e-9
 """Slack on every threshold comparison, so a constant input equal to a threshold reaches it even
 though the bias-corrected EMA of a constant can land one rounding error short of it."""
-
-
-@dataclass
-class ScheduleConfig:
-    mode: ScheduleMode = "adaptive"
-    """Stage schedule: `adaptive` (paper Algorithm 1, EMA thresholds), `alternate` (the released code),
-    or `clue` / `decision` (one stage only)."""
-    rho: float = 0.95
-    """EMA weight of the old value for the decision accuracy and N/A rate (both start at 0)."""
-    acc_to_clue: float = 0.9
-    """Adaptive: switch DECISION → CLUE once the accuracy EMA is at least this (and N/A low enough)."""
-    na_to_clue: float = 0.1
-    """Adaptive: DECISION → CLUE also needs the N/A-rate EMA at most this."""
-    err_to_decision: float = 0.4
-    """Adaptive: switch CLUE → DECISION once the error EMA, 1 − accuracy, is at least this ..."""
-    na_to_decision: float = 0.5
-    """... or once the N/A-rate EMA is at least this."""
-    min_dwell: int = 5
-    """Adaptive: steps a stage runs before a threshold switch may leave it (K_min)."""
-    patience: int = 0
-    """Adaptive: force a switch after this many steps in one stage, thresholds or not (0: off; the paper
-    lists 20 but its algorithm never uses it); must be 0 or at least `min_dwell`."""
-    bias_correction: bool = True
-    """Adaptive: compare the EMAs divided by 1 − ρ^t (t = updates so far), so the zero start does not
-    delay the first switch (uncorrected, ρ = 0.95 needs 45 perfect steps to reach 0.9)."""
-    cycle: int = 1
-    """Alternate: steps per stage; decision when step mod 2·cycle < cycle, else clue (code: 1)."""
-    acc_mode: AccMode = "mean"
-    """Per-step accuracy: `mean` (mean over games of the share of votes naming the spy) or
-    `majority` (share of games whose plurality vote names the spy: the paper's argmax reading)."""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise `ConfigError` naming the first field out of range (also after overrides)."""
-        if self.mode not in get_args(ScheduleMode):
-            raise ConfigError(f"schedule mode must be one of {list(get_args(ScheduleMode))}, got {self.mode!r}")
-        if self.acc_mode not in get_args(AccMode):
-            raise ConfigError(f"acc_mode must be one of {list(get_args(AccMode))}, got {self.acc_mode!r}")
-        if not 0.0 <= self.rho < 1.0:
-            raise ConfigError(f"rho must be in [0, 1), got {self.rho}")
-        for name in ("acc_to_clue", "na_to_clue", "err_to_decision", "na_to_decision"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {value}")
-        if self.min_dwell < 0:
-            raise ConfigError(f"min_dwell must be >= 0, got {self.min_dwell}")
-        if self.patience < 0 or 0 < self.patience < self.min_dwell:
-            raise ConfigError(f"patience must be 0 (off) or >= min_dwell ({self.min_dwell}), got {self.patience}")
-        if self.cycle < 1:
-            raise ConfigError(f"cycle must be >= 1, got {self.cycle}")
 
 
 class StageSchedule:

@@ -25,6 +25,7 @@ examples:
   mmrl build-tiny --family qwen2.5-vl          build the embedded tiny model into the cache
   mmrl corpus                                  build the default corpus into the cache
   mmrl corpus --root /data/corpus seed=1       ... elsewhere, with another seed
+  mmrl play --config configs/spy_tiny.yaml     play Who-is-the-spy games and write readable transcripts
 
 Config overrides are `key=value` pairs (YAML values): `mmrl corpus rgbd_scenes=64`.
 Set MMRL_CACHE to move the cache (default: ~/.cache/mmrl).
@@ -100,6 +101,20 @@ def cmd_sft(args: argparse.Namespace) -> None:
     cfg = _run_config(args)
     run_dir = sft(cfg)
     print(f"run folder: {run_dir.resolve()} (model: {(run_dir / 'final').resolve()})")
+
+
+def cmd_play(args: argparse.Namespace) -> None:
+    from games.play import play_games
+
+    cfg = _run_config(args)
+    out = args.out if args.out is not None else Path(cfg.train.out_dir) / "play"
+    summary = play_games(cfg, out, args.games)
+    print(
+        f"played {summary['games']:.0f} games ({summary['dropped']:.0f} dropped): spy caught in "
+        f"{summary['catch_rate']:.0%}, votes N/A {summary['na_share']:.0%}, invalid {summary['invalid_share']:.0%}, "
+        f"turns without a clue {summary['no_clue_share']:.0%}"
+    )
+    print(f"transcripts: {(out / 'transcripts.md').resolve()}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -225,6 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, RunConfig)
     p.set_defaults(func=cmd_sft)
+
+    p = verbs.add_parser(
+        "play",
+        help="play self-play games (Who is the spy) with a policy, no training, and write transcripts",
+        description="Play games of the `game` section (game.name=spy: Vision-Zero's Who is the spy) with the policy "
+        "model.path and the engine rollout.engine, game.games_per_step at a time in lock-step, without training. "
+        "The games are those training steps 0, 1, ... would play (same seeds). Writes OUT/transcripts.jsonl (one game "
+        "per line: pair, roles, every prompt and completion with its parsed clue, reasoning or vote, rewards), "
+        "OUT/transcripts.md (pictures, clues by round, votes, outcome) and the pictures in OUT/images/, replacing "
+        "earlier transcripts in OUT. Training writes the same transcripts to <train.out_dir>/transcripts/ every "
+        "log.samples_every steps.\n\nexamples:"
+        "\n  mmrl play --config configs/spy_tiny.yaml --games 4 --out runs/spy_play"
+        "\n  mmrl play --config configs/spy_qwen25vl7b.yaml model.path=runs/spy_qwen25vl7b/final --games 32",
+        formatter_class=formatter,
+    )
+    p.add_argument("--games", type=int, help="games to play (default: game.games_per_step)")
+    p.add_argument("--out", type=Path, help="transcript folder (default: <train.out_dir>/play)")
+    _add_config_args(p, RunConfig)
+    p.set_defaults(func=cmd_play)
 
     p = verbs.add_parser(
         "generate",

@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from mmrl.errors import ConfigError
+from mmrl.game_config import SpyConfig
 
 T = TypeVar("T")
 
@@ -268,6 +269,8 @@ class RunConfig:
     """The default corpus used by live generators with `source: default`."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised cold start (`mmrl sft`)."""
+    game: SpyConfig = field(default_factory=SpyConfig)
+    """Self-play game (`game.name: spy`) producing the rollouts instead of the task mixture of `data`."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -500,6 +503,7 @@ def _type_name(hint: Any) -> str:
 __all__ = [
     "CorpusConfig",
     "ModelConfig",
+    "SpyConfig",
     "apply_override",
     "default_cache_dir",
     "describe",

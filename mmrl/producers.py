@@ -9,6 +9,9 @@ disk and live generators). One step:
 Determinism: every random choice is a pure function of (seed, step, round, slot) or of a
 source's own counter, so a resumed run draws exactly the Samples an uninterrupted run would.
 The producer's state (source counters, dataset epoch orders) goes into checkpoints.
+
+`make_producer` is what the trainer calls: `TaskProducer`, or the self-play game's producer
+(`games.spy.SpyProducer`) when `game.name` is `spy`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +36,9 @@ from mmrl.rollout.encode import encode_prompt
 from mmrl.rollout.types import Completion, EncodedPrompt, Engine, Rollout
 from mmrl.sample import Sample, read_dataset
 from rewards.base import Reward
+
+if TYPE_CHECKING:
+    from games.spy import SpyProducer
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +305,13 @@ class TaskProducer:
         for s, c in zip(self.sources, counters):
             s.counter = int(c)
         self.stats = Counter(state.get("stats", {}))
+
+
+def make_producer(cfg: RunConfig, processor: Any, rank: int = 0) -> TaskProducer | SpyProducer:
+    """The producer the config asks for: the self-play game `game.name` names (`spy`), else the task mixture
+    of `data.sources`. Both have `produce(engine, step)`, `heldout(count)`, `state_dict()`, `load_state_dict()`."""
+    if cfg.game.name == "spy":
+        from games.spy import SpyProducer  # the game's modules load only when a run plays it
+
+        return SpyProducer(cfg, processor, rank=rank)
+    return TaskProducer(cfg, processor, rank=rank)

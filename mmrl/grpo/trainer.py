@@ -283,7 +283,7 @@ def evaluate_heldout(engine: Engine, prepared: list, max_new_tokens: int) -> dic
 
 def train(cfg: RunConfig) -> Path:
     """Run GRPO as configured; returns the run folder."""
-    from mmrl.producers import TaskProducer
+    from mmrl.producers import make_producer
 
     run_dir = Path(cfg.train.out_dir)
     total_updates = cfg.train.steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
@@ -291,7 +291,7 @@ def train(cfg: RunConfig) -> Path:
     acc = policy.accelerator
     main = acc.is_main_process
     engine = make_engine(cfg.rollout, policy.unwrapped, policy.processor, seed=cfg.train.seed)
-    producer = TaskProducer(cfg, policy.processor, rank=acc.process_index)
+    producer = make_producer(cfg, policy.processor, rank=acc.process_index)
     heldout = producer.heldout(cfg.data.eval_samples) if main else []
 
     resumed = restore(policy, producer, cfg.train.resume, run_dir)
