@@ -23,6 +23,9 @@ every process holds the same baselines and stage. Every random choice comes from
 `numpy.random.default_rng([seed, rank, step, ...])`: a resumed run plays the same games. Bad model output never
 raises (no clue, invalid votes are counted); a pair that cannot be built is skipped and counted; a game whose
 prompt outgrows `rollout.max_prompt_tokens` is dropped and counted.
+
+`sft_examples(step, count)` feeds the supervised cold start (`mmrl.sft`): turns of games scripted without a model,
+with reference completions (`games.spy_sft`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -249,24 +252,30 @@ class SpyProducer:
     def _civilians(self, game: Game) -> list[int]:
         return [k for k in range(1, game.n_players + 1) if k != game.spy]
 
-    def _common(self, game: Game) -> dict[str, Any]:
+    def _common(self, game: Game, spoken: Sequence[prompts.SpokenClue] | None) -> dict[str, Any]:
+        """The prompt arguments every turn shares; the history is `spoken` (the cold start's scripted clues)
+        or, when None, the clues `game` has played so far."""
         return {
             "n_players": game.n_players,
             "clue_rounds": self.game.clue_rounds,
             "difference": game.pair.difference,
             "spy_view": game.spy_view,
-            "spoken": game.spoken(),
+            "spoken": game.spoken() if spoken is None else spoken,
         }
 
-    def _clue_messages(self, game: Game, seat: int, round_: int) -> list[dict[str, Any]]:
-        text = prompts.clue_text(seat=seat, round_=round_, is_spy=seat == game.spy, **self._common(game))
+    def _clue_messages(
+        self, game: Game, seat: int, round_: int, spoken: Sequence[prompts.SpokenClue] | None = None
+    ) -> list[dict[str, Any]]:
+        text = prompts.clue_text(seat=seat, round_=round_, is_spy=seat == game.spy, **self._common(game, spoken))
         return prompts.messages(game.image(seat), text)
 
-    def _judge_messages(self, game: Game) -> list[dict[str, Any]]:
-        return prompts.messages(game.pair.original, prompts.judge_text(**self._common(game)))
+    def _judge_messages(self, game: Game, spoken: Sequence[prompts.SpokenClue] | None = None) -> list[dict[str, Any]]:
+        return prompts.messages(game.pair.original, prompts.judge_text(**self._common(game, spoken)))
 
-    def _voter_messages(self, game: Game, seat: int) -> list[dict[str, Any]]:
-        return prompts.messages(game.pair.original, prompts.voter_text(seat=seat, **self._common(game)))
+    def _voter_messages(
+        self, game: Game, seat: int, spoken: Sequence[prompts.SpokenClue] | None = None
+    ) -> list[dict[str, Any]]:
+        return prompts.messages(game.pair.original, prompts.voter_text(seat=seat, **self._common(game, spoken)))
 
     # -- rewards and advantages -------------------------------------------------------------------
 
@@ -363,6 +372,15 @@ class SpyProducer:
             self._transcripts = TranscriptWriter(Path(self.cfg.train.out_dir) / "transcripts", keep_through=step)
         if (step + 1) % every == 0:
             self._transcripts.write([(g.record(), g.pictures()) for g in games[:keep]])
+
+    def sft_examples(self, step: int, count: int) -> list[tuple[EncodedPrompt, str]]:
+        """`count` (prompt, reference completion) pairs for supervised cold-start step `step`: turns of games
+        scripted without a model (`games.spy_sft`: real prompts, format-teaching references, votes at chance).
+        Deterministic in (data.seed, rank, step); `sft.shuffle_answers` does not apply (votes never name the
+        spy more often than chance anyway)."""
+        from games.spy_sft import sft_examples  # imports this module
+
+        return sft_examples(self, step, count)
 
     def heldout(self, count: int) -> list:
         """No held-out set: games are scored by the game itself (the trainer skips evaluation)."""

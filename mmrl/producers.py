@@ -210,6 +210,20 @@ class TaskProducer:
             return Prepared(sample, prompt, source.reward_for(sample))
         raise MMRLError(f"{MAX_BAD_DRAWS} unusable samples in a row from source {source.spec}; see the log")
 
+    def sft_examples(self, step: int, count: int) -> list[tuple[EncodedPrompt, str]]:
+        """`count` (prompt, reference completion) pairs for supervised step `step`: the Samples `produce` would
+        draw at (step, round 0), each with its answer in its task's format (`answer_completion`). With
+        `sft.shuffle_answers` the completions are permuted within the batch (rng([data.seed, step, 5])), so the
+        model learns the format and the answer vocabulary, not the task (accuracy at chance)."""
+        from mmrl.evaluate import answer_completion
+
+        batch = [self.prepare(step, 0, slot) for slot in range(count)]
+        targets = [answer_completion(p.task, p.sample) for p in batch]
+        if self.cfg.sft.shuffle_answers:
+            order = np.random.default_rng([self.cfg.data.seed, step, 5]).permutation(len(targets))
+            targets = [targets[i] for i in order]
+        return [(p.prompt, t) for p, t in zip(batch, targets)]
+
     def _score(self, prepared: Prepared, completions: list[Completion], group_id: str) -> list[Rollout]:
         rollouts = []
         for completion in completions:
@@ -309,7 +323,8 @@ class TaskProducer:
 
 def make_producer(cfg: RunConfig, processor: Any, rank: int = 0) -> TaskProducer | SpyProducer:
     """The producer the config asks for: the self-play game `game.name` names (`spy`), else the task mixture
-    of `data.sources`. Both have `produce(engine, step)`, `heldout(count)`, `state_dict()`, `load_state_dict()`."""
+    of `data.sources`. Both have `produce(engine, step)`, `heldout(count)`, `sft_examples(step, count)` (the cold
+    start's prompts and reference completions), `state_dict()` and `load_state_dict()`."""
     if cfg.game.name == "spy":
         from games.spy import SpyProducer  # the game's modules load only when a run plays it
 

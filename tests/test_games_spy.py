@@ -1,5 +1,5 @@
 """The spy game producer: visibility, lock-step play, rewards and advantages, stages, determinism, resume,
-transcripts, and a tiny CPU training run (slow).
+transcripts, the supervised cold start's scripted games, and a tiny CPU cold start + training run (slow).
 
 Games run with the real tiny model and HF engine. The random-init tiny model never writes `\\boxed{}`, so
 its clues and votes never parse; tests that need real clues and votes (marker strings, votes for given
@@ -9,19 +9,24 @@ seats) use `ScriptedEngine`, an Engine that answers from a script with the real 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
+from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from games.scoring import RoleBaselines, role_advantages
+from games.scoring import RoleBaselines, parse_clue, parse_vote, role_advantages
 from games.spy import SpyProducer, check_config
 from games.spy_prompts import NO_CLUE, SpokenClue, clue_text, history_block, judge_text, voter_text
+from games.spy_sft import GENERIC_CLUES, NA_SHARE, THINKING, chart_sentences, scripted_game
 from games.transcripts import IMAGES, TranscriptWriter, read_transcripts
 from mmrl.config import RunConfig, SpyConfig, load_config
 from mmrl.errors import ConfigError, MMRLError
@@ -272,23 +277,26 @@ def _rank_worker(rank: int, world: int, folder: str) -> None:
 
     from mmrl.models import load_processor
 
-    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=world)
-    try:
-        cfg = config(Path(folder), "game.games_per_step=3")
-        processor = load_processor(cfg.model)
-        producer = SpyProducer(cfg, processor, rank=rank)
-        engine = ScriptedEngine(processor.tokenizer)
-        steps = []
-        for step in range(3):
-            games, _ = producer.play(engine, step)
-            producer.produce(engine, step)
-            steps.append([(g.clue_rewards.tolist(), g.spy) for g in games])
-        state = producer.state_dict()
-        state.pop("stats")
-        Path(folder, f"rank{rank}.json").write_text(json.dumps({"state": state, "steps": steps}))
-        dist.barrier()  # gloo aborts a process whose peer tears the group down while it still uses it
-    finally:
-        dist.destroy_process_group()
+    # A failing peer must not leave the other waiting for gloo's default 30 minutes.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
+    cfg = config(Path(folder), "game.games_per_step=3")
+    processor = load_processor(cfg.model)
+    producer = SpyProducer(cfg, processor, rank=rank)
+    engine = ScriptedEngine(processor.tokenizer)
+    steps = []
+    for step in range(3):
+        games, _ = producer.play(engine, step)
+        producer.produce(engine, step)
+        steps.append([(g.clue_rewards.tolist(), g.spy) for g in games])
+    state = producer.state_dict()
+    state.pop("stats")
+    Path(folder, f"rank{rank}.json").write_text(json.dumps({"state": state, "steps": steps}))
+    dist.barrier()
+    # Both results are on disk. Leave without tearing the gloo group down: under load, its background
+    # threads can abort the process (std::terminate, SIGABRT) when the peer closes its connection first.
+    os._exit(0)
 
 
 def test_two_processes_share_global_baselines_and_stage(tmp_path) -> None:
@@ -466,6 +474,145 @@ def test_game_rollouts_train_through_the_unchanged_update(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Supervised cold start: scripted games with reference turns
+
+_SCENE_CLUE = re.compile(r"There is an? (?:(small|medium|large) )?(\w+) (\w+)\.")
+
+
+def _true_of(clue: str, graph: dict) -> bool:
+    """`clue` ("There is a [size] colour shape.") names an object of the scene graph."""
+    match = _SCENE_CLUE.fullmatch(clue)
+    assert match, clue
+    size, color, shape = match.groups()
+    return any(o["color"]["name"] == color and o["shape"] == shape and size in (None, o["size"]["name"])
+               for o in graph["objects"])  # fmt: skip
+
+
+def _photo_folder(folder: Path) -> Path:
+    """One (original, modified) photo pair of 64x48 pictures that differ in one pixel."""
+    folder.mkdir()
+    for side in ("original", "modified"):
+        im = Image.new("RGB", (64, 48), (200, 30, 30))
+        if side == "modified":
+            im.putpixel((3, 3), (0, 255, 0))
+        im.save(folder / f"p_{side}.png")
+    return folder
+
+
+def test_sft_examples_are_deterministic_parse_and_are_not_training_games(policy, tmp_path) -> None:
+    cfg = config(tmp_path)
+    producer = SpyProducer(cfg, policy[1])
+    examples = producer.sft_examples(0, 20)  # games of 2·4 clue turns + 3 judge votes: 11 turns each
+    again = SpyProducer(cfg, policy[1]).sft_examples(0, 20)
+    assert len(examples) == 20
+    assert [(p.input_ids.tolist(), t) for p, t in examples] == [(p.input_ids.tolist(), t) for p, t in again]
+    assert all(
+        torch.equal(a.vision["pixel_values"], b.vision["pixel_values"]) for (a, _), (b, _) in zip(examples, again)
+    )
+    assert [t for _, t in producer.sft_examples(1, 20)] != [t for _, t in examples]
+    assert [t for _, t in SpyProducer(config(tmp_path, "data.seed=1"), policy[1]).sft_examples(0, 20)] != [
+        t for _, t in examples
+    ]
+    kinds = Counter()
+    for prompt, target in examples:
+        if "This is clue round" in prompt.text:
+            clue, thinking = parse_clue(target)
+            assert clue and thinking, target
+            kinds["clue"] += 1
+        else:
+            assert "You are the judge" in prompt.text
+            assert parse_vote(target, N).kind != "invalid", target
+            kinds["vote"] += 1
+    assert kinds["clue"] >= 8 and kinds["vote"] >= 3
+    sft_game, _ = scripted_game(producer, 0, 0)
+    trained = producer._new_game(0, 0)
+    assert not np.array_equal(np.asarray(sft_game.pair.original), np.asarray(trained.pair.original))
+
+
+@pytest.mark.parametrize(("mode", "view"), [("judge", "modified"), ("per_civilian", "blank")])
+def test_scripted_games_cover_every_turn_with_clues_true_of_the_speakers_picture(policy, tmp_path, mode, view) -> None:
+    cfg = config(tmp_path, f"game.decision_mode={mode}", f"game.pairs.spy_view={view}")
+    producer = SpyProducer(cfg, policy[1])
+    spy_clues_false_of_the_original = 0
+    for index in range(6):
+        game, turns = scripted_game(producer, 0, index)
+        clues = sorted((t for t in turns if t.stage == "clue"), key=lambda t: (t.round, t.seat))
+        assert [(t.round, t.seat) for t in clues] == [(r, k) for r in range(1, R + 1) for k in range(1, N + 1)]
+        decisions = [t for t in turns if t.stage == "decision"]
+        if mode == "judge":
+            assert len(decisions) == cfg.game.decision_samples and {t.seat for t in decisions} == {None}
+            assert all(t.messages is decisions[0].messages for t in decisions)  # one prompt, G votes
+        else:
+            assert sorted(t.seat for t in decisions) == [k for k in range(1, N + 1) if k != game.spy]
+        for t in decisions:
+            vote = parse_vote(t.target, N)
+            assert vote.kind in ("player", "abstain") and (vote.player is None or vote.player != t.seat)
+        for t in clues:
+            clue, thinking = parse_clue(t.target)
+            spy = t.seat == game.spy
+            assert thinking == THINKING["blank" if spy and view == "blank" else game.role(t.seat)]
+            if spy and view == "blank":
+                assert clue in GENERIC_CLUES
+            else:  # true of the speaker's own picture: the spy sees the modified scene
+                assert _true_of(clue, game.pair.meta["scene_modified" if spy else "scene_original"]), (t, game.spy)
+                spy_clues_false_of_the_original += spy and not _true_of(clue, game.pair.meta["scene_original"])
+            content = t.messages[0]["content"]
+            text = content[1]["text"]
+            assert f"You are Player {t.seat}. This is clue round {t.round}" in text
+            assert ("You are the SPY" in text) == spy
+            assert np.array_equal(np.asarray(content[0]["image"]), np.asarray(game.image(t.seat)))
+            for e in clues:  # the scripted history: earlier reference clues, the speaker's own reasoning only
+                if (e.round, e.seat) < (t.round, t.seat):
+                    assert f"- Player {e.seat}: {parse_clue(e.target)[0]}" in text or e.seat == t.seat
+                    if e.seat == t.seat:
+                        assert f"Your private reasoning then: {parse_clue(e.target)[1]}" in text
+    if view == "modified":  # not vacuous: some spy clue names a replaced object, absent from the original
+        assert spy_clues_false_of_the_original > 0
+
+
+@pytest.mark.parametrize("mode", ["judge", "per_civilian"])
+def test_sft_votes_are_at_chance_never_biased_toward_the_spy(policy, tmp_path, mode) -> None:
+    folder = _photo_folder(tmp_path / "photos")
+    cfg = config(tmp_path, "game.pairs.kind=photo", f"game.pairs.photo_folder={folder}", f"game.decision_mode={mode}",
+                 "game.decision_samples=8")  # fmt: skip
+    producer = SpyProducer(cfg, policy[1])
+    votes = []
+    for step in range(30):
+        for index in range(10):
+            game, turns = scripted_game(producer, step, index)
+            assert all(parse_clue(t.target)[0] in GENERIC_CLUES for t in turns if t.stage == "clue")  # no metadata
+            votes += [(parse_vote(t.target, N), game.spy) for t in turns if t.stage == "decision"]
+    seat_votes = [(v.player, spy) for v, spy in votes if v.kind == "player"]
+    chance = 1 / N if mode == "judge" else 1 / (N - 1)  # a civilian voter never names itself
+    spy_share = np.mean([k == spy for k, spy in seat_votes])
+    sigma = np.sqrt(chance * (1 - chance) / len(seat_votes))
+    assert abs(spy_share - chance) < 4 * sigma, (spy_share, chance, len(seat_votes))
+    assert abs(np.mean([v.kind == "abstain" for v, _ in votes]) - NA_SHARE) < 0.04
+
+
+def test_chart_clues_come_from_the_speakers_own_spec(policy, tmp_path) -> None:
+    pie = {"type": "pie", "title": "Fruit", "categories": ["Apples", "Figs"], "series": [{"name": "2021",
+           "values": [3, 5]}], "colors": ["red", "blue"], "show_values": False}  # fmt: skip
+    assert chart_sentences(pie) == [
+        "It is a pie chart.",
+        "The title is Fruit.",
+        "One category is Apples.",
+        "One category is Figs.",
+        "The Apples slice is red.",
+        "The Figs slice is blue.",
+    ]
+    lines = {**pie, "type": "line", "series": [{"name": "Oslo", "values": [1, 2]}, {"name": "Lima", "values": [2, 1]}]}
+    assert {"One series is Lima.", "The Oslo line is red.", "The Lima line is blue."} <= set(chart_sentences(lines))
+    cfg = config(tmp_path, "game.pairs.kind=chart", "game.pairs.chart_swaps=[colors]")
+    producer = SpyProducer(cfg, policy[1])
+    for index in range(2):
+        game, turns = scripted_game(producer, 0, index)
+        for t in (t for t in turns if t.stage == "clue"):
+            spec = game.pair.meta["spec_modified" if t.seat == game.spy else "spec_original"]
+            assert parse_clue(t.target)[0] in chart_sentences(spec)
+
+
+# --------------------------------------------------------------------------------------------------
 # End to end
 
 
@@ -474,19 +621,28 @@ def mmrl_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_tiny_spy_training_run_and_play_write_readable_transcripts(tmp_path) -> None:
+def test_tiny_spy_cold_start_run_learns_the_format_and_play_writes_readable_transcripts(tmp_path) -> None:
+    """The tiny recipe shrunk (a shorter cold start, 4 GRPO steps): after the cold start clues and votes parse, so
+    the clue stage gets non-zero advantages from valid votes; then `mmrl play` with the trained model."""
     start = time.perf_counter()
-    run = tmp_path / "run"
+    run, sft_dir = tmp_path / "run", tmp_path / "sft"
     out = mmrl_cli("train", "--config", str(ROOT / "configs" / "spy_tiny.yaml"), f"train.out_dir={run}",
-                   "log.progress=false")  # fmt: skip
+                   f"sft.out_dir={sft_dir}", "sft.steps=150", "train.steps=4", "train.save_every=2",
+                   "log.samples_every=2", "log.progress=false")  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     trained = time.perf_counter() - start
+    assert "cold start: supervised fine-tuning" in out.stdout and (sft_dir / "final" / "config.json").exists()
+    sft_losses = [r["loss/sft"] for r in read_metrics(sft_dir)]
+    assert len(sft_losses) == 150 and sft_losses[-1] < 0.2 * sft_losses[0]
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert [r["game/stage"] for r in records] == [0.0, 1.0, 0.0, 1.0]  # alternate: decision first
     for key in ("game/catch_rate", "game/na_rate", "game/invalid_vote_rate", "schedule/dwell", "loss/policy",
                 "game/baseline_civilian", "tokens_per_s"):  # fmt: skip
         assert key in records[-1], key
+    assert all(r["adv/abs_mean"] > 0 for r in records if r["game/stage"] == 1.0)  # clue advantages from real votes
+    assert np.mean([r["game/invalid_vote_rate"] for r in records]) < 0.5
+    assert np.mean([r["game/no_clue_rate"] for r in records]) < 0.5
     transcripts = read_transcripts(run / "transcripts")
     assert [r["step"] for r in transcripts] == [2, 2, 4, 4]  # log.samples_every: 2, game.transcript_games: 2
     md = (run / "transcripts" / "transcripts.md").read_text()
@@ -498,10 +654,12 @@ def test_tiny_spy_training_run_and_play_write_readable_transcripts(tmp_path) -> 
     assert {"baselines", "schedule"} <= set(state)
 
     out = mmrl_cli("play", "--config", str(ROOT / "configs" / "spy_tiny.yaml"), "--games", "3", "--out",
-                   str(tmp_path / "play"), "game.decision_mode=per_civilian")  # fmt: skip
+                   str(tmp_path / "play"), f"model.path={run / 'final'}",
+                   "game.decision_mode=per_civilian")  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "played 3 games" in out.stdout and str(tmp_path / "play" / "transcripts.md") in out.stdout
     games = read_transcripts(tmp_path / "play")
     assert [g["game"] for g in games] == ["1-0-0", "1-0-1", "2-0-0"]
     assert all(len(g["votes"]) == N - 1 and len(g["clues"]) == N * R for g in games)
-    print(f"tiny spy run: train {trained:.1f}s, total {time.perf_counter() - start:.1f}s")
+    assert any(c["clue"] is not None for g in games for c in g["clues"])
+    print(f"tiny spy run: cold start + train {trained:.1f}s, total {time.perf_counter() - start:.1f}s")
