@@ -193,8 +193,12 @@ class TaskProducer:
             try:
                 sample = source.draw()
             except (SkipItem, MediaError) as e:  # an unusable source item: count it, draw the next one
-                self.stats[f"skipped/{getattr(e, 'reason', 'unreadable_media')}"] += 1
-                log.warning("skipping a source item of %s: %s", source.spec.task, e)
+                key = f"skipped/{getattr(e, 'reason', 'unreadable_media')}"
+                self.stats[key] += 1
+                # The first skip of each reason is shown; later ones only count (metrics `skipped/<reason>`).
+                level = logging.WARNING if self.stats[key] == 1 else logging.DEBUG
+                log.log(level, "skipping a source item of %s: %s (further skips for this reason are only counted)",
+                        source.spec.task, e)  # fmt: skip
                 continue
             try:
                 prompt = encode_prompt(
@@ -287,6 +291,7 @@ class TaskProducer:
             "tokens_generated": float(lengths.sum()),
             "skipped_samples": float(self.stats["skipped_samples"]),
             "reward_errors": float(self.stats["reward_errors"]),
+            **{k: float(v) for k, v in self.stats.items() if k.startswith("skipped/")},
         }
         by_task: dict[str, list[Rollout]] = {}
         for r in trained:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from mmrl.config import DataSource, RunConfig, load_config
+from mmrl.errors import SkipItem
 from mmrl.models import load_policy
 from mmrl.producers import TaskProducer
 from mmrl.rollout import make_engine
@@ -134,3 +135,27 @@ def test_replay_trains_on_nonzero_advantages_only(policy):
     rollouts, metrics = producer.produce(make_engine(cfg.rollout, model, processor), step=0)
     assert len(rollouts) == metrics["replay/selected"] <= 8 * 4 // 2
     assert all(r.advantage != 0 for r in rollouts)
+
+
+@register("test_sometimes_unusable")
+class SometimesUnusableTask(ParityTask):
+    """Test task: every third source item is unusable (SkipItem), like a too-short video."""
+
+    def make(self, index, rng):
+        if index % 3 == 0:
+            raise SkipItem("item_unusable", f"item {index}")
+        return super().make(index, rng)
+
+
+def test_unusable_source_items_are_counted_in_metrics_and_warned_once(policy, caplog):
+    cfg = config()
+    cfg.data.sources = [DataSource(task="test_sometimes_unusable")]
+    producer = TaskProducer(cfg, policy[1])
+    engine = make_engine(cfg.rollout, policy[0], policy[1], seed=0)
+    with caplog.at_level("DEBUG", logger="mmrl.producers"):
+        _, first = producer.produce(engine, 0)
+        _, second = producer.produce(engine, 1)
+    skips = producer.stats["skipped/item_unusable"]
+    assert skips >= 2 and second["skipped/item_unusable"] == skips >= first["skipped/item_unusable"] >= 1
+    levels = [r.levelname for r in caplog.records if "skipping a source item" in r.getMessage()]
+    assert levels.count("WARNING") == 1 and len(levels) == skips
