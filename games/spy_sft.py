@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from games.pairs import ImagePair, _colors_by_category
+from games.charts import colors_by_category
+from games.pairs import ImagePair
 from games.schedule import Stage
 from games.spy import MAX_BAD_DRAWS, SpyProducer
 from games.spy_game import Game
@@ -177,14 +178,14 @@ def scene_sentences(graph: dict[str, Any]) -> list[str]:
 
 
 def chart_sentences(spec: dict[str, Any]) -> list[str]:
-    """From a chart spec (`games.pairs.random_chart_spec`): its type, title, categories, series named in the
+    """From a chart spec (`games.charts.random_chart_spec`): its type, title, categories, series named in the
     legend (charts of two or more series) and the colours of bars, slices or series."""
     kind, categories, series, colors = spec["type"], spec["categories"], spec["series"], spec["colors"]
     out = [f"It is {_a(kind)} {kind} chart.", f"The title is {spec['title']}."]
     out += [f"One category is {c}." for c in categories]
     if len(series) > 1:
         out += [f"One series is {s['name']}." for s in series]
-    if _colors_by_category(spec):
+    if colors_by_category(spec):
         part = "slice" if kind == "pie" else "bar"
         out += [f"The {c} {part} is {color}." for c, color in zip(categories, colors)]
     elif len(series) == 1:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from games import charts
 from games import pairs as P
 from mmrl import scenes as S
 from mmrl.config import field_docs, from_dict
@@ -149,8 +150,8 @@ def test_each_chart_swap_exchanges_two_attributes(swap):
 
 
 def test_chart_spec_render_is_exact_size_for_odd_sizes():
-    spec = P.random_chart_spec(np.random.default_rng(0))
-    assert P.render_chart(spec, (257, 193)).size == (257, 193)
+    spec = charts.random_chart_spec(np.random.default_rng(0))
+    assert charts.render_chart(spec, (257, 193)).size == (257, 193)
 
 
 # --------------------------------------------------------------------------------------------------
