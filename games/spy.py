@@ -145,7 +145,7 @@ class SpyProducer:
         """Play `count` (default `game.games_per_step`) games in lock-step and score them: clue rewards and
         group-normalised vote rewards. Clue advantages stay None (they need the baselines: `produce`)."""
         g = self.game
-        games = [self._new_game(step, i) for i in range(count or g.games_per_step)]
+        games = [self.new_game(step, i) for i in range(count or g.games_per_step)]
         timer = {"time/generate": 0.0, "time/encode": 0.0, "time/score": 0.0}
         calls = 0
         for round_ in range(1, g.clue_rounds + 1):
@@ -153,7 +153,7 @@ class SpyProducer:
                 turns = self._turns(
                     engine,
                     games,
-                    lambda game, seat=seat, round_=round_: [self._clue_messages(game, seat, round_)],
+                    lambda game, seat=seat, round_=round_: [self.clue_messages(game, seat, round_)],
                     n=1,
                     seed_call=(step, calls),
                     min_new_tokens=g.clue_min_new_tokens,
@@ -169,9 +169,9 @@ class SpyProducer:
         turns = self._turns(
             engine,
             games,
-            (lambda game: [self._judge_messages(game)])
+            (lambda game: [self.judge_messages(game)])
             if judge
-            else (lambda game: [self._voter_messages(game, k) for k in self._civilians(game)]),
+            else (lambda game: [self.voter_messages(game, k) for k in self._civilians(game)]),
             n=g.decision_samples if judge else 1,
             seed_call=(step, calls),
             min_new_tokens=g.decision_min_new_tokens,
@@ -192,7 +192,7 @@ class SpyProducer:
         timer["time/score"] += time.perf_counter() - t0
         return games, timer
 
-    def _new_game(self, step: int, index: int) -> Game:
+    def new_game(self, step: int, index: int) -> Game:
         """Game `index` of `step`: spy seat (uniform) and pair from rng([data.seed, rank, step, index, attempt])."""
         for attempt in range(MAX_BAD_DRAWS):
             rng = np.random.default_rng([self.cfg.data.seed, self.rank, step, index, attempt])
@@ -227,7 +227,7 @@ class SpyProducer:
             if game.dropped:
                 continue
             try:
-                encoded.append((game, [self._encode(m) for m in build(game)]))
+                encoded.append((game, [self.encode(m) for m in build(game)]))
             except MMRLError as e:  # too long for max_prompt_tokens (the history grows with every turn)
                 game.dropped = str(e)
                 self.stats["dropped_games"] += 1
@@ -244,7 +244,8 @@ class SpyProducer:
         timer["time/generate"] += time.perf_counter() - t0
         return [(game, [(p, next(completions)) for p in ps]) for game, ps in encoded]
 
-    def _encode(self, messages: list[dict[str, Any]]) -> EncodedPrompt:
+    def encode(self, messages: list[dict[str, Any]]) -> EncodedPrompt:
+        """One turn's chat messages encoded for the policy (MMRLError when over `rollout.max_prompt_tokens`)."""
         return encode_prompt(
             self.processor, messages, self.cfg.model, max_prompt_tokens=self.cfg.rollout.max_prompt_tokens
         )
@@ -263,18 +264,21 @@ class SpyProducer:
             "spoken": game.spoken() if spoken is None else spoken,
         }
 
-    def _clue_messages(
+    def clue_messages(
         self, game: Game, seat: int, round_: int, spoken: Sequence[prompts.SpokenClue] | None = None
     ) -> list[dict[str, Any]]:
+        """Player `seat`'s clue turn of round `round_`: its own picture and the history it may see."""
         text = prompts.clue_text(seat=seat, round_=round_, is_spy=seat == game.spy, **self._common(game, spoken))
         return prompts.messages(game.image(seat), text)
 
-    def _judge_messages(self, game: Game, spoken: Sequence[prompts.SpokenClue] | None = None) -> list[dict[str, Any]]:
+    def judge_messages(self, game: Game, spoken: Sequence[prompts.SpokenClue] | None = None) -> list[dict[str, Any]]:
+        """The judge's turn: the civilians' picture and every clue, no reasoning."""
         return prompts.messages(game.pair.original, prompts.judge_text(**self._common(game, spoken)))
 
-    def _voter_messages(
+    def voter_messages(
         self, game: Game, seat: int, spoken: Sequence[prompts.SpokenClue] | None = None
     ) -> list[dict[str, Any]]:
+        """Civilian `seat`'s private vote: its (the shared) picture, every clue and its own reasoning."""
         return prompts.messages(game.pair.original, prompts.voter_text(seat=seat, **self._common(game, spoken)))
 
     # -- rewards and advantages -------------------------------------------------------------------

@@ -108,7 +108,7 @@ def sft_examples(producer: SpyProducer, step: int, count: int) -> list[tuple[Enc
             key = id(turn.messages)
             if key not in encoded:
                 try:
-                    encoded[key] = producer._encode(turn.messages)
+                    encoded[key] = producer.encode(turn.messages)
                 except MMRLError:  # too long for max_prompt_tokens
                     producer.stats["sft_skipped_turns"] += 1
                     continue
@@ -123,7 +123,7 @@ def sft_examples(producer: SpyProducer, step: int, count: int) -> list[tuple[Enc
 def scripted_game(producer: SpyProducer, step: int, index: int) -> tuple[Game, list[ScriptedTurn]]:
     """Cold-start game `index` of SFT step `step` and its turns with reference completions, in a random order."""
     cfg, n = producer.cfg, producer.game.n_players
-    game = producer._new_game(SFT_STEP + step, index)
+    game = producer.new_game(SFT_STEP + step, index)
     rng = np.random.default_rng([cfg.data.seed, producer.rank, SFT_STEP + step, index, CONTENT_KEY])
     turns: list[ScriptedTurn] = []
     spoken: list[SpokenClue] = []
@@ -135,17 +135,17 @@ def scripted_game(producer: SpyProducer, step: int, index: int) -> tuple[Game, l
             fresh = [s for s in sentences if s not in said] or sentences
             clue = fresh[int(rng.integers(len(fresh)))]
             thinking = THINKING["blank" if view == "blank" else game.role(seat)]
-            messages = producer._clue_messages(game, seat, round_, spoken)
+            messages = producer.clue_messages(game, seat, round_, spoken)
             turns.append(ScriptedTurn("clue", seat, round_, messages, f"{thinking} \\boxed{{{clue}}}"))
             spoken.append(SpokenClue(round_, seat, clue, thinking))
     seats = range(1, n + 1)
     if producer.game.decision_mode == "judge":
-        judge = producer._judge_messages(game, spoken)
+        judge = producer.judge_messages(game, spoken)
         turns += [ScriptedTurn("decision", None, 0, judge, reference_vote(rng, seats))
                   for _ in range(producer.game.decision_samples)]  # fmt: skip
     else:
         for voter in (k for k in seats if k != game.spy):
-            messages = producer._voter_messages(game, voter, spoken)
+            messages = producer.voter_messages(game, voter, spoken)
             vote = reference_vote(rng, [k for k in seats if k != voter])
             turns.append(ScriptedTurn("decision", voter, 0, messages, vote))
     return game, [turns[int(i)] for i in rng.permutation(len(turns))]

@@ -342,7 +342,7 @@ def test_spy_seat_uniform_and_unusable_pairs_skipped(policy, tmp_path) -> None:
             im.save(tmp_path / f"{name}_{side}.png")
     cfg = config(tmp_path, "game.pairs.kind=photo", f"game.pairs.photo_folder={tmp_path}")
     producer = SpyProducer(cfg, policy[1])
-    games = [producer._new_game(step, i) for step in range(100) for i in range(2)]
+    games = [producer.new_game(step, i) for step in range(100) for i in range(2)]
     assert {g.pair.id for g in games} == {"good"}
     assert producer.stats["skipped/photo_pair_identical"] > 0
     seats = np.bincount([g.spy for g in games], minlength=N + 1)[1:]
@@ -525,7 +525,7 @@ def test_sft_examples_are_deterministic_parse_and_are_not_training_games(policy,
             kinds["vote"] += 1
     assert kinds["clue"] >= 8 and kinds["vote"] >= 3
     sft_game, _ = scripted_game(producer, 0, 0)
-    trained = producer._new_game(0, 0)
+    trained = producer.new_game(0, 0)
     assert not np.array_equal(np.asarray(sft_game.pair.original), np.asarray(trained.pair.original))
 
 
