@@ -121,34 +121,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from mmrl.generate import generate, generate_suite, parse_params, summary_line
 
     start = time.perf_counter()
+    common = dict(params=parse_params(args.param), source=args.source, n=args.n, seed=args.seed, out=args.out,
+                  preview=args.preview, overwrite=args.overwrite, progress=not args.quiet)  # fmt: skip
     if args.suite:
         if args.format != "jsonl":
             raise MMRLError("--suite writes the native jsonl format (what `mmrl eval` reads); drop --format")
-        report = generate_suite(
-            args.suite,
-            params=parse_params(args.param),
-            source=args.source,
-            n=args.n,
-            seed=args.seed,
-            out=args.out,
-            preview=args.preview,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
-        print(summary_line(report, args.out, time.perf_counter() - start))
-        return
-    report = generate(
-        args.task,
-        params=parse_params(args.param),
-        source=args.source,
-        n=args.n,
-        seed=args.seed,
-        out=args.out,
-        fmt=args.format,
-        preview=args.preview,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+        report = generate_suite(args.suite, **common)
+    else:
+        report = generate(args.task, fmt=args.format, **common)
     print(summary_line(report, args.out, time.perf_counter() - start))
 
 

@@ -399,3 +399,17 @@ def test_tiny_training_on_the_three_task_mixture_completes(tmp_path: Path, video
     assert {"anomaly_grounding", "object_counting", "temporal_jigsaw"} <= seen
     assert all(0.0 <= r["reward/mean"] <= 1.0 for r in records)
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+def test_cli_generate_suite_and_its_errors(tmp_path: Path, videos: Path, capsys) -> None:
+    from mmrl.cli import main
+
+    args = ["generate", "--suite", "viu", "--n", "1", "--source", str(videos), "--quiet",
+            "--param", "frames=16", "--param", "min_frame_gap=2", "--param", "frames_per_shape=[1,2]"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "viu")]) == 0
+    assert "wrote 14 suite:viu samples" in capsys.readouterr().out
+    assert len(read_dataset(tmp_path / "viu")) == 14
+    assert main([*args, "--out", str(tmp_path / "hf"), "--format", "hf"]) == 2
+    assert "--suite writes the native jsonl format" in capsys.readouterr().err
+    assert main(["generate", "--suite", "viu", "--n", "1", "--out", str(tmp_path / "x"), "--param", "framez=3"]) == 2
+    assert "no task has parameter" in capsys.readouterr().err
