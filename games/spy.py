@@ -126,8 +126,15 @@ class SpyProducer:
         stage = self.schedule.stage
         games, metrics = self.play(engine, step)
         played = [g for g in games if not g.dropped]
-        if not played:
-            raise MMRLError(f"every game of step {step} was dropped; the first: {games[0].dropped}")
+        # Every process learns whether any process is left without a game, so all raise together instead of
+        # the others waiting for it in the next collective.
+        (empty,) = global_sum(np.array([0.0 if played else 1.0]))
+        if empty:
+            first = next((g.dropped for g in games if g.dropped), "")
+            raise MMRLError(
+                f"every game of step {step} was dropped on {empty:.0f} process(es) (raise rollout.max_prompt_tokens "
+                f"or lower model.max_pixels); {'here: ' + first if not played else 'not on this process'}"
+            )
         self._clue_advantages(games)
         votes, spies = [g.votes for g in played], [g.spy for g in played]
         local = len(played) * np.array(

@@ -315,6 +315,36 @@ def test_two_processes_share_global_baselines_and_stage(tmp_path) -> None:
     assert reference.b_spy != 0
 
 
+def _dropping_worker(rank: int, world: int, folder: str) -> None:
+    """Process 1's prompt budget drops all its games; both processes must raise, neither may hang."""
+    import torch.distributed as dist
+
+    from mmrl.models import load_processor
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
+    cfg = config(Path(folder), *(["rollout.max_prompt_tokens=64"] if rank == 1 else []))
+    processor = load_processor(cfg.model)
+    try:
+        SpyProducer(cfg, processor, rank=rank).produce(ScriptedEngine(processor.tokenizer), 0)
+        outcome = "no error"
+    except MMRLError as e:
+        outcome = str(e)
+    Path(folder, f"rank{rank}.txt").write_text(outcome)
+    dist.barrier()
+    os._exit(0)  # as in _rank_worker
+
+
+def test_a_process_without_games_makes_every_process_raise(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dropping_worker, args=(2, str(tmp_path)), nprocs=2)
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert all("every game of step 0 was dropped on 1 process(es)" in o for o in outcomes), outcomes
+    assert "not on this process" in outcomes[0] and "max_prompt_tokens" in outcomes[1]
+
+
 def test_bad_output_is_counted_never_raised(policy, tmp_path) -> None:
     engine = ScriptedEngine(policy[1].tokenizer, clue_text="\\boxed{{ {{unclosed <answer> THINK-{seat}")
     rollouts, metrics = SpyProducer(config(tmp_path), policy[1]).produce(engine, 0)
