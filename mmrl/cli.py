@@ -290,11 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a model on a generated dataset, with a random-guess baseline",
         description="Evaluate a model on a dataset written by `mmrl generate` (jsonl format): one completion per "
         "sample, generated in batches with the hf engine, scored with the sample's own task reward. Prints, per "
-        "task (and per meta.split when samples carry one), the count, exact accuracy (the reward's `accuracy` part "
-        "= 1, else reward >= 1) and mean reward, next to a `random` row that scores random answers of the right "
+        "task (and, when samples carry meta.split, per task and split, per split, and per grounding perturbation "
+        "and split: the `mmrl generate --suite viu` table), the count, exact accuracy (the reward's `exact` part = 1, "
+        "else its `accuracy` part = 1, else reward >= 1) and mean reward (mean IoU for grounding), next to a "
+        "`random` row that scores random answers of the right "
         "form (a random permutation for ordering tasks, else the task's random_answer or shuffled reference "
         "answers). Prompts over --max-prompt-tokens are skipped and counted. Results go to --out as JSON "
-        "(default <data>/eval-<model>.json).\n\nexample:\n  mmrl eval --model tiny:qwen2.5-vl --data data/dc --n 32",
+        "(default <data>/eval-<model>.json).\n\nexamples:\n  mmrl eval --model tiny:qwen2.5-vl --data data/dc --n 32"
+        "\n  mmrl generate --suite viu --n 20 --out data/viu"
+        "\n  mmrl eval --model runs/videossr_tiny/final --data data/viu",
         formatter_class=formatter,
     )
     p.add_argument("--model", required=True, help="checkpoint folder, hub id, or tiny:<family> (e.g. tiny:qwen2.5-vl)")
