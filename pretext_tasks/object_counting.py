@@ -110,19 +110,24 @@ class ObjectCountingParams(videossr.VideoSSRParams):
 # Drawing
 
 
+VERTICES = {"circle": 96, "square": 4, "triangle": 3}
+"""Polygon vertices per shape kind (a circle is drawn as a 96-gon)."""
+
+
+def circumradius(kind: str, size: float) -> float:
+    """Distance from the centre to the farthest point of a shape of `size`: circle diameter → size/2,
+    square side → size/√2, equilateral triangle side → size/√3."""
+    if kind not in VERTICES:
+        raise ValueError(f"unknown shape {kind!r}")
+    return size / {"circle": 2.0, "square": math.sqrt(2), "triangle": math.sqrt(3)}[kind]
+
+
 def shape_polygon(kind: str, center: tuple[float, float], size: float, angle: float) -> list[tuple[float, float]]:
     """Vertices of a square (side `size`) or an equilateral triangle (side `size`, centred on its
     centroid), rotated by `angle` degrees about `center`; a circle is a 96-gon of diameter `size`."""
     cx, cy = center
-    if kind == "circle":
-        n, radius, angle = 96, size / 2, 0.0
-    elif kind == "square":
-        n, radius = 4, size / math.sqrt(2)
-    elif kind == "triangle":
-        n, radius = 3, size / math.sqrt(3)
-    else:
-        raise ValueError(f"unknown shape {kind!r}")
-    theta = np.deg2rad(angle) + 2 * np.pi * np.arange(n) / n
+    radius, n = circumradius(kind, size), VERTICES[kind]
+    theta = np.deg2rad(0.0 if kind == "circle" else angle) + 2 * np.pi * np.arange(n) / n
     return [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in theta]
 
 
@@ -174,7 +179,7 @@ def _try_place(
     kind: str, size: float, hw: tuple[int, int], taken: np.ndarray, params: ObjectCountingParams, rng
 ) -> np.ndarray | None:
     h, w = hw
-    reach = size / 2 if kind == "circle" else size / math.sqrt(2) if kind == "square" else size / math.sqrt(3)
+    reach = circumradius(kind, size)
     box_w, box_h = params.center_box * w, params.center_box * h
     x0, x1 = max((w - box_w) / 2, reach), min((w + box_w) / 2, w - reach)
     y0, y1 = max((h - box_h) / 2, reach), min((h + box_h) / 2, h - reach)
@@ -314,6 +319,7 @@ __all__ = [
     "ObjectCounting",
     "ObjectCountingParams",
     "choose_frames",
+    "circumradius",
     "counts_text",
     "place_shapes",
     "question_text",
