@@ -38,6 +38,7 @@ from mmrl.config import to_dict
 from mmrl.errors import ConfigError, MediaError, SkipItem
 from mmrl.sample import Sample
 from pretext_tasks import videossr
+from pretext_tasks.base import item_path, video_sources
 from pretext_tasks.perturbations import PERTURBATIONS, changed_mask, perturb
 from pretext_tasks.registry import register
 from rewards.base import Reward
@@ -115,7 +116,7 @@ class AnomalyGrounding:
 
     def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[VideoItem]:
         """The videos of the default corpus or of a folder (also the pool Swap draws partners from)."""
-        self._pool = videossr.video_sources(NAME, corpus)
+        self._pool = video_sources(NAME, corpus)
         return self._pool
 
     def make(self, source_item: VideoItem | str | Path, rng: np.random.Generator) -> Sample:
@@ -125,7 +126,7 @@ class AnomalyGrounding:
         `MediaError` for unusable videos.
         """
         p = self.params
-        source_id, path = videossr.item_path(source_item)
+        source_id, path = item_path(source_item)
         video = videossr.sample_video(path, p, source_id)
         tag = int(rng.integers(2**63))  # the Sample id; ids never carry the answer
         kind = str(p.perturbations[int(rng.integers(len(p.perturbations)))])
@@ -187,12 +188,12 @@ class AnomalyGrounding:
     def _swap_partner(self, path: Path, rng: np.random.Generator) -> videossr.SampledVideo:
         """The F frames of another video (Swap shows its frames at the same positions): from the list
         `sources()` returned, or, when this task was handed a bare path, from the video's own folder."""
-        pool = self._pool or videossr.video_sources(NAME, path.parent)
-        others = [item for item in pool if videossr.item_path(item)[1] != path]
+        pool = self._pool or video_sources(NAME, path.parent)
+        others = [item for item in pool if item_path(item)[1] != path]
         if not others:
             raise SkipItem("no_swap_partner", f"{path}: swap needs another video; call sources() on a folder of 2+")
         for _ in range(MAX_SWAP_PARTNERS):
-            other_id, other_path = videossr.item_path(others[int(rng.integers(len(others)))])
+            other_id, other_path = item_path(others[int(rng.integers(len(others)))])
             try:
                 partner = videossr.sample_video(other_path, self.params, other_id)
             except (SkipItem, MediaError):

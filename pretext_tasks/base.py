@@ -86,6 +86,24 @@ def options_text(options: Sequence[str]) -> str:
     return ", ".join(options[:-1]) + " or " + options[-1]
 
 
+def item_path(item: Any) -> tuple[str, Path]:
+    """(source id, path) of a source item: a corpus item's `id` and `path`, or a plain path and its stem."""
+    if isinstance(item, (str, Path)):
+        return Path(item).stem, Path(item)
+    return item.id, Path(item.path)
+
+
+def video_sources(task_name: str, corpus: Corpus | str | Path | None) -> Sequence[Any]:
+    """The videos of the default corpus, or every video under a folder path (for video tasks' `sources`)."""
+    if corpus is None:
+        raise ConfigError(f"{task_name} needs source videos: the default corpus or a folder of videos")
+    if isinstance(corpus, (str, Path)):
+        from mmrl.corpus import video_folder  # mmrl.corpus imports open3d: only when needed
+
+        return video_folder(corpus)
+    return corpus.videos
+
+
 @dataclass(frozen=True)
 class Shuffle:
     """K elements shown in a shuffled order under labels 1..K (Visual Jigsaw's convention).
@@ -121,4 +139,12 @@ def shuffle_and_label(k: int, rng: np.random.Generator, *, allow_identity: bool 
             return Shuffle(order)
 
 
-__all__ = ["PretextTask", "Shuffle", "answer_instruction", "options_text", "shuffle_and_label"]
+__all__ = [
+    "PretextTask",
+    "Shuffle",
+    "answer_instruction",
+    "item_path",
+    "options_text",
+    "shuffle_and_label",
+    "video_sources",
+]

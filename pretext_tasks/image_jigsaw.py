@@ -31,7 +31,7 @@ from mmrl import media
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
-from pretext_tasks.base import Shuffle, answer_instruction, shuffle_and_label
+from pretext_tasks.base import Shuffle, answer_instruction, item_path, shuffle_and_label
 from pretext_tasks.registry import register
 from rewards.base import Reward
 from rewards.ordering import OrderingParams
@@ -200,10 +200,7 @@ class ImageJigsaw:
         generator seeded with it. Raises `SkipItem("image_too_small")` for images too small for
         the grid and `MediaError` (naming the file) for unreadable ones.
         """
-        if isinstance(source_item, (str, Path)):
-            source_id, path = Path(source_item).stem, Path(source_item)
-        else:
-            source_id, path = source_item.id, source_item.path
+        source_id, path = item_path(source_item)
         p = self.params
         image = prepare_image(media.load_image(path), p.max_side)
         width, height = image.size

@@ -38,6 +38,7 @@ from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
 from pretext_tasks import videossr
+from pretext_tasks.base import item_path, video_sources
 from pretext_tasks.registry import register
 from rewards.base import Reward
 from rewards.extract import wrap_answer
@@ -247,12 +248,12 @@ class ObjectCounting:
 
     def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[VideoItem]:
         """The videos of the default corpus, or every video under a folder path."""
-        return videossr.video_sources(NAME, corpus)
+        return video_sources(NAME, corpus)
 
     def make(self, source_item: VideoItem | str | Path, rng: np.random.Generator) -> Sample:
         """The Sample for one video: F frames, some with shapes drawn in, and the question."""
         p = self.params
-        source_id, path = videossr.item_path(source_item)
+        source_id, path = item_path(source_item)
         video = videossr.sample_video(path, p, source_id)
         tag = int(rng.integers(2**63))  # the Sample id; ids never carry the answer
         frames = video.frames.copy()

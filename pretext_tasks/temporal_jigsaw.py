@@ -30,7 +30,7 @@ from mmrl.config import to_dict
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
 from pretext_tasks import videossr
-from pretext_tasks.base import shuffle_and_label
+from pretext_tasks.base import item_path, shuffle_and_label, video_sources
 from pretext_tasks.registry import register
 from pretext_tasks.video_jigsaw import instruction_text
 from rewards.base import Reward
@@ -85,12 +85,12 @@ class TemporalJigsaw:
 
     def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[VideoItem]:
         """The videos of the default corpus, or every video under a folder path."""
-        return videossr.video_sources(NAME, corpus)
+        return video_sources(NAME, corpus)
 
     def make(self, source_item: VideoItem | str | Path, rng: np.random.Generator) -> Sample:
         """The Sample for one video: K shuffled clips (frame lists) and the question."""
         p = self.params
-        source_id, path = videossr.item_path(source_item)
+        source_id, path = item_path(source_item)
         video = videossr.sample_video(path, p, source_id)
         length = p.frames // p.clips
         clips = video.frames[: p.clips * length].reshape(p.clips, length, *video.frames.shape[1:])  # (K, L, H, W, 3)

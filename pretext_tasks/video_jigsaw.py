@@ -41,7 +41,7 @@ from mmrl import media
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
-from pretext_tasks.base import answer_instruction, shuffle_and_label
+from pretext_tasks.base import answer_instruction, item_path, shuffle_and_label, video_sources
 from pretext_tasks.registry import register
 from rewards.base import Reward
 from rewards.ordering import OrderingParams
@@ -187,13 +187,7 @@ class VideoJigsaw:
 
     def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[VideoItem]:
         """The videos of the default corpus, or every video under a folder path."""
-        if corpus is None:
-            raise ConfigError(f"{NAME} needs source videos: the default corpus or a folder of videos")
-        if isinstance(corpus, (str, Path)):
-            from mmrl.corpus import video_folder  # mmrl.corpus imports open3d: only when needed
-
-            return video_folder(corpus)
-        return corpus.videos
+        return video_sources(NAME, corpus)
 
     def make(self, source_item: VideoItem | str | Path, rng: np.random.Generator) -> Sample:
         """The Sample for one video: K shuffled clips (frame lists) and the question.
@@ -202,10 +196,7 @@ class VideoJigsaw:
         generator seeded with it. Raises `SkipItem("video_too_short")` when a trimmed clip would
         have fewer than `min_frames_per_clip` frames, `MediaError` for unreadable files.
         """
-        if isinstance(source_item, (str, Path)):
-            source_id, path = Path(source_item).stem, Path(source_item)
-        else:
-            source_id, path = source_item.id, source_item.path
+        source_id, path = item_path(source_item)
         p = self.params
         info = media.video_info(path)  # MediaError naming the file when unreadable
         num_frames, source_fps = info.num_frames, info.fps

@@ -33,10 +33,11 @@ import numpy as np
 
 from mmrl import media
 from mmrl.errors import ConfigError, SkipItem
+from pretext_tasks.video_jigsaw import resize_frames
 from rewards.extract import AnswerMode, check_mode, wrap_answer
 
 if TYPE_CHECKING:
-    from mmrl.corpus import Corpus, VideoItem
+    pass
 
 DIRECT_ANSWER = "Answer directly, without explaining your reasoning."
 """The sheet's system instruction for every VideoSSR task (its rewards score the whole reply)."""
@@ -106,8 +107,6 @@ def sample_video(path: str | Path, params: VideoSSRParams, source_id: str | None
     Raises `MediaError` (naming the file) when it cannot be read, `SkipItem("video_too_short")` when
     its middle window holds fewer than F frames.
     """
-    from pretext_tasks.video_jigsaw import resize_frames
-
     info = media.video_info(path)
     indices = window_indices(info.num_frames, params.frames, params.margin)
     if indices is None:
@@ -127,24 +126,6 @@ def sample_video(path: str | Path, params: VideoSSRParams, source_id: str | None
         num_frames=info.num_frames,
         source_fps=info.fps,
     )
-
-
-def item_path(item: VideoItem | str | Path) -> tuple[str, Path]:
-    """(source id, path) of a corpus video item or a plain path."""
-    if isinstance(item, (str, Path)):
-        return Path(item).stem, Path(item)
-    return item.id, Path(item.path)
-
-
-def video_sources(task_name: str, corpus: Corpus | str | Path | None) -> Sequence[Any]:
-    """The videos of the default corpus, or every video under a folder path."""
-    if corpus is None:
-        raise ConfigError(f"{task_name} needs source videos: the default corpus or a folder of videos")
-    if isinstance(corpus, (str, Path)):
-        from mmrl.corpus import video_folder  # mmrl.corpus imports open3d: only when needed
-
-        return video_folder(corpus)
-    return corpus.videos
 
 
 def video_item(frames: np.ndarray | Sequence[np.ndarray], sample_fps: float, first: int = 0) -> dict[str, Any]:
@@ -179,10 +160,8 @@ __all__ = [
     "SampledVideo",
     "VideoSSRParams",
     "format_instruction",
-    "item_path",
     "messages",
     "sample_video",
     "video_item",
-    "video_sources",
     "window_indices",
 ]
