@@ -180,35 +180,8 @@ def generate(
     _prepare_out(root, overwrite)
     report = GenerationReport(task_name, to_dict(task.params), seed, str(source), fmt, n, preview=min(preview, n))
     skipped: Counter = Counter()
-    bar = tqdm(total=n, desc=f"generate {task_name}", unit="sample", disable=not progress, dynamic_ncols=True)
-
-    def stream() -> Iterator[Sample]:
-        for i, (sample, attempts) in enumerate(iter_samples(task, items, n, seed, skipped)):
-            report.attempts += attempts
-            if i < preview:
-                from mmrl.preview import preview_sheet  # imports generate: keep the cycle at call time
-
-                preview_sheet(sample).save(root / PREVIEW_DIR / f"{i:04d}_{_safe(sample.id)}.png", compress_level=6)
-            report.written += 1
-            bar.update(1)
-            if skipped:
-                bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
-            yield sample
-
-    if preview > 0:
-        (root / PREVIEW_DIR).mkdir(parents=True, exist_ok=True)
-    try:
-        if fmt == "jsonl":
-            write_dataset(stream(), root, overwrite=True)
-        elif fmt == "hf":
-            write_hf(stream(), root)
-        else:
-            write_verl(stream(), root / VERL_FILE)
-    finally:
-        bar.close()
-    report.skipped = dict(sorted(skipped.items()))
-    (root / REPORT_FILE).write_text(json.dumps(asdict(report), indent=2) + "\n")
-    return report
+    drawn = iter_samples(task, items, n, seed, skipped)
+    return _write(drawn, root, report, skipped, desc=f"generate {task_name}", progress=progress)
 
 
 def generate_suite(
@@ -235,35 +208,63 @@ def generate_suite(
     entries = suite_entries(suite, params)
     tasks = [get_task(e.task, **e.params) for e in entries]  # every parameter checked before any work
     items_of: dict[str, Sequence[Any]] = {}
+    for entry, task in zip(entries, tasks):  # sources listed once per task name, before `out` is touched
+        if entry.task not in items_of:
+            items_of[entry.task] = source_items(task, source, corpus_cfg)
     root = Path(out).expanduser()
     _prepare_out(root, overwrite)
+    total = n * len(entries)
     report = GenerationReport(f"suite:{suite}", {e.key: e.params for e in entries}, seed, str(source), "jsonl",
-                              n * len(entries), preview=min(preview, n * len(entries)))  # fmt: skip
+                              total, preview=min(preview, total))  # fmt: skip
     skipped: Counter = Counter()
-    bar = tqdm(total=report.requested, desc=f"suite {suite}", unit="sample", disable=not progress, dynamic_ncols=True)
 
-    def stream() -> Iterator[Sample]:
+    def drawn() -> Iterator[tuple[Sample, int]]:
         for e, (entry, task) in enumerate(zip(entries, tasks)):
-            if entry.task not in items_of:
-                items_of[entry.task] = source_items(task, source, corpus_cfg)
             entry_seed = int(np.random.default_rng([seed, e]).integers(2**31))
             for i, (sample, attempts) in enumerate(iter_samples(task, items_of[entry.task], n, entry_seed, skipped)):
                 sample.id = f"{suite}-{entry.key}-{i:04d}"
                 sample.meta = {**sample.meta, "split": entry.split, "suite": suite}
-                if report.written < preview:
-                    from mmrl.preview import preview_sheet  # imports generate: keep the cycle at call time
+                yield sample, attempts
 
-                    name = f"{report.written:04d}_{_safe(sample.id)}.png"
-                    preview_sheet(sample).save(root / PREVIEW_DIR / name, compress_level=6)
-                report.attempts += attempts
-                report.written += 1
-                bar.update(1)
-                yield sample
+    return _write(drawn(), root, report, skipped, desc=f"suite {suite}", progress=progress)
 
-    if preview > 0:
+
+def _write(
+    drawn: Iterator[tuple[Sample, int]],
+    root: Path,
+    report: GenerationReport,
+    skipped: Counter,
+    *,
+    desc: str,
+    progress: bool,
+) -> GenerationReport:
+    """Write the drawn (Sample, attempts) pairs into `root` in `report.format`, with preview sheets of the
+    first `report.preview` and a progress bar; fill in the report's counts and save it as generation.json."""
+    bar = tqdm(total=report.requested, desc=desc, unit="sample", disable=not progress, dynamic_ncols=True)
+
+    def stream() -> Iterator[Sample]:
+        for sample, attempts in drawn:
+            if report.written < report.preview:
+                from mmrl.preview import preview_sheet  # imports generate: keep the cycle at call time
+
+                name = f"{report.written:04d}_{_safe(sample.id)}.png"
+                preview_sheet(sample).save(root / PREVIEW_DIR / name, compress_level=6)
+            report.attempts += attempts
+            report.written += 1
+            bar.update(1)
+            if skipped:
+                bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
+            yield sample
+
+    if report.preview > 0:
         (root / PREVIEW_DIR).mkdir(parents=True, exist_ok=True)
     try:
-        write_dataset(stream(), root, overwrite=True)
+        if report.format == "jsonl":
+            write_dataset(stream(), root, overwrite=True)
+        elif report.format == "hf":
+            write_hf(stream(), root)
+        else:
+            write_verl(stream(), root / VERL_FILE)
     finally:
         bar.close()
     report.skipped = dict(sorted(skipped.items()))
