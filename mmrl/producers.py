@@ -29,6 +29,7 @@ import numpy as np
 from mmrl.config import CorpusConfig, DataSource, RunConfig
 from mmrl.corpus import LazyCorpus
 from mmrl.errors import MediaError, MMRLError, SkipItem
+from mmrl.evaluate import answer_completion
 from mmrl.grpo.advantages import group_advantages, zero_variance_groups
 from mmrl.grpo.replay import select_replay
 from mmrl.rollout import sampling_params
@@ -219,8 +220,6 @@ class TaskProducer:
         draw at (step, round 0), each with its answer in its task's format (`answer_completion`). With
         `sft.shuffle_answers` the completions are permuted within the batch (rng([data.seed, step, 5])), so the
         model learns the format and the answer vocabulary, not the task (accuracy at chance)."""
-        from mmrl.evaluate import answer_completion
-
         batch = [self.prepare(step, 0, slot) for slot in range(count)]
         targets = [answer_completion(p.task, p.sample) for p in batch]
         if self.cfg.sft.shuffle_answers:
