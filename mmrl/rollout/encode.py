@@ -18,7 +18,6 @@ len(frames_indices) / total_num_frames * fps) matches the real sampling rate.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,10 +88,14 @@ def encode_prompt(
     if "mm_token_type_ids" in out:
         vision["mm_token_type_ids"] = out["mm_token_type_ids"][0]  # (T,) 0 text, 1 image, 2 video
     placeholders = int(torch.isin(input_ids, torch.tensor(_placeholder_ids(processor))).sum())
-    if placeholders != visual or len(input_ids) != predicted:  # internal check: our count is the processor's
-        raise AssertionError(
-            f"predicted {predicted} tokens ({visual} visual) but the processor produced {len(input_ids)} "
-            f"({placeholders} visual) for {detail}"
+    if placeholders != visual or len(input_ids) != predicted:  # the budget check above relied on `predicted`
+        import transformers
+
+        raise MMRLError(
+            f"the prompt was measured at {predicted} tokens ({visual} visual) before processing, but "
+            f"{type(processor).__name__} of transformers {transformers.__version__} produced {len(input_ids)} "
+            f"({placeholders} visual) for {detail}; this transformers release expands placeholders in a way "
+            "mmrl does not know: install the locked versions (scripts/setup.sh) and report it"
         )
     kept = {}
     if keep_media and images:
@@ -200,59 +203,55 @@ def _measure(
 ) -> tuple[int, int, list[str]]:
     """(total tokens, visual tokens, per-item descriptions), before any pixel is processed.
 
-    Visual counts come from the processors' `get_number_of_image_patches` / `get_num_of_video_patches`
-    (Qwen smart_resize with the processor's factor and `size` budgets, the same function `resize`
-    uses). The text is tokenised with each placeholder replaced by the processor's own expansion
-    minus the pad tokens (Qwen3-VL adds `<t seconds>` and vision start/end tokens per frame), so the
-    total is exact, not an estimate.
+    Each item's grid comes from the processors' `get_number_of_image_patches` /
+    `get_num_of_video_patches` (Qwen smart_resize with the processor's factor and `size` budgets,
+    the same function `resize` uses). The placeholders are then expanded by the processor's own
+    code: `replace_image_token` / `replace_video_token` on those grids, and
+    `get_text_with_replacements` on the rendered prompt (which, from transformers 5.25, also
+    collapses the template's outer vision start/end around a Qwen3-VL video). The expanded text is
+    tokenised as the processor will tokenise it, so the total is exact whatever the release.
     """
     image_tok, video_tok = _placeholders(processor)
-    counts_img, counts_vid, sizes = [], [], []
-    for i, im in enumerate(images):
-        try:
-            patches = processor.image_processor.get_number_of_image_patches(im.height, im.width, {})
-        except ValueError as e:
-            raise MMRLError(f"image {i + 1} ({im.width}x{im.height}) cannot be resized: {e}") from None
-        n = int(patches) // processor.image_processor.merge_size**2
-        counts_img.append(n)
-        sizes.append(f"image {i + 1}: {im.width}x{im.height} px -> {n} tokens")
-    replacements_vid = []
-    for i, (frames, meta) in enumerate(videos):
-        t, h, w = frames.shape[:3]
-        vp = processor.video_processor
-        try:
-            patches = vp.get_num_of_video_patches(t, h, w, {})
-        except ValueError as e:
-            raise MMRLError(f"video {i + 1} ({t} frames of {w}x{h}) cannot be resized: {e}") from None
-        n = int(patches) // vp.merge_size**2
-        counts_vid.append(n)
-        sizes.append(f"video {i + 1}: {t} frames of {w}x{h} px -> {n} tokens")
-        replacements_vid.append(_video_replacement(processor, patches, t, meta))
-
     if text.count(image_tok) != len(images) or text.count(video_tok) != len(videos):
         raise MMRLError(
             f"the chat template rendered {text.count(image_tok)} image and {text.count(video_tok)} video "
             f"placeholders for {len(images)} images and {len(videos)} videos"
         )
-    expansions = {"image": iter([""] * len(images)), "video": iter(replacements_vid)}
-    pattern = f"(?P<image>{re.escape(image_tok)})|(?P<video>{re.escape(video_tok)})"
-    expanded = re.sub(pattern, lambda m: next(expansions[m.lastgroup]), text)
-    expanded = expanded.replace(image_tok, "").replace(video_tok, "")  # pads split tokens: drop, count apart
-    n_text = len(processor.tokenizer(expanded)["input_ids"])
-    visual = sum(counts_img) + sum(counts_vid)
-    return n_text + visual, visual, sizes
+    image_grids, video_grids, sizes = [], [], []
+    ip = processor.image_processor
+    for i, im in enumerate(images):
+        try:
+            patches = int(ip.get_number_of_image_patches(im.height, im.width, {}))
+        except ValueError as e:
+            raise MMRLError(f"image {i + 1} ({im.width}x{im.height}) cannot be resized: {e}") from None
+        image_grids.append([1, 1, patches])  # replace_image_token reads the product only
+        sizes.append(f"image {i + 1}: {im.width}x{im.height} px -> {patches // ip.merge_size**2} tokens")
+    for i, (frames, _) in enumerate(videos):
+        t, h, w = frames.shape[:3]
+        vp = processor.video_processor
+        try:
+            patches = int(vp.get_num_of_video_patches(t, h, w, {}))
+        except ValueError as e:
+            raise MMRLError(f"video {i + 1} ({t} frames of {w}x{h}) cannot be resized: {e}") from None
+        grid_t = -(-t // vp.temporal_patch_size)
+        video_grids.append([grid_t, 1, patches // grid_t])  # replace_video_token reads t and h*w only
+        sizes.append(f"video {i + 1}: {t} frames of {w}x{h} px -> {patches // vp.merge_size**2} tokens")
 
+    inputs: dict[str, Any] = {}
+    if images:
+        inputs["image_grid_thw"] = torch.tensor(image_grids)
+    if videos:
+        from transformers.video_utils import VideoMetadata
 
-def _video_replacement(processor: ProcessorMixin, patches: int, t: int, meta: dict[str, Any]) -> str:
-    """The text the processor puts in place of one video placeholder (with pad tokens), from the grid alone."""
-    from transformers.video_utils import VideoMetadata
-
-    vp = processor.video_processor
-    grid_t = (t + -t % vp.temporal_patch_size) // vp.temporal_patch_size
-    hw = int(patches) // grid_t
-    grid = torch.tensor([[grid_t, 1, hw]])  # only t and h*w matter to the replacement
-    inputs = {"video_grid_thw": grid, "video_metadata": [VideoMetadata(**_copy_meta(meta))]}
-    return processor.replace_video_token(inputs, 0)
+        inputs["video_grid_thw"] = torch.tensor(video_grids)
+        inputs["video_metadata"] = [VideoMetadata(**_copy_meta(meta)) for _, meta in videos]
+    image_texts = [processor.replace_image_token(inputs, i) for i in range(len(images))]
+    video_texts = [processor.replace_video_token(inputs, i) for i in range(len(videos))]
+    expanded, _ = processor.get_text_with_replacements([text], image_texts, video_texts)
+    ids = processor.tokenizer(expanded[0])["input_ids"]
+    pads = set(_placeholder_ids(processor))
+    visual = sum(1 for i in ids if i in pads)
+    return len(ids), visual, sizes
 
 
 def _copy_meta(meta: dict[str, Any]) -> dict[str, Any]:
