@@ -25,13 +25,12 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from mmrl.errors import ConfigError
+from rewards.extract import BOXED_OPEN, boxed_span, parse_int
 
 VoteKind = Literal["player", "abstain", "invalid"]
 DecisionReward = Literal["paper", "shaped"]
 RaeUpdate = Literal["per_step", "per_game"]
 
-BOXED_OPEN = "\\boxed{"
-_BOXED_TOKENS = re.compile(r"\\boxed\{|[{}]")
 _THINK_TAGS = re.compile(r"</?think>")
 _NUMBER = re.compile(r"(?<![0-9])[0-9]+(?![0-9])")  # a maximal run of digits
 _TEXT_MACRO = re.compile(r"^\\(?:text|textbf|textrm|mathrm|mathbf)\{(.*)\}$", re.DOTALL)
@@ -50,25 +49,13 @@ FORMAT_MIN_REASONING = 10
 def _first_boxed(text: str) -> tuple[int, int, int] | None:
     """(start of `\\boxed{`, content start, content end) of the first `\\boxed{…}` whose braces balance.
 
-    One pass with a stack of open braces (each entry remembers whether it opened a box), so braces
-    nested inside the box are kept: `\\boxed{a{b}c}` has content `a{b}c`. A box that never closes is
-    skipped; among complete boxes the one that opens first wins (an outer box before an inner one).
+    Braces nested inside the box are kept: `\\boxed{a{b}c}` has content `a{b}c`. A box that never
+    closes is skipped; among complete boxes the one that opens first wins (an outer box before an
+    inner one). The brace matching is `rewards.extract.boxed_span`, shared with the task rewards so
+    both pair braces identically and in linear time on 100k-character replies.
     """
-    stack: list[tuple[int, int] | None] = []  # (opener start, content start) for boxes, None for "{"
-    best: tuple[int, int, int] | None = None
-    for token in _BOXED_TOKENS.finditer(text):
-        piece = token.group()
-        if piece == "}":
-            if not stack:
-                continue
-            opened = stack.pop()
-            if opened is not None and (best is None or opened[0] < best[0]):
-                best = (opened[0], opened[1], token.start())
-        elif piece == "{":
-            stack.append(None)
-        else:
-            stack.append((token.start(), token.end()))
-    return best
+    span = boxed_span(text, "first")
+    return None if span is None else (span[0] - len(BOXED_OPEN), span[0], span[1])
 
 
 def _first_block(text: str, open_tag: str, close_tag: str) -> tuple[int, str] | None:
@@ -142,8 +129,9 @@ def _is_abstain(content: str) -> bool:
 
 
 def _seat(number: str, n_players: int) -> Vote:
-    k = int(number)
-    return Vote("player", k) if 1 <= k <= n_players else INVALID
+    # parse_int, not int(): a boxed 5000-digit number made int() raise (past sys.int_max_str_digits).
+    k = parse_int(number)
+    return Vote("player", k) if k is not None and 1 <= k <= n_players else INVALID
 
 
 def _json_vote(text: str, n_players: int) -> Vote:

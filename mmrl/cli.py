@@ -6,10 +6,13 @@ Errors the user can cause (bad path, corrupt media, bad config key) print as one
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from mmrl import __version__
 from mmrl.errors import MMRLError
@@ -32,6 +35,52 @@ Set MMRL_CACHE to move the cache (default: ~/.cache/mmrl).
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors (a missing argument, a value out of range) print as one line and exit 2, like the others."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    """An argparse `type`: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def _check_out(path: str | Path, name: str, *, folder: bool = True) -> None:
+    """Raise `MMRLError` naming the output `name` when `path` cannot be written: a folder that is an existing
+    file or lies inside one, or (`folder=False`) a file that is an existing folder. Called before any work."""
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise MMRLError(f"{name} {path} is an existing file, not a folder")
+    if not folder and path.is_dir():
+        raise MMRLError(f"{name} {path} is an existing folder; give the path of a file")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise MMRLError(f"{name} {path} lies inside {blocking}, which is a file")
+
+
 def _add_config_args(parser: argparse.ArgumentParser, schema: type) -> None:
     from mmrl.config import describe
 
@@ -41,6 +90,8 @@ def _add_config_args(parser: argparse.ArgumentParser, schema: type) -> None:
 
 
 def cmd_build_tiny(args: argparse.Namespace) -> None:
+    if args.out is not None:
+        _check_out(args.out, "--out")
     from mmrl.config import default_cache_dir
     from mmrl.models import build_tiny
 
@@ -51,17 +102,18 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
         else:
             out = args.out if len(families) == 1 else args.out / f"tiny-{family}"
         start = time.perf_counter()
-        path = build_tiny(family, out, seed=args.seed)
+        path = build_tiny(family, out, seed=args.seed, overwrite=args.overwrite)
         print(f"built tiny {family} in {time.perf_counter() - start:.1f}s: {path}")
 
 
 def cmd_corpus(args: argparse.Namespace) -> None:
     from mmrl.config import CorpusConfig, load_config
-    from mmrl.corpus import build_default_corpus
+    from mmrl.corpus import build_default_corpus, corpus_root
 
     cfg = load_config(CorpusConfig, args.config, args.overrides)
     if args.root:
         cfg.root = str(args.root)
+    _check_out(corpus_root(cfg), "corpus root")
     start = time.perf_counter()
     corpus = build_default_corpus(cfg, progress=not args.quiet)
     print(
@@ -77,37 +129,37 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from mmrl.grpo.trainer import train
-
     cfg = _run_config(args)
+    _check_out(cfg.train.out_dir, "train.out_dir")
     if cfg.train.cold_start:
-        from mmrl.sft import sft
+        _check_out(cfg.sft.out_dir, "sft.out_dir")
+    from mmrl.grpo.trainer import prepare_run_dir, train  # after the checks: it imports torch
 
-        warm = Path(cfg.sft.out_dir) / "final"
-        if not (warm / "config.json").exists():
-            print(f"cold start: supervised fine-tuning into {warm}")
-            sft(cfg)
-        else:
-            print(f"cold start: reusing {warm}")
-        cfg.model.path = str(warm)
+    prepare_run_dir(Path(cfg.train.out_dir), cfg.train, "train.out_dir")  # before the cold start's minutes of SFT
+    if cfg.train.cold_start:
+        from mmrl.sft import cold_start
+
+        cfg.model.path = str(cold_start(cfg))
     run_dir = train(cfg)
     if os.environ.get("RANK", "0") == "0":  # one line, also under `accelerate launch`
         print(f"run folder: {run_dir.resolve()}")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from mmrl.sft import sft
-
     cfg = _run_config(args)
+    _check_out(cfg.sft.out_dir, "sft.out_dir")
+    from mmrl.sft import sft  # after the checks: it imports torch
+
     run_dir = sft(cfg)
     print(f"run folder: {run_dir.resolve()} (model: {(run_dir / 'final').resolve()})")
 
 
 def cmd_play(args: argparse.Namespace) -> None:
-    from games.play import play_games
-
     cfg = _run_config(args)
     out = args.out if args.out is not None else Path(cfg.train.out_dir) / "play"
+    _check_out(out, "--out" if args.out is not None else "transcript folder")
+    from games.play import play_games  # after the checks: it imports torch
+
     summary = play_games(cfg, out, args.games)
     print(
         f"played {summary['games']:.0f} games ({summary['dropped']:.0f} dropped): spy caught in "
@@ -118,6 +170,7 @@ def cmd_play(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    _check_out(args.out, "--out")
     from mmrl.generate import generate, generate_suite, parse_params, summary_line
 
     start = time.perf_counter()
@@ -133,10 +186,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.out is not None:
+        _check_out(args.out, "--out", folder=False)
     from mmrl.config import ModelConfig
     from mmrl.evaluate import evaluate, format_table
 
-    model_cfg = ModelConfig(path=args.model)
+    model_cfg = ModelConfig(path=args.model, allow_download=args.allow_download)
     if args.max_pixels:
         model_cfg.max_pixels = args.max_pixels
     result, path = evaluate(
@@ -157,9 +212,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mmrl.config import CorpusConfig, RunConfig
+    from mmrl.config import CorpusConfig, ModelConfig, RunConfig
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mmrl", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"mmrl {__version__}")
@@ -179,7 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--family", default="qwen2.5-vl", choices=["qwen2-vl", "qwen2.5-vl", "qwen3-vl", "all"], help="model family"
     )
     p.add_argument("--out", type=Path, help="output folder (default: <cache>/models/tiny-<family>)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and of the tokenizer's training text")
+    p.add_argument(
+        "--seed", type=_int_at_least(0), default=0, help="seed of the weights and of the tokenizer's training text"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even when it holds files other than an earlier tiny build (they are deleted)",
+    )
     p.set_defaults(func=cmd_build_tiny)
 
     p = verbs.add_parser(
@@ -235,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         "\n  mmrl play --config configs/spy_qwen25vl7b.yaml model.path=runs/spy_qwen25vl7b/final --games 32",
         formatter_class=formatter,
     )
-    p.add_argument("--games", type=int, help="games to play (default: game.games_per_step)")
+    p.add_argument("--games", type=_int_at_least(1), help="games to play, >= 1 (default: game.games_per_step)")
     p.add_argument("--out", type=Path, help="transcript folder (default: <train.out_dir>/play)")
     _add_config_args(p, RunConfig)
     p.set_defaults(func=cmd_play)
@@ -274,12 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="task parameter (repeatable); the value is parsed as YAML: --param grid=[2,3] --param answer_mode=boxed",
     )
     p.add_argument("--source", default="default", help="folder of source media, or `default` (the built-in corpus)")
-    p.add_argument("--n", type=int, required=True, help="number of samples to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--n", type=_int_at_least(1), required=True, help="number of samples to write (>= 1)")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of every random choice (default 0)")
     p.add_argument("--out", type=Path, required=True, help="output folder (must be empty unless --overwrite)")
     p.add_argument("--format", default="jsonl", choices=["jsonl", "hf", "verl"], help="output format (default jsonl)")
     p.add_argument(
-        "--preview", type=int, default=0, metavar="K", help="PNG sheets of the first K samples in OUT/preview"
+        "--preview",
+        type=_int_at_least(0),
+        default=0,
+        metavar="K",
+        help="PNG sheets of the first K samples in OUT/preview",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already generated in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -303,14 +369,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="checkpoint folder, hub id, or tiny:<family> (e.g. tiny:qwen2.5-vl)")
     p.add_argument("--data", type=Path, required=True, help="dataset folder (samples.jsonl + media/)")
-    p.add_argument("--n", type=int, help="evaluate only the first N samples (file order)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts generated per batch (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per completion (default 64)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 decodes greedily (default)")
-    p.add_argument("--max-prompt-tokens", type=int, default=4096, help="longer prompts are skipped (default 4096)")
-    p.add_argument("--max-pixels", type=int, help="per-image pixel budget (default: model.max_pixels, 256*28*28)")
-    p.add_argument("--seed", type=int, default=0, help="seed of sampling and of the random baseline")
+    positive = _int_at_least(1)
+    p.add_argument("--n", type=positive, help="evaluate only the first N samples (file order)")
+    p.add_argument("--batch-size", type=positive, default=8, help="prompts generated per batch (default 8)")
+    p.add_argument("--max-new-tokens", type=positive, default=64, help="most tokens per completion (default 64)")
+    p.add_argument(
+        "--temperature",
+        type=_non_negative_float,
+        default=0.0,
+        help="sampling temperature; 0 decodes greedily (default)",
+    )
+    p.add_argument("--max-prompt-tokens", type=positive, default=4096, help="longer prompts are skipped (default 4096)")
+    p.add_argument(
+        "--max-pixels",
+        type=_int_at_least(ModelConfig.min_pixels),
+        help=f"per-image pixel budget, at least model.min_pixels = {ModelConfig.min_pixels} "
+        "(default: model.max_pixels, 256*28*28)",
+    )
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of sampling and of the random baseline")
     p.add_argument("--out", type=Path, help="result JSON (default <data>/eval-<model>.json)")
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a hub id in --model download when it is not in the Hugging Face cache (off: nothing is fetched)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
     return parser

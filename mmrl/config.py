@@ -3,6 +3,12 @@
 Every field carries a docstring (the string literal right under it, CleanRL style). `field_docs`
 reads them back from the source so that `--help` and error messages can quote them; a test checks
 that no field lacks one. Unknown keys are errors that name the key and list the valid ones.
+
+Every numeric field declares its valid range in its annotation, `steps: Annotated[int, ">= 1"]`: a
+comparison (`> 0`, `>= 1`, `<= 1`) or an interval (`[0, 1)`), applying to each number of a tuple.
+Rules that tie fields together live in the class's `config_rules` method. `load_config` checks both
+(and rejects NaN and infinite floats everywhere) once the YAML file and the overrides are applied, so
+a bad value is reported, naming its key and range, before any work starts.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
+import operator
 import os
+import re
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 
@@ -26,6 +36,9 @@ from mmrl.errors import ConfigError
 from mmrl.game_config import SpyConfig
 
 T = TypeVar("T")
+
+Rule = tuple[str, bool, str]
+"""One rule of a class's `config_rules`: (field, whether it holds, what the field must be)."""
 
 
 def default_cache_dir() -> Path:
@@ -49,108 +62,132 @@ class ModelConfig:
     """Weights dtype: `auto` (bfloat16 on GPU, float32 on CPU), `float32`, `bfloat16` or `float16`."""
     attn_implementation: str = "sdpa"
     """Attention kernel passed to transformers: `sdpa`, `eager` or `flash_attention_2`."""
-    min_pixels: int = 4 * 28 * 28
+    min_pixels: Annotated[int, ">= 1"] = 4 * 28 * 28
     """Smallest pixel count an image is resized to (Qwen `smart_resize` lower bound)."""
-    max_pixels: int = 256 * 28 * 28
+    max_pixels: Annotated[int, ">= 1"] = 256 * 28 * 28
     """Largest pixel count an image is resized to; bounds the image-token count per image."""
-    video_min_pixels: int = 4 * 28 * 28
+    video_min_pixels: Annotated[int, ">= 1"] = 4 * 28 * 28
     """Smallest pixel count of one video frame."""
-    video_max_pixels: int = 64 * 28 * 28
+    video_max_pixels: Annotated[int, ">= 1"] = 64 * 28 * 28
     """Largest pixel count of one video frame; bounds video tokens per frame."""
-    video_fps: float = 2.0
+    video_fps: Annotated[float, "> 0"] = 2.0
     """Frames per second sampled from a video given as a file."""
-    video_max_frames: int = 16
+    video_max_frames: Annotated[int, ">= 1"] = 16
     """Most frames sampled from one video given as a file (evenly subsampled beyond this)."""
+    allow_download: bool = False
+    """Let a hub id in `path` download from the Hugging Face Hub when it is not in the local cache.
+    Off by default: nothing is fetched unless asked for; HF_HUB_OFFLINE=1 forbids it even when on."""
+
+    def config_rules(self) -> list[Rule]:
+        return [
+            ("max_pixels", self.max_pixels >= self.min_pixels, f">= min_pixels ({self.min_pixels})"),
+            (
+                "video_max_pixels",
+                self.video_max_pixels >= self.video_min_pixels,
+                f">= video_min_pixels ({self.video_min_pixels})",
+            ),
+        ]
 
 
 @dataclass
 class CorpusConfig:
     root: str = ""
     """Folder the default corpus is built into; empty means `<cache>/corpus` (see MMRL_CACHE)."""
-    seed: int = 0
+    seed: Annotated[int, ">= 0"] = 0
     """Seed of every random choice in the corpus build; same seed, byte-identical files."""
-    max_photos: int = 0
+    max_photos: Annotated[int, ">= 0"] = 0
     """Use only the first N of scikit-image's bundled photos (0: all 14); small values make quick builds."""
-    photo_size: int = 384
+    photo_size: Annotated[int, "[32, 8192]"] = 384
     """Longer side, in pixels, of the stored photos (scikit-image's bundled photos, resized)."""
-    videos_per_photo: int = 2
+    videos_per_photo: Annotated[int, ">= 0"] = 2
     """Synthetic camera-motion videos (pans and zooms) made from each photo."""
-    scene_videos: int = 8
+    scene_videos: Annotated[int, ">= 0"] = 8
     """Videos of animated procedural 3D scenes."""
-    video_frames: int = 120
+    video_frames: Annotated[int, ">= 1"] = 120
     """Frames per synthetic video (120 at 8 fps = 15 s: enough for 6 trimmed jigsaw clips)."""
-    video_fps: float = 8.0
+    video_fps: Annotated[float, "> 0"] = 8.0
     """Frame rate of the synthetic videos."""
-    video_size: tuple[int, int] = (256, 192)
+    video_size: Annotated[tuple[int, int], "[16, 4096]"] = (256, 192)
     """Width and height of the synthetic videos, in pixels (both even)."""
-    rgbd_scenes: int = 32
+    rgbd_scenes: Annotated[int, ">= 0"] = 32
     """Procedural RGB-D scenes (RGB, depth, instance masks, boxes, scene graph)."""
-    scene_size: tuple[int, int] = (320, 240)
+    scene_size: Annotated[tuple[int, int], "[16, 4096]"] = (320, 240)
     """Width and height of rendered RGB-D scenes, in pixels."""
+
+    def config_rules(self) -> list[Rule]:
+        return [("video_size", all(v % 2 == 0 for v in self.video_size), "even in width and height")]
 
 
 @dataclass
 class RolloutConfig:
     engine: Literal["hf", "vllm"] = "hf"
     """Generation engine: `hf` (transformers generate; everywhere) or `vllm` (GPU, optional extra)."""
-    n: int = 4
+    n: Annotated[int, ">= 1"] = 4
     """Completions sampled per prompt (the GRPO group size G)."""
-    max_new_tokens: int = 32
+    max_new_tokens: Annotated[int, ">= 1"] = 32
     """Most tokens generated per completion; longer ones are cut and marked truncated."""
-    min_new_tokens: int = 0
+    min_new_tokens: Annotated[int, ">= 0"] = 0
     """Generate at least this many tokens before a stop token is allowed; for speed benchmarks at fixed length."""
-    max_prompt_tokens: int = 2048
+    max_prompt_tokens: Annotated[int, ">= 1"] = 2048
     """Most prompt tokens (text + visual) per prompt; a longer prompt is rejected, never cut."""
-    temperature: float = 1.0
+    temperature: Annotated[float, "> 0"] = 1.0
     """Sampling temperature."""
-    top_p: float = 1.0
+    top_p: Annotated[float, "(0, 1]"] = 1.0
     """Nucleus sampling threshold (1.0: off)."""
-    top_k: int = 0
+    top_k: Annotated[int, ">= 0"] = 0
     """Top-k sampling (0: off)."""
-    batch_size: int = 32
+    batch_size: Annotated[int, ">= 1"] = 32
     """Most sequences (prompts x samples) generated in one engine call."""
-    vllm_gpu_memory_utilization: float = 0.5
+    vllm_gpu_memory_utilization: Annotated[float, "(0, 1]"] = 0.5
     """vLLM only: share of GPU memory its KV cache may take."""
+
+    def config_rules(self) -> list[Rule]:
+        return [
+            ("min_new_tokens", self.min_new_tokens <= self.max_new_tokens, f"<= max_new_tokens ({self.max_new_tokens})")
+        ]
 
 
 @dataclass
 class AlgorithmConfig:
     advantage: Literal["grpo", "dr_grpo", "rloo", "batch_std"] = "grpo"
     """Advantage estimator: `grpo` ((R - mean) / (std + eps)), `dr_grpo` (R - mean), `rloo`, `batch_std`."""
-    advantage_eps: float = 1e-6
+    advantage_eps: Annotated[float, "> 0"] = 1e-6
     """Epsilon added to the group std (grpo)."""
     loss: Literal["ppo_clip", "gspo"] = "ppo_clip"
     """Policy loss: `ppo_clip` (per-token ratio) or `gspo` (sequence-level ratio)."""
-    clip_low: float = 0.2
+    clip_low: Annotated[float, "[0, 1)"] = 0.2
     """Lower clip range: the ratio is clipped at 1 - clip_low."""
-    clip_high: float = 0.2
+    clip_high: Annotated[float, ">= 0"] = 0.2
     """Upper clip range: 1 + clip_high (DAPO clip-higher uses 0.28)."""
-    dual_clip: float = 0.0
+    dual_clip: Annotated[float, ">= 0"] = 0.0
     """Dual-clip constant c for negative advantages (0: off; 3 is usual)."""
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"] = (
         "token-mean"
     )
     """Loss aggregation: `token-mean`, `seq-mean-token-mean`, `seq-mean-token-sum`, `seq-mean-token-sum-norm`."""
-    kl_coef: float = 0.0
+    kl_coef: Annotated[float, ">= 0"] = 0.0
     """KL weight beta against the frozen reference; 0 loads no reference model."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """KL estimator: `k1`, `k2` or `k3`."""
-    entropy_coef: float = 0.0
+    entropy_coef: Annotated[float, ">= 0"] = 0.0
     """Entropy bonus weight c_H (loss -= c_H * entropy)."""
-    ppo_epochs: int = 1
+    ppo_epochs: Annotated[int, ">= 1"] = 1
     """Passes over each rollout batch."""
-    mini_batches: int = 1
+    mini_batches: Annotated[int, ">= 1"] = 1
     """Optimiser steps per pass (the rollout batch is split into this many mini-batches)."""
     dynamic_sampling: bool = False
     """Drop groups whose rewards are all equal and refill with new prompts (DAPO)."""
-    max_resample: int = 3
+    max_resample: Annotated[int, ">= 0"] = 3
     """Dynamic sampling: most extra generation rounds per step."""
     replay: bool = False
     """Selective Sample Replay (VL-Rethinker): train on |advantage|-weighted draws from the rollout buffer."""
-    replay_alpha: float = 1.0
+    replay_alpha: Annotated[float, ">= 0"] = 1.0
     """Replay: sampling weight |A|^alpha."""
-    replay_refill_factor: int = 2
+    replay_refill_factor: Annotated[int, ">= 1"] = 2
     """Replay: training set size = buffer size / refill factor."""
+
+    def config_rules(self) -> list[Rule]:
+        return [("dual_clip", self.dual_clip == 0 or self.dual_clip > 1, "0 (off) or > 1")]
 
 
 @dataclass
@@ -161,7 +198,7 @@ class DataSource:
     """Dataset folder (samples.jsonl + media); empty means generate Samples live from `source`."""
     source: str = "default"
     """Live generation: `default` (the default corpus) or a folder of source media."""
-    weight: float = 1.0
+    weight: Annotated[float, ">= 0"] = 1.0
     """Relative share of this source in the mixture."""
     params: dict = field(default_factory=dict)
     """Task parameters (the task's own dataclass fields)."""
@@ -171,29 +208,29 @@ class DataSource:
 class DataConfig:
     sources: list[DataSource] = field(default_factory=lambda: [DataSource()])
     """Weighted mixture of Sample sources."""
-    prompts_per_step: int = 8
+    prompts_per_step: Annotated[int, ">= 1"] = 8
     """Prompts per optimiser step (each sampled `rollout.n` times)."""
-    eval_samples: int = 32
+    eval_samples: Annotated[int, ">= 0"] = 32
     """Held-out Samples scored before and after training (0: no evaluation)."""
-    seed: int = 0
+    seed: Annotated[int, ">= 0"] = 0
     """Seed of data order and live generation."""
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 20
+    steps: Annotated[int, ">= 1"] = 20
     """Optimiser steps (rollout batches) to run."""
-    lr: float = 1e-5
+    lr: Annotated[float, "> 0"] = 1e-5
     """Peak learning rate (AdamW)."""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, ">= 0"] = 0.0
     """AdamW weight decay."""
-    warmup_steps: int = 0
+    warmup_steps: Annotated[int, ">= 0"] = 0
     """Linear warm-up steps."""
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     """Learning-rate schedule after warm-up: `constant`, `linear` or `cosine`."""
-    grad_clip: float = 1.0
+    grad_clip: Annotated[float, ">= 0"] = 1.0
     """Clip the gradient norm to this value (0: off)."""
-    micro_batch_size: int = 8
+    micro_batch_size: Annotated[int, ">= 1"] = 8
     """Sequences per forward/backward pass (gradient accumulation within a mini-batch)."""
     mixed_precision: Literal["no", "bf16"] = "bf16"
     """On CUDA, run forward passes under bf16 autocast (accelerate); ignored on CPU."""
@@ -203,34 +240,40 @@ class TrainConfig:
     """Freeze the vision tower (the projector/merger stays trainable)."""
     freeze_projector: bool = False
     """Freeze the vision-language projector (merger)."""
-    lora_rank: int = 0
+    lora_rank: Annotated[int, ">= 0"] = 0
     """LoRA rank on the language model's linear layers (0: full fine-tuning)."""
-    lora_alpha: int = 16
+    lora_alpha: Annotated[int, ">= 1"] = 16
     """LoRA alpha."""
-    seed: int = 0
+    seed: Annotated[int, ">= 0"] = 0
     """Seed of sampling and initialisation."""
     out_dir: str = "runs/quickstart"
     """Run folder: metrics, TensorBoard events, plots, checkpoints."""
-    save_every: int = 10
+    save_every: Annotated[int, ">= 1"] = 10
     """Checkpoint every N steps (and at the end)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: Annotated[int, ">= 1"] = 2
     """Most recent checkpoints kept."""
     resume: str = ""
     """`auto` (latest complete checkpoint in out_dir), a checkpoint folder, or empty (start fresh)."""
+    overwrite: bool = False
+    """Start fresh in an `out_dir` that already holds a run (checkpoints, metrics, final model),
+    replacing it. Without it such a folder is refused unless `resume` is set."""
+    max_nonfinite_steps: Annotated[int, ">= 1"] = 3
+    """An optimiser step whose loss or gradient is NaN/inf is skipped (counted as `nonfinite_skipped`);
+    after this many skipped in a row the run stops with an error."""
     cold_start: bool = False
     """Run the supervised cold start (`sft.*`) first, unless `<sft.out_dir>/final` exists, then train
     GRPO from its model."""
-    eval_every: int = 0
+    eval_every: Annotated[int, ">= 0"] = 0
     """Score the held-out Samples every N steps (0: only before and after training)."""
 
 
 @dataclass
 class SFTConfig:
-    steps: int = 100
+    steps: Annotated[int, ">= 1"] = 100
     """Optimiser steps of supervised fine-tuning (`mmrl sft`)."""
-    batch_size: int = 16
+    batch_size: Annotated[int, ">= 1"] = 16
     """Samples per SFT step."""
-    lr: float = 1e-4
+    lr: Annotated[float, "> 0"] = 1e-4
     """SFT learning rate (AdamW, constant after `train.warmup_steps`)."""
     shuffle_answers: bool = False
     """Pair each prompt with the answer of another Sample: teaches the output format, not the task
@@ -247,7 +290,7 @@ class LogConfig:
     """Show a progress bar."""
     plot: bool = True
     """Write the reward-curve PNG at the end."""
-    samples_every: int = 5
+    samples_every: Annotated[int, ">= 0"] = 5
     """Log a few completions every N steps (0: never)."""
 
 
@@ -271,6 +314,16 @@ class RunConfig:
     """Supervised cold start (`mmrl sft`)."""
     game: SpyConfig = field(default_factory=SpyConfig)
     """Self-play game (`game.name: spy`) producing the rollouts instead of the task mixture of `data`."""
+
+    def config_rules(self) -> list[Rule]:
+        weighted = any(source.weight > 0 for source in self.data.sources)
+        rules = [("data.sources", weighted or bool(self.game.name), "a list with at least one source of weight > 0")]
+        if self.game.name:
+            limit = self.rollout.max_new_tokens
+            for name in ("clue_min_new_tokens", "decision_min_new_tokens"):
+                value = getattr(self.game, name)
+                rules.append((f"game.{name}", value <= limit, f"<= rollout.max_new_tokens ({limit}) in a game"))
+        return rules
 
 
 # --------------------------------------------------------------------------------------------------
@@ -299,20 +352,22 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def describe(cls: type, prefix: str = "") -> str:
-    """One line per field (nested dataclasses flattened as `a.b`): name, type, default, doc."""
+    """One line per field (nested dataclasses flattened as `a.b`): name, type, valid range, default, doc."""
     lines = []
     docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        hint = hints[f.name]
+        hint, spec = _split_range(hints[f.name])
         if dataclasses.is_dataclass(hint):
             lines.append(describe(hint, prefix + f.name + "."))
             continue
-        default = _default_of(f)
-        lines.append(f"  {prefix}{f.name} ({_type_name(hint)}, default {default!r}): {docs.get(f.name, '')}")
+        kind = _type_name(hint)
+        if spec:
+            kind += f", {'each ' if typing.get_origin(hint) is tuple else ''}{_requirement(spec)}"
+        lines.append(f"  {prefix}{f.name} ({kind}, default {_default_of(f)!r}): {docs.get(f.name, '')}")
         item = (typing.get_args(hint) or (None,))[0]
         if typing.get_origin(hint) is list and dataclasses.is_dataclass(item):
-            lines.append(describe(item, prefix + f.name + "[]."))
+            lines.append(describe(item, prefix + f.name + ".<i>."))
     return "\n".join(lines)
 
 
@@ -329,7 +384,8 @@ def _default_of(f: dataclasses.Field) -> Any:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Build a `cls` instance from defaults, then the YAML file at `path`, then `a.b=c` overrides.
+    """Build a `cls` instance from defaults, then the YAML file at `path`, then `a.b=c` overrides, and
+    check it (`validate_config`).
 
     Override values are parsed as YAML scalars/lists (`train.lr=1e-6`, `data.tasks=[a,b]`).
     """
@@ -348,54 +404,175 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded or {}
-    config = from_dict(cls, data, source=source)
+    config = _build(cls, data, source)
     for item in overrides or []:
         apply_override(config, item)
+    validate_config(config)
     return config
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "", prefix: str = "") -> T:
-    """Build `cls` from a nested dict, validating keys and value types."""
+    """Build `cls` from a nested dict, validating keys, value types and ranges."""
+    config = _build(cls, data, source, prefix)
+    validate_config(config, prefix)
+    post_init = getattr(config, "__post_init__", None)
+    if post_init is not None:  # `_build` set the given values after construction: the class's own checks
+        post_init()  # (a task's Params) and normalisation must see them
+    return config
+
+
+def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
+    """`cls` from a nested dict with keys and value types checked; ranges are left to `validate_config`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{_where(source)}'{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    # Defaults first, then the given values: a class's own `__post_init__` checks would report a bad value
+    # without its section, where `validate_config` names the full key.
+    config = cls()
     for key, value in data.items():
         if key not in names:
             raise ConfigError(_unknown_key_message(f"{prefix}{key}", key, names, source))
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = from_dict(hint, value or {}, source, f"{prefix}{key}.")
+            setattr(config, key, _build(hint, value or {}, source, f"{prefix}{key}."))
         else:
-            kwargs[key] = _coerce(value, hint, f"{prefix}{key}", source)
-    return cls(**kwargs)
+            setattr(config, key, _coerce(value, hint, f"{prefix}{key}", source))
+    return config
 
 
 def apply_override(config: Any, item: str) -> None:
-    """Apply one `a.b=c` override to `config` in place."""
+    """Apply one `a.b=c` override to `config` in place.
+
+    Keys address list items by index (`data.sources.1.weight=2`) and keys of dict fields
+    (`data.sources.0.params.rows=3`); the value is parsed as YAML.
+    """
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key=value (e.g. model.max_pixels=200704)")
     dotted, raw = item.split("=", 1)
-    parts = dotted.strip().split(".")
-    target = config
-    for depth, part in enumerate(parts):
+    *path, last = dotted.strip().split(".")
+    target, hint = config, type(config)
+    for depth, part in enumerate(path):
+        slot, hint = _override_slot(target, hint, part, path[:depth], item)
+        target = _member(target, slot)
+    slot, hint = _override_slot(target, hint, last, path, item)
+    if dataclasses.is_dataclass(hint):
+        raise ConfigError(f"override '{item}' sets a whole section; set one of its keys instead")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    value = _coerce(value, hint, dotted, "override")
+    if dataclasses.is_dataclass(target):
+        setattr(target, slot, value)
+    else:
+        target[slot] = value
+
+
+def _override_slot(target: Any, hint: Any, part: str, path: list[str], item: str) -> tuple[Any, Any]:
+    """Where the key `part` of override `item` points inside `target` (the section, list or dict at
+    `path`), and the annotation of what it points to."""
+    if dataclasses.is_dataclass(target):
         names = [f.name for f in dataclasses.fields(target)]
         if part not in names:
-            raise ConfigError(_unknown_key_message(".".join(parts[: depth + 1]), part, names, "override"))
-        if depth == len(parts) - 1:
-            hint = typing.get_type_hints(type(target))[part]
-            if dataclasses.is_dataclass(hint):
-                raise ConfigError(f"override '{item}' sets a whole section; set one of its keys instead")
-            try:
-                value = yaml.safe_load(raw) if raw.strip() else ""
-            except yaml.YAMLError:
-                value = raw
-            setattr(target, part, _coerce(value, hint, dotted, "override"))
+            raise ConfigError(_unknown_key_message(".".join([*path, part]), part, names, "override"))
+        return part, typing.get_type_hints(type(target))[part]
+    if isinstance(target, list):
+        if not (part.isdigit() and int(part) < len(target)):
+            valid = ", ".join(map(str, range(len(target)))) or "none, the list is empty"
+            raise ConfigError(f"override '{item}': '{'.'.join(path)}' has no item '{part}' (valid indices: {valid})")
+        return int(part), (typing.get_args(hint) or (Any,))[0]
+    if isinstance(target, dict):
+        return part, (typing.get_args(hint) or (Any, Any))[1]
+    raise ConfigError(f"override '{item}': '{'.'.join(path)}' is not a section")
+
+
+def _member(container: Any, slot: Any) -> Any:
+    """Field, list item or dict value `slot` of `container` (None for a key a dict lacks)."""
+    if dataclasses.is_dataclass(container):
+        return getattr(container, slot)
+    return container.get(slot) if isinstance(container, dict) else container[slot]
+
+
+# --------------------------------------------------------------------------------------------------
+# Ranges
+
+
+def validate_config(config: Any, prefix: str = "") -> None:
+    """Raise `ConfigError` for the first value of `config` (a config dataclass, its sections and list items
+    included) that is out of its declared range, a NaN or infinite float, not one of its `Literal` choices,
+    or breaks a rule of its class's `config_rules`. The message names the key: `prefix` + the field."""
+    hints = _hints(type(config))
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), prefix + f.name
+        hint, spec = _split_range(hints[f.name])
+        item = (typing.get_args(hint) or (None,))[0]
+        if dataclasses.is_dataclass(hint):
+            validate_config(value, key + ".")
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(item):
+            for index, element in enumerate(value):
+                validate_config(element, f"{key}.{index}.")
         else:
-            target = getattr(target, part)
-            if not dataclasses.is_dataclass(target):
-                raise ConfigError(f"override '{item}': '{'.'.join(parts[: depth + 1])}' is not a section")
+            _check_value(value, hint, spec, key)
+    rules: list[Rule] = config.config_rules() if hasattr(config, "config_rules") else []
+    for name, holds, requirement in rules:
+        if not holds:
+            value = operator.attrgetter(name)(config)
+            raise ConfigError(f"config key '{prefix}{name}' must be {requirement}, got {value!r}")
+
+
+def _check_value(value: Any, hint: Any, spec: str | None, key: str) -> None:
+    if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+        raise ConfigError(f"config key '{key}' must be one of {list(typing.get_args(hint))}, got {value!r}")
+    arity = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and Ellipsis not in arity and len(value) != len(arity):
+        raise ConfigError(f"config key '{key}' expects {_type_name(hint)}, got {value!r}")
+    requirement = _requirement(spec) if spec else ""
+    several = isinstance(value, tuple)
+    for number in value if several else (value,):
+        finite = not isinstance(number, float) or math.isfinite(number)
+        if finite and (spec is None or _range_test(spec)(number)):
+            continue
+        want = f"numbers each {requirement}" if several else requirement
+        if not finite:
+            want = f"a finite number {want}".rstrip()
+        raise ConfigError(f"config key '{key}' must be {want}, got {value!r}")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The field annotations of `cls`, ranges included (`Annotated[int, ">= 1"]`)."""
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _split_range(hint: Any) -> tuple[Any, str | None]:
+    """(`int`, `">= 1"`) for `Annotated[int, ">= 1"]`; (hint, None) for a hint without a range."""
+    if typing.get_origin(hint) is Annotated:
+        base, spec = typing.get_args(hint)[:2]
+        return base, spec
+    return hint, None
+
+
+_COMPARISONS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+@functools.cache
+def _range_test(spec: str) -> Callable[[float], bool]:
+    """The test of a range written as a comparison (`> 0`, `>= 1`, `<= 1`) or an interval (`[0, 1)`)."""
+    if match := re.fullmatch(r"([<>]=?) (\S+)", spec):
+        compare, bound = _COMPARISONS[match[1]], float(match[2])
+        return lambda v: compare(v, bound)
+    if match := re.fullmatch(r"([\[(])(\S+), (\S+)([\])])", spec):
+        low, high = float(match[2]), float(match[3])
+        above = operator.ge if match[1] == "[" else operator.gt
+        below = operator.le if match[4] == "]" else operator.lt
+        return lambda v: above(v, low) and below(v, high)
+    raise ValueError(f"unreadable range {spec!r}: write a comparison such as `>= 1` or an interval such as `[0, 1)`")
+
+
+def _requirement(spec: str) -> str:
+    """A range as messages and `--help` word it: `> 0`, `in [0, 1)`."""
+    return spec if spec[0] in "<>" else f"in {spec}"
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -436,7 +613,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is Any:
         return value
     if dataclasses.is_dataclass(hint):  # e.g. the items of `data.sources`
-        return from_dict(hint, value, source, f"{key}.")
+        return _build(hint, value, source, f"{key}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -483,9 +660,10 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                 raise fail()
             return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
         item = args[0] if args else Any
-        items = [_coerce(v, item, key, source) for v in value]
+        keys = [f"{key}.{i}" if dataclasses.is_dataclass(item) else key for i in range(len(value))]
+        items = [_coerce(v, item, k, source) for v, k in zip(value, keys)]
         return tuple(items) if origin is tuple else items
-    if origin is dict:
+    if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise fail()
         return dict(value)
@@ -512,4 +690,5 @@ __all__ = [
     "load_config",
     "save_config",
     "to_dict",
+    "validate_config",
 ]

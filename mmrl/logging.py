@@ -220,9 +220,12 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """First/last/best reward, mean phase times, throughput, eval and peak memory of a run (None: not logged)."""
     rewards = _series(records, "reward/mean")
     evals = _series(records, "eval/reward")
+    sft_loss = _series(records, "loss/sft")
     best_step, best = max(rewards, key=lambda p: p[1]) if rewards else (None, None)
     return {
-        "steps": len(rewards),
+        "steps": sum(1 for r in records if r["step"] >= 1),  # step 0 holds only the evaluation before training
+        "sft_loss_first": sft_loss[0][1] if sft_loss else None,
+        "sft_loss_last": sft_loss[-1][1] if sft_loss else None,
         "reward_first": rewards[0][1] if rewards else None,
         "reward_last": rewards[-1][1] if rewards else None,
         "reward_best": best,
@@ -247,19 +250,21 @@ def format_summary(summary: dict[str, Any], run_dir: str | Path = "") -> str:
 
     s = summary
     best = f"  best {f(s['reward_best'])} (step {s['best_step']})" if s["best_step"] is not None else ""
-    rows = [
-        ("reward", f"first {f(s['reward_first'])}  last {f(s['reward_last'])}{best}"),
-        ("eval reward", f"first {f(s['eval_reward_first'])}  last {f(s['eval_reward_last'])}"),
-        (
-            "step time (s)",
-            f"{f(s['time_step'], 2)} (generate {f(s['time_generate'], 2)}, score {f(s['time_score'], 2)},"
-            f" update {f(s['time_update'], 2)})",
-        ),
-        ("tokens/s", f(s["tokens_per_s"], 1)),
-        ("peak memory (GiB)", f"host {f(s['host_peak_gb'], 2)}  gpu {f(s['gpu_peak_gb'], 2)}"),
-    ]
-    width = max(len(name) for name, _ in rows)
+    phases = [f"{name} {f(s['time_' + name], 2)}" for name in ("generate", "score", "update") if s[f"time_{name}"]]
+    rows = [  # (name, text, whether the run logged it): a row with nothing to say is left out
+        ("sft loss", f"first {f(s['sft_loss_first'])}  last {f(s['sft_loss_last'])}", s["sft_loss_first"]),
+        ("reward", f"first {f(s['reward_first'])}  last {f(s['reward_last'])}{best}", s["reward_first"]),
+        ("eval reward", f"first {f(s['eval_reward_first'])}  last {f(s['eval_reward_last'])}", s["eval_reward_first"]),
+        ("step time (s)", f(s["time_step"], 2) + (f" ({', '.join(phases)})" if phases else ""), s["time_step"]),
+        ("tokens/s", f(s["tokens_per_s"], 1), s["tokens_per_s"]),
+        ("peak memory (GiB)", f"host {f(s['host_peak_gb'], 2)}  gpu {f(s['gpu_peak_gb'], 2)}",
+         s["gpu_peak_gb"] if s["host_peak_gb"] is None else s["host_peak_gb"]),
+    ]  # fmt: skip
+    rows = [(name, text) for name, text, logged in rows if logged is not None]
+    width = max((len(name) for name, _ in rows), default=0)
     header = f"run summary: {s['steps']} steps" + (f" ({run_dir})" if str(run_dir) else "")
+    if not rows:
+        header += ", nothing logged"
     return "\n".join([header] + [f"  {name:<{width}}  {text}" for name, text in rows])
 
 

@@ -9,6 +9,7 @@ config, never from environment variables.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,11 +89,19 @@ class TinySpec:
     """Vision attention heads."""
 
 
-def build_tiny(family: str, out_dir: str | Path, *, seed: int = 0, spec: TinySpec | None = None) -> Path:
-    """Build a random-init checkpoint of `family` into `out_dir` (replacing it) and return its path.
+TINY_MARKER = "mmrl_tiny.json"
+"""File in every tiny build (family, seed, sizes): tells a folder that a rebuild may replace."""
+
+
+def build_tiny(
+    family: str, out_dir: str | Path, *, seed: int = 0, spec: TinySpec | None = None, overwrite: bool = False
+) -> Path:
+    """Build a random-init checkpoint of `family` into `out_dir` and return its path.
 
     Entirely local and takes about a second: a BPE tokenizer trained on `_corpus(seed)`, our chat
     template, a `spec`-sized model and the family's processor. Same seed, byte-identical files.
+    `out_dir` must be missing, empty or an earlier tiny build (it is then replaced); any other
+    folder is refused unless `overwrite`, because the build replaces the whole folder.
     """
     from transformers import GenerationConfig
 
@@ -99,6 +109,7 @@ def build_tiny(family: str, out_dir: str | Path, *, seed: int = 0, spec: TinySpe
         raise MMRLError(f"unknown model family '{family}'; valid families: {', '.join(FAMILIES)}")
     spec = spec or TinySpec()
     out = Path(out_dir).expanduser()
+    _check_replaceable(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(family, spec.vocab_size, seed)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -117,6 +128,8 @@ def build_tiny(family: str, out_dir: str | Path, *, seed: int = 0, spec: TinySpe
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        marker = {"family": family, "seed": seed, "spec": dataclasses.asdict(spec)}
+        (tmp / TINY_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         if not (tmp / "config.json").exists():  # transformers skips the write on a rank other than 0
             raise MMRLError(f"building {out} on distributed rank {_distributed_rank()}: only rank 0 can save models")
         if out.exists():  # replace an older build: move it aside first so `out` is never half-written
@@ -128,6 +141,21 @@ def build_tiny(family: str, out_dir: str | Path, *, seed: int = 0, spec: TinySpe
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a file, or a folder holding anything but an earlier tiny build, unless `overwrite`."""
+    if out.is_file() or (out.exists() and not out.is_dir()):
+        raise MMRLError(f"{out} exists and is not a folder; choose a folder for the tiny model")
+    if overwrite or not out.is_dir() or (out / TINY_MARKER).is_file():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise MMRLError(
+            f"{out} is not empty ({len(entries)} entries: {shown}) and holds no earlier tiny build; building "
+            "there would delete them: choose an empty or new folder, or pass --overwrite to replace it"
+        )
 
 
 def resolve_model_path(path: str) -> str:
@@ -153,7 +181,48 @@ def resolve_model_path(path: str) -> str:
         return str(local)
     if path.startswith(("/", ".", "~")) or local.exists():
         raise MMRLError(f"model path '{path}' does not exist or is not a folder")
-    return path  # a hub id: transformers resolves it from its own cache; we never force a download
+    return path  # a hub id: read from the Hugging Face cache; fetched only with model.allow_download
+
+
+def hub_download_allowed(cfg: ModelConfig) -> bool:
+    """Whether a hub id may be fetched: only when the config asks for it and offline mode (HF_HUB_OFFLINE,
+    TRANSFORMERS_OFFLINE) is not set."""
+    from huggingface_hub import constants
+
+    return cfg.allow_download and not constants.is_offline_mode()
+
+
+@contextlib.contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """Put huggingface_hub in offline mode for the block: every HTTP request it would make raises instead.
+
+    `local_files_only` alone is not enough: building request headers fetches the Hub's agent registry.
+    The flag is the module attribute `huggingface_hub.constants.HF_HUB_OFFLINE`, read at call time.
+    """
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = was or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was
+
+
+def _from_pretrained(loader, path: str, cfg: ModelConfig, what: str, **kwargs):
+    """`loader.from_pretrained(path)`, reading a hub id from the local cache only, unless downloads are allowed."""
+    download = hub_download_allowed(cfg)
+    try:
+        with hub_offline(not download):
+            return loader.from_pretrained(path, local_files_only=not download, **kwargs)
+    except _LOAD_ERRORS as e:
+        if not download and not Path(path).expanduser().is_dir():
+            raise MMRLError(
+                f"cannot load a {what} from '{path}': it is not a local folder and not in the Hugging Face cache, "
+                "and downloads are off; point model.path at a local checkpoint, or set model.allow_download=true "
+                "(with HF_HUB_OFFLINE unset) to fetch it"
+            ) from None
+        raise MMRLError(f"cannot load a {what} from '{path}': {_first_line(e)}") from None
 
 
 def _distributed_rank() -> int:
@@ -180,10 +249,7 @@ def load_processor(cfg: ModelConfig) -> ProcessorMixin:
     from transformers import AutoProcessor
 
     path = resolve_model_path(cfg.path)
-    try:
-        processor = AutoProcessor.from_pretrained(path)
-    except _LOAD_ERRORS as e:
-        raise MMRLError(f"cannot load a processor from '{path}': {_first_line(e)}") from None
+    processor = _from_pretrained(AutoProcessor, path, cfg, "processor")
     processor.image_processor.size = {"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels}
     if (vp := getattr(processor, "video_processor", None)) is not None:
         _set_video_budget(vp, cfg.video_min_pixels, cfg.video_max_pixels, cfg.video_fps, cfg.video_max_frames)
@@ -207,7 +273,9 @@ def load_policy(cfg: ModelConfig, device: str | torch.device | None = None) -> t
     """Load (model, processor) for `cfg`; tiny and real checkpoints take the same path.
 
     `device` defaults to cuda when available, else cpu; `cfg.dtype="auto"` means bfloat16 on CUDA
-    and float32 elsewhere. A missing or broken checkpoint raises MMRLError naming it.
+    and float32 elsewhere. A hub id is read from the Hugging Face cache, and fetched only when
+    `cfg.allow_download` is set (never under HF_HUB_OFFLINE=1). A missing or broken checkpoint raises
+    MMRLError naming it.
     """
     from transformers import AutoModelForImageTextToText
 
@@ -215,12 +283,9 @@ def load_policy(cfg: ModelConfig, device: str | torch.device | None = None) -> t
     dtype = _dtype(cfg.dtype, device)
     path = resolve_model_path(cfg.path)
     processor = load_processor(dataclasses.replace(cfg, path=path))
-    try:
-        model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=dtype, attn_implementation=cfg.attn_implementation
-        )
-    except _LOAD_ERRORS as e:
-        raise MMRLError(f"cannot load a model from '{path}': {_first_line(e)}") from None
+    model = _from_pretrained(
+        AutoModelForImageTextToText, path, cfg, "model", dtype=dtype, attn_implementation=cfg.attn_implementation
+    )
     return model.to(device), processor
 
 

@@ -225,9 +225,18 @@ def validate_record(record: Any, root: Path) -> str | None:
             if not paths or not all(isinstance(p, str) for p in paths):
                 return f"message {i} item {j}: {kind} must be a path (or, for video, a list of frame paths)"
             for p in paths:
+                if not _inside(root, p):
+                    return f"message {i} item {j}: media path '{p}' points outside the dataset folder {root}"
                 if not (root / p).is_file():
                     return f"message {i} item {j}: media file {root / p} does not exist"
     return None
+
+
+def _inside(root: Path, rel: str) -> bool:
+    """Whether `root/rel` stays inside `root` once `..`, absolute paths and symlinks are resolved: a dataset
+    is data, and may not make a reader open files elsewhere on the machine."""
+    base = root.resolve()
+    return (base / rel).resolve().is_relative_to(base)
 
 
 def _absolute(item: dict[str, Any], root: Path) -> dict[str, Any]:

@@ -15,14 +15,25 @@ Loss: mean negative log-likelihood of the reference completion tokens (stop toke
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from mmrl.config import RunConfig, to_dict
-from mmrl.grpo.trainer import checkpoint, restore, save_final, setup_policy
-from mmrl.logging import RunLogger
+from mmrl.errors import MMRLError
+from mmrl.grpo.trainer import (
+    checkpoint,
+    optimizer_step_if_finite,
+    prepare_run_dir,
+    restore,
+    save_final,
+    setup_policy,
+)
+from mmrl.logging import CONFIG_FILE, RunLogger
 from mmrl.producers import make_producer
 from mmrl.rollout.forward import collate, completion_logprobs
 from mmrl.rollout.types import EncodedPrompt
@@ -35,8 +46,13 @@ def completion_ids(tokenizer, text: str) -> list[int]:
 
 
 def sft(cfg: RunConfig) -> Path:
-    """Run supervised fine-tuning as configured; returns the run folder (model in `<out>/final`)."""
+    """Run supervised fine-tuning as configured; returns the run folder (model in `<out>/final`).
+
+    A step whose loss or gradient norm is NaN/inf is skipped (metric `nonfinite_skipped`) and
+    `train.max_nonfinite_steps` of them in a row stop the run, as in GRPO (`optimizer_step_if_finite`).
+    """
     run_dir = Path(cfg.sft.out_dir)
+    prepare_run_dir(run_dir, cfg.train, "sft.out_dir")
     policy = setup_policy(cfg, cfg.sft.steps, lr=cfg.sft.lr)
     tokenizer = policy.processor.tokenizer
     producer = make_producer(cfg, policy.processor, rank=policy.accelerator.process_index)
@@ -55,13 +71,14 @@ def sft(cfg: RunConfig) -> Path:
         targets = [completion_ids(tokenizer, text) for _, text in examples]
         loss, tokens = _nll_step(policy, prompts, targets, device, cfg.train.micro_batch_size)
         grad_norm = float(policy.accelerator.clip_grad_norm_(policy.model.parameters(), cfg.train.grad_clip or 1e9))
-        policy.optimizer.step()
-        policy.scheduler.step()
-        policy.optimizer.zero_grad(set_to_none=True)
         done = step + 1
+        applied = optimizer_step_if_finite(
+            policy, math.isfinite(loss), grad_norm, cfg.train.max_nonfinite_steps, f"SFT step {done}"
+        )
         if logger:
             logger.log(done, {"loss/sft": loss, "grad_norm": grad_norm, "lr": policy.scheduler.get_last_lr()[0],
-                              "tokens": tokens, "time/step": time.perf_counter() - t0})  # fmt: skip
+                              "tokens": tokens, "nonfinite_skipped": float(not applied),
+                              "time/step": time.perf_counter() - t0})  # fmt: skip
         if done % cfg.train.save_every == 0 or done == cfg.sft.steps:
             checkpoint(policy, producer, run_dir, done, cfg)
     if logger:
@@ -69,6 +86,72 @@ def sft(cfg: RunConfig) -> Path:
         logger.close()
     policy.accelerator.wait_for_everyone()  # every rank may load `final` next (cold start)
     return run_dir
+
+
+SFT_SETTINGS = ("model", "sft", "data.sources", "data.seed", "game", "train.seed", "train.lora_rank",
+                "train.lora_alpha", "train.freeze_vision", "train.freeze_projector", "train.warmup_steps",
+                "train.grad_clip")  # fmt: skip
+"""Config keys (and sections) the cold-start model depends on: a folder made with other values is not reused."""
+_NOT_SETTINGS = ("sft.out_dir", "model.allow_download")  # where it is written, how it may be fetched
+
+
+def cold_start(cfg: RunConfig) -> Path:
+    """The model GRPO starts from when `train.cold_start` is on: `<sft.out_dir>/final`.
+
+    An existing final model is reused only when the SFT run's `config.yaml` agrees with `cfg` on every
+    key of `SFT_SETTINGS`; otherwise it is retrained with `train.overwrite=true`, else refused, with the
+    differing keys named. Without a final model, SFT runs first.
+    """
+    run_dir = Path(cfg.sft.out_dir)
+    warm = run_dir / "final"
+    if not (warm / "config.json").exists():
+        print(f"cold start: supervised fine-tuning into {warm}")
+        sft(cfg)
+        return warm
+    changes = sft_setting_changes(run_dir / CONFIG_FILE, to_dict(cfg))
+    if not changes:
+        print(f"cold start: reusing {warm} (made from the same model and SFT settings)")
+        return warm
+    listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+    if not cfg.train.overwrite:
+        raise MMRLError(
+            f"cold start: {warm} was made with other settings ({listed}); set sft.out_dir to a new folder, "
+            "or train.overwrite=true to retrain it there"
+        )
+    print(f"cold start: retraining {warm}, its settings differ ({listed})")
+    sft(cfg)
+    return warm
+
+
+def sft_setting_changes(saved_config: Path, wanted: dict[str, Any]) -> list[str]:
+    """`key: saved -> wanted` for each `SFT_SETTINGS` value that differs between a run's config.yaml and `wanted`."""
+    try:
+        saved = yaml.safe_load(saved_config.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        return [f"its settings are unknown ({saved_config}: {getattr(e, 'strerror', None) or e})"]
+    if not isinstance(saved, dict):
+        return [f"its settings are unknown ({saved_config} holds no mapping)"]
+    before, after = _flatten(saved), _flatten(wanted)
+    keys = sorted(k for k in before.keys() | after.keys() if _is_sft_setting(k))
+    missing = "(unset)"
+    return [
+        f"{k}: {before.get(k, missing)!r} -> {after.get(k, missing)!r}" for k in keys if before.get(k) != after.get(k)
+    ]
+
+
+def _is_sft_setting(key: str) -> bool:
+    return key not in _NOT_SETTINGS and any(key == s or key.startswith(s + ".") for s in SFT_SETTINGS)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dicts -> {"a.b": value}; lists (e.g. data.sources) stay whole values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _nll_step(
@@ -81,7 +164,7 @@ def _nll_step(
         inputs = collate(prompts[i : i + micro], targets[i : i + micro], policy.pad_id)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         logprobs, _, mask = completion_logprobs(policy.model, inputs)  # (B, Lc)
-        loss = -(logprobs * mask).sum() / total_tokens
+        loss = -torch.where(mask, logprobs, 0.0).sum() / total_tokens  # selected: a padded NaN/-inf adds nothing
         policy.accelerator.backward(loss)
         total += float(loss.detach())
     return total, float(total_tokens)

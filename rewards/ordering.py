@@ -21,14 +21,22 @@ wrong one 1/6 (plus partial credit).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from mmrl.errors import ConfigError
 from rewards.base import Reward
-from rewards.extract import THINK_CLOSE, THINK_OPEN, AnswerMode, check_mode, extract_answer, format_ok, wrap_answer
+from rewards.extract import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    AnswerMode,
+    check_mode,
+    extract_answer,
+    format_ok,
+    parse_int,
+    wrap_answer,
+)
 
 if TYPE_CHECKING:
     from mmrl.sample import Sample
@@ -45,8 +53,6 @@ REPEAT_MIN_WORDS = 7
 """A line counts towards a repetition run only if it has at least this many words (released code)."""
 REPEAT_MAX_RUN = 3
 """More than this many identical long lines in a row is degenerate repetition (released code)."""
-
-_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take "٣" or "1_0"
 
 
 def parse_permutation(text: str, k: int, *, mode: AnswerMode = "answer_tag") -> list[int] | None:
@@ -74,13 +80,10 @@ def parse_permutation(text: str, k: int, *, mode: AnswerMode = "answer_tag") -> 
         return None
     values = []
     for piece in pieces:
-        piece = piece.strip()
-        if not _INTEGER.fullmatch(piece):
+        value = parse_int(piece.strip())  # None for words, decimals, "٣" and numbers past int()'s digit limit
+        if value is None:
             return None
-        try:
-            values.append(int(piece))
-        except ValueError:  # more digits than Python converts (int_max_str_digits)
-            return None
+        values.append(value)
     return values
 
 

@@ -33,7 +33,7 @@ import re
 from collections.abc import Sequence
 
 from rewards.base import Reward
-from rewards.extract import AnswerMode, check_mode, extract_answer, format_ok
+from rewards.extract import AnswerMode, check_mode, extract_answer, format_ok, parse_int
 
 GROUNDING_PARTS = ("format", "iou")
 """Named parts of the grounding reward (both present; 0 when the answer does not parse)."""
@@ -141,10 +141,10 @@ def parse_counts(text: str, k: int) -> list[int] | None:
     for token in _INTEGER.finditer(text):
         if len(counts) == k or token.group().startswith("-"):
             return None
-        try:
-            counts.append(int(token.group()))
-        except ValueError:  # more digits than Python converts (int_max_str_digits)
+        count = parse_int(token.group())
+        if count is None:  # more digits than int() converts (sys.int_max_str_digits)
             return None
+        counts.append(count)
     return counts if len(counts) == k else None
 
 

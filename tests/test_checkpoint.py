@@ -1,9 +1,13 @@
 """Checkpoints: exact round trips (weights, AdamW moments, lr, RNG streams), pruning, half-written
-folders, SIGKILL in the middle of a save, and peft adapter-only checkpoints on the tiny Qwen2-VL."""
+folders, SIGKILL in the middle of a save, peft adapter-only checkpoints on the tiny Qwen2-VL, crafted
+checkpoints that must stay data, and corrupt checkpoints that `resume` must notice."""
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -24,6 +28,7 @@ from mmrl.errors import MMRLError
 from mmrl.grpo.checkpoint import (
     CHECKPOINTS,
     checkpoint_dir,
+    checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -135,7 +140,7 @@ def test_adamw_steps_after_resume_equal_an_uninterrupted_run(tmp_path: Path) -> 
         assert torch.equal(fresh.state_dict()[key], value), key
 
 
-def test_producer_state_that_is_not_json_round_trips_through_torch(tmp_path: Path) -> None:
+def test_producer_state_that_is_not_plain_json_round_trips_exactly_as_tagged_json(tmp_path: Path) -> None:
     model, optimizer, _ = make_run(0)
     state = {
         "buffer": torch.arange(6.0).reshape(2, 3),
@@ -143,13 +148,48 @@ def test_producer_state_that_is_not_json_round_trips_through_torch(tmp_path: Pat
         3: "int key",
         "legacy": np.random.RandomState(5),
         "gens": [np.random.Generator(np.random.MT19937(2))],
+        (1, "a"): [(2, (3,)), []],
+        "floats": [math.nan, math.inf, -math.inf, -0.0, 0.1],
+        "numpy": [np.float32(0.1), np.int64(2**62), np.bool_(True), np.arange(6, dtype=np.float16).reshape(2, 3)],
+        "strided": np.arange(10, dtype=np.int8)[::3],
+        "bf16": torch.tensor([1.5, -2.25], dtype=torch.bfloat16),
+        "big": 2**70,
+        "tag-like": {"__tuple__": [1]},
     }
     path = save_checkpoint(tmp_path, 1, model=model, optimizer=optimizer, scheduler=None, producer_state=state)
-    assert (path / "producer_state.pt").is_file()
+    assert not list(path.glob("*state*.pt")) and isinstance(
+        json.loads((path / "producer_state.json").read_text()), dict
+    )
     loaded = load_checkpoint(path, model=model, optimizer=optimizer, scheduler=None)["producer_state"]
     assert torch.equal(loaded["buffer"], state["buffer"]) and loaded["pair"] == (1, 2) and loaded[3] == "int key"
     assert loaded["legacy"].rand() == state["legacy"].rand()
     assert loaded["gens"][0].random() == state["gens"][0].random()
+    assert loaded[(1, "a")] == [(2, (3,)), []] and type(loaded[(1, "a")][0][1]) is tuple
+    nan, inf, minus_inf, minus_zero, tenth = loaded["floats"]
+    assert math.isnan(nan) and inf == math.inf and minus_inf == -math.inf and tenth == 0.1
+    assert math.copysign(1.0, minus_zero) == -1.0
+    for got, want in zip(loaded["numpy"], state["numpy"]):
+        assert type(got) is type(want) and got.dtype == want.dtype and np.array_equal(got, want)
+    assert loaded["strided"].tolist() == [0, 3, 6, 9] and loaded["strided"].dtype == np.int8
+    assert loaded["bf16"].dtype == torch.bfloat16 and torch.equal(loaded["bf16"], state["bf16"])
+    assert loaded["big"] == 2**70 and loaded["tag-like"] == {"__tuple__": [1]}
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        (collections.Counter(a=1), r"producer_state\['stats'\]: a collections.Counter"),
+        (np.array([object()]), r"producer_state\['stats'\]: a numpy.ndarray"),
+        ({"ok": [1, {2, 3}]}, r"producer_state\['stats'\]\['ok'\]\[1\]: a builtins.set"),
+    ],
+)
+def test_producer_state_without_an_exact_json_form_is_refused_naming_its_key(
+    tmp_path: Path, value: object, where: str
+) -> None:
+    model, optimizer, _ = make_run(0)
+    with pytest.raises(MMRLError, match=where):
+        save_checkpoint(tmp_path, 1, model=model, optimizer=optimizer, scheduler=None, producer_state={"stats": value})
+    assert list_checkpoints(tmp_path) == [] and not [p for p in (tmp_path / CHECKPOINTS).iterdir()]
 
 
 def test_loading_into_a_different_model_names_the_keys(tmp_path: Path) -> None:
@@ -505,3 +545,142 @@ def test_peft_checkpoint_holds_only_the_adapter_and_restores_it(tmp_path: Path, 
 
     with pytest.raises(MMRLError, match="not a peft model"):
         load_checkpoint(path, model=load_tiny(tiny_qwen), optimizer=None, scheduler=None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Untrusted checkpoints stay data
+
+
+class WritesMarker:
+    """Unpickling this object runs code (here: creates `marker`), as a crafted checkpoint file would."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def forge_meta(folder: Path, **changes: object) -> None:
+    """Rewrite meta.json with `changes`, its sizes and checksums recomputed (for `extra_files`, names relative
+    to `folder` that may point outside it) and the marker's digest to match: only the loader's rules can stop it."""
+    meta = json.loads((folder / "meta.json").read_text())
+    extra_files = changes.pop("extra_files", [])
+    meta.update(changes)
+    names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    names = [n for n in names if n not in ("meta.json", "COMPLETE")] + list(extra_files)
+    meta["files"] = {n: (folder / n).stat().st_size for n in names}
+    meta["sha256"] = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "COMPLETE").write_text(hashlib.sha256((folder / "meta.json").read_bytes()).hexdigest())
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["producer .pt", "extra .pt", "../ name", "absolute name", "symlink out", "pickle as .json", "optimizer.pt"],
+)
+def test_crafted_pickle_in_a_checkpoint_never_runs(tmp_path: Path, how: str) -> None:
+    run_dir = tmp_path / "run"
+    folder = save_plain(run_dir, 3)
+    marker = tmp_path / "pwned"
+    outside = tmp_path / "evil.pt"
+    torch.save(WritesMarker(marker), outside)
+    payload = outside.read_bytes()
+    if how == "producer .pt":
+        (folder / "producer_state.pt").write_bytes(payload)
+        forge_meta(folder, producer_state="producer_state.pt")
+        expected = r"producer_state file 'producer_state.pt' is not JSON"
+    elif how == "extra .pt":
+        (folder / "extra.pt").write_bytes(payload)
+        forge_meta(folder, extra="extra.pt")
+        expected = r"extra file 'extra.pt' is not JSON"
+    elif how == "../ name":
+        shutil.copy(outside, run_dir / CHECKPOINTS / "evil.pt")
+        forge_meta(folder, producer_state="../evil.pt", extra_files=["../evil.pt"])
+        expected = r"names file '../evil.pt', which is outside the checkpoint folder"
+    elif how == "absolute name":
+        forge_meta(folder, producer_state=str(outside), extra_files=[str(outside)])
+        expected = r"evil.pt', which is outside the checkpoint folder"
+    elif how == "symlink out":
+        (folder / "producer_state.pt").symlink_to(outside)
+        forge_meta(folder, producer_state="producer_state.pt")
+        expected = r"names file 'producer_state.pt', which is outside the checkpoint folder"
+    elif how == "pickle as .json":
+        (folder / "producer_state.json").write_bytes(payload)
+        forge_meta(folder)
+        expected = r"producer_state.json is not readable tagged JSON"
+    else:
+        (folder / "optimizer.pt").write_bytes(payload)
+        forge_meta(folder)
+        expected = r"optimizer.pt is not plain tensor data .*unpickling anything else can run code"
+
+    model, optimizer, _ = make_run(0)
+    with pytest.raises(MMRLError, match=expected):
+        load_checkpoint(folder, model=model, optimizer=optimizer, scheduler=None)
+    with pytest.raises(MMRLError, match=expected):  # as `train.resume=<folder>` does it
+        load_checkpoint(resolve_resume(str(folder), run_dir), model=model, optimizer=optimizer, scheduler=None)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Integrity: checksums, corrupt newest checkpoint
+
+
+def flip_last_byte(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+def test_auto_resume_skips_a_corrupt_checkpoint_of_the_same_size_and_says_so(tmp_path: Path, capsys) -> None:
+    for step in (1, 2, 3):
+        save_plain(tmp_path, step, keep=0)
+    newest = checkpoint_dir(tmp_path, 3)
+    meta = json.loads((newest / "meta.json").read_text())
+    assert (
+        meta["format"] == 2 and set(meta["sha256"]) == set(meta["files"]) and "model/model.safetensors" in meta["files"]
+    )
+    assert meta["sha256"]["optimizer.pt"] == hashlib.sha256((newest / "optimizer.pt").read_bytes()).hexdigest()
+
+    flip_last_byte(newest / "model" / "model.safetensors")  # a weight's last byte: still a loadable file
+    assert latest_checkpoint(tmp_path) == newest  # the quick check (sizes) cannot see it ...
+    capsys.readouterr()
+    assert resolve_resume("auto", tmp_path) == checkpoint_dir(tmp_path, 2)  # ... the checksums do
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "step-0000003" in lines[0] and "model/model.safetensors checksum mismatch" in lines[0]
+    with pytest.raises(MMRLError, match=r"step-0000003 is not a usable checkpoint: model/model.safetensors checksum"):
+        resolve_resume(str(newest), tmp_path)
+
+    # A flipped byte in meta.json itself (step 3 -> 7, same size) is caught by the marker's digest.
+    meta_file = checkpoint_dir(tmp_path, 2) / "meta.json"
+    meta_file.write_text(meta_file.read_text().replace('"step": 2', '"step": 7'))
+    assert checkpoint_problem(meta_file.parent) == "meta.json checksum mismatch"
+
+    # Format 1 (no checksums, empty marker) still loads, by size only.
+    legacy = json.loads((newest / "meta.json").read_text())
+    legacy["format"] = 1
+    del legacy["sha256"]
+    (newest / "meta.json").write_text(json.dumps(legacy))
+    (newest / "COMPLETE").write_text("")
+    assert resolve_resume("auto", tmp_path) == newest
+    model, optimizer, _ = make_run(0)
+    assert load_checkpoint(newest, model=model, optimizer=optimizer, scheduler=None)["step"] == 3
+
+
+def test_auto_resume_reports_truncated_checkpoints_and_refuses_when_none_is_intact(tmp_path: Path, capsys) -> None:
+    for step in (1, 2, 3):
+        save_plain(tmp_path, step, keep=0)
+    with open(checkpoint_dir(tmp_path, 3) / "optimizer.pt", "r+b") as f:
+        f.truncate(10)
+    flip_last_byte(checkpoint_dir(tmp_path, 2) / "rng.pt")
+    capsys.readouterr()
+    assert resolve_resume("auto", tmp_path) == checkpoint_dir(tmp_path, 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert "step-0000003" in lines[0] and "optimizer.pt has 10 bytes, expected" in lines[0]
+    assert "step-0000002" in lines[1] and "rng.pt checksum mismatch" in lines[1]
+
+    flip_last_byte(checkpoint_dir(tmp_path, 1) / "producer_state.json")
+    with pytest.raises(MMRLError, match=r"no checkpoint in .* is intact .*step-0000003.*step-0000002.*step-0000001"):
+        resolve_resume("auto", tmp_path)
+    assert len(list((tmp_path / CHECKPOINTS).glob("step-*"))) == 3  # nothing deleted: the evidence stays

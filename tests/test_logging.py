@@ -130,6 +130,8 @@ def test_close_writes_the_reward_curve_and_returns_the_summary(tmp_path: Path, c
 
     assert summary == {
         "steps": 5,
+        "sft_loss_first": None,
+        "sft_loss_last": None,
         "reward_first": 0.1,
         "reward_last": 0.5,
         "reward_best": 0.6,
@@ -161,9 +163,24 @@ def test_summary_and_plot_without_rewards(tmp_path: Path) -> None:
     logger = RunLogger(tmp_path, LogConfig(tensorboard=False, progress=False, plot=True), total_steps=2)
     logger.log(1, {"loss/policy": 0.3})
     summary = logger.close()
-    assert summary["steps"] == 0 and summary["reward_first"] is None and summary["best_step"] is None
+    assert summary["steps"] == 1 and summary["reward_first"] is None and summary["best_step"] is None
     with Image.open(tmp_path / PLOT_FILE) as image:
         assert image.size == (800, 450)
+
+
+def test_sft_summary_reports_its_steps_and_loss_not_empty_reward_rows(tmp_path: Path, capsys) -> None:
+    logger = RunLogger(tmp_path, LogConfig(tensorboard=False, progress=False, plot=False), total_steps=3)
+    for step, loss in enumerate([2.5, 1.25, 0.5], start=1):
+        logger.log(step, {"loss/sft": loss, "grad_norm": 1.0, "time/step": 0.5})
+    summary = logger.close()
+    out = capsys.readouterr().out
+    assert summary["steps"] == 3 and summary["sft_loss_first"] == 2.5 and summary["sft_loss_last"] == 0.5
+    assert "run summary: 3 steps" in out
+    lines = out.splitlines()
+    assert any(line.split()[:2] == ["sft", "loss"] and "first 2.500  last 0.500" in line for line in lines)
+    assert "step time (s)" in out and "0.50" in out
+    assert "reward" not in out and "tokens/s" not in out  # rows the run never logged are left out
+    assert not any(" - " in line + " " for line in lines)  # no values shown as dashes
 
 
 def test_log_config_writes_yaml_and_prints_generation_settings_once(tmp_path: Path, capsys) -> None:

@@ -346,3 +346,75 @@ def test_chunked_entropy_bf16_and_no_grad() -> None:
     assert h.dtype == torch.float32 and h.shape == (1, 5)
     naive = -(logits.bfloat16().float().softmax(-1) * logits.bfloat16().float().log_softmax(-1)).sum(-1)
     torch.testing.assert_close(h, naive)
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-finite values: padding selected away, guarded tokens counted
+
+
+@pytest.mark.parametrize("mode", AGGREGATIONS)
+@pytest.mark.parametrize("poison", [math.nan, -math.inf, math.inf])
+@pytest.mark.parametrize("loss_name", ["ppo_clip", "gspo"])
+def test_nonfinite_padding_changes_neither_loss_nor_gradients(loss_name: str, poison: float, mode: str) -> None:
+    gen = torch.Generator().manual_seed(4)
+    b, t = 3, 4
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)  # row 2: empty
+    old = -torch.rand(b, t, generator=gen, dtype=torch.float64)
+    clean = {
+        "logprobs": old + 0.3 * torch.randn(b, t, generator=gen, dtype=torch.float64),
+        "old_logprobs": old,
+        "ref_logprobs": old + 0.1 * torch.randn(b, t, generator=gen, dtype=torch.float64),
+        "entropy": torch.rand(b, t, generator=gen, dtype=torch.float64),
+    }
+    poisoned = {k: v.masked_fill(~mask, poison) for k, v in clean.items()}
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    # k1 has no clamp that could hide a non-finite value; the entropy bonus is on: every input is used.
+    cfg = _cfg(loss=loss_name, aggregation=mode, kl_coef=0.1, kl_estimator="k1", entropy_coef=0.01)
+
+    def run(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, tuple[torch.Tensor, torch.Tensor]]:
+        leaves = {k: v.clone().requires_grad_(k in ("logprobs", "entropy")) for k, v in inputs.items()}
+        loss, metrics = policy_loss(
+            leaves["logprobs"], leaves["old_logprobs"], adv, mask, cfg,
+            ref_logprobs=leaves["ref_logprobs"], entropy=leaves["entropy"], max_len=6,
+        )  # fmt: skip
+        return loss, metrics, torch.autograd.grad(loss, (leaves["logprobs"], leaves["entropy"]))
+
+    loss, metrics, grads = run(clean)
+    bad_loss, bad_metrics, bad_grads = run(poisoned)
+    assert torch.isfinite(bad_loss) and all(torch.isfinite(g).all() for g in bad_grads)
+    torch.testing.assert_close(bad_loss, loss, rtol=0, atol=0)
+    assert bad_metrics == metrics
+    for bad, good in zip(bad_grads, grads):
+        torch.testing.assert_close(bad, good, rtol=0, atol=0)
+        assert (bad[~mask] == 0).all()
+
+    # A non-finite value on a real token is not hidden: the loss shows it, for the trainer to skip the step.
+    poisoned["logprobs"][0, 1] = math.nan
+    assert torch.isnan(run(poisoned)[0])
+
+
+def test_tokens_cut_by_the_log_ratio_guard_count_in_clip_frac() -> None:
+    # log-ratios beyond ±20: the clamp has no gradient there, so those tokens' gradient is cut.
+    #   A = +1: -25 (guard, low; the clip alone would let it through: -min(rho, 0.8) = -rho)
+    #           +25 (guard and clip, high)     0.0 (untouched)
+    #   A = -1: +25 (guard, high; the clip alone would let it through: -min(-rho, -1.2) = rho)
+    #           -25 (guard and clip, low)      0.0 (untouched)
+    log_ratio = torch.tensor([[-25.0, 25.0, 0.0], [25.0, -25.0, 0.0]], dtype=torch.float64)
+    old = torch.full_like(log_ratio, -1.0)
+    logp = (old + log_ratio).requires_grad_(True)
+    mask = torch.ones_like(log_ratio)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    terms, side = ppo_clip_terms(logp, old, adv, 0.2, 0.2)
+    assert side.tolist() == [[-1, 1, 0], [1, -1, 0]]
+    (grad,) = torch.autograd.grad(terms.sum(), logp)
+    assert (grad[:, :2] == 0).all() and (grad[:, 2] != 0).all()  # the counted tokens are those without gradient
+    _, m = policy_loss(logp, old, adv, mask, _cfg())
+    assert m["clip_frac"] == pytest.approx(4 / 6)
+    assert m["clip_frac_low"] == pytest.approx(2 / 6) and m["clip_frac_high"] == pytest.approx(2 / 6)
+
+    # GSPO: sequence 0 has mean log-ratio +25 with A < 0 (the clip alone would not count it), sequence 1 is fine.
+    seq_log_ratio = torch.tensor([[25.0, 25.0, 25.0], [0.1, -0.1, 0.0]], dtype=torch.float64)
+    _, m = policy_loss(
+        old + seq_log_ratio, old, torch.tensor([-1.0, 1.0], dtype=torch.float64), mask, _cfg(loss="gspo")
+    )
+    assert m["clip_frac"] == pytest.approx(3 / 6) and m["clip_frac_high"] == pytest.approx(3 / 6)

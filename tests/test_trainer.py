@@ -1,6 +1,9 @@
-"""The GRPO loop end to end on the tiny model: outputs, resume, reference model, freezing, learning."""
+"""The GRPO loop end to end on the tiny model: outputs, resume, reference model, freezing, learning,
+and non-finite steps, which are skipped and never reach the weights."""
 
 import json
+import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from mmrl.config import RunConfig, load_config
+from mmrl.errors import MMRLError
 from mmrl.grpo.checkpoint import latest_checkpoint
-from mmrl.grpo.trainer import setup_policy, train
+from mmrl.grpo.trainer import setup_policy, train, update_policy
 from mmrl.logging import read_metrics
 from mmrl.models import resolve_model_path
+from mmrl.rollout.types import Completion, Rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -189,3 +194,91 @@ def test_grpo_learns_the_diagnostic_task(tmp_path):
     start, end = evals[0]["eval/reward"], evals[-1]["eval/reward"]
     print(f"held-out reward: start {start:.3f} -> end {end:.3f}")
     assert end - start >= 0.3
+
+
+# --------------------------------------------------------------------------------------------------
+# Non-finite steps: skipped on the real tiny model, never applied to the weights
+
+
+def answer_rollouts(cfg: RunConfig, policy, advantages: list[float]) -> list[Rollout]:
+    """Real prompts of the run's producer with their reference answers as completions (no sampling needed)."""
+    from mmrl.producers import make_producer
+    from mmrl.sft import completion_ids
+
+    examples = make_producer(cfg, policy.processor).sft_examples(0, len(advantages))
+    rollouts = []
+    for i, ((prompt, text), advantage) in enumerate(zip(examples, advantages)):
+        ids = completion_ids(policy.processor.tokenizer, text)
+        completion = Completion(token_ids=ids, logprobs=[0.0] * len(ids), text=text, finish_reason="stop")
+        rollouts.append(Rollout(prompt, completion, reward=0.0, advantage=advantage, group_id=f"g{i // 2}",
+                                sample_id=f"s{i}", task="dominant_color"))  # fmt: skip
+    return rollouts
+
+
+def trainable(policy) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in policy.unwrapped.named_parameters() if p.requires_grad}
+
+
+def test_nonfinite_loss_with_finite_gradients_skips_the_step(tmp_path):
+    # A NaN in the frozen reference reaches the loss through the k3 KL term, whose clamps give those tokens
+    # a zero gradient: the loss is NaN, the policy-gradient part of the gradient finite.
+    cfg = quick_config(tmp_path, "train.cold_start=false", "algorithm.kl_coef=0.1")
+    policy = setup_policy(cfg, 10)
+    rollouts = answer_rollouts(cfg, policy, [1.0, -1.0] * 4)
+    before = trainable(policy)
+    ref_weight = next(p for n, p in policy.ref_model.named_parameters() if n.endswith("norm.weight"))
+    healthy = ref_weight.detach().clone()
+    with torch.no_grad():
+        ref_weight[0] = float("nan")
+
+    metrics = update_policy(policy, rollouts, cfg, step=0)
+    after = trainable(policy)
+    assert all(torch.equal(after[n], before[n]) for n in before)
+    assert metrics["nonfinite_skipped"] == 1.0 and policy.nonfinite_streak == 1
+    assert not policy.optimizer.state  # AdamW never stepped: no moments, no step count
+    assert policy.scheduler.last_epoch == 0  # the lr schedule counts applied updates only
+    assert all(p.grad is None for p in policy.unwrapped.parameters())
+
+    with torch.no_grad():
+        ref_weight.copy_(healthy)
+    metrics = update_policy(policy, rollouts, cfg, step=1)  # the same batch, healthy: applied
+    assert metrics["nonfinite_skipped"] == 0.0 and policy.nonfinite_streak == 0
+    assert math.isfinite(metrics["grad_norm"]) and policy.scheduler.last_epoch == 1
+    assert any(not torch.equal(p, before[n]) for n, p in trainable(policy).items())
+
+
+def test_consecutive_nonfinite_steps_stop_with_an_error(tmp_path):
+    cfg = quick_config(tmp_path, "train.cold_start=false", "train.max_nonfinite_steps=3")
+    policy = setup_policy(cfg, 10)
+    nan_advantage = answer_rollouts(cfg, policy, [1.0, float("nan")] * 2)  # NaN loss and NaN gradients
+    healthy = answer_rollouts(cfg, policy, [1.0, -1.0] * 2)
+    for step in range(2):
+        before = trainable(policy)
+        metrics = update_policy(policy, nan_advantage, cfg, step)
+        assert all(torch.equal(p, before[n]) for n, p in trainable(policy).items())  # no NaN reached them
+        assert metrics["nonfinite_skipped"] == 1.0
+    assert update_policy(policy, healthy, cfg, 2)["nonfinite_skipped"] == 0.0  # the streak is reset ...
+    update_policy(policy, nan_advantage, cfg, 3)
+    update_policy(policy, nan_advantage, cfg, 4)
+    assert policy.nonfinite_streak == 2
+    with pytest.raises(MMRLError, match=r"3 optimiser steps in a row .*train.max_nonfinite_steps=3.*step 6.*"
+                                        r"the loss was NaN/inf and the gradient norm was nan"):  # fmt: skip
+        update_policy(policy, nan_advantage, cfg, 5)  # ... so only the third in a row stops the run
+
+
+def test_sft_stops_after_consecutive_nonfinite_steps(tmp_path):
+    from safetensors.torch import save_file
+
+    from mmrl.sft import sft
+
+    broken = tmp_path / "nan-model"
+    shutil.copytree(resolve_model_path("tiny:qwen2.5-vl"), broken)
+    weights = load_file(broken / "model.safetensors")
+    norm = next(n for n in weights if n.endswith("norm.weight") and "visual" not in n)
+    weights[norm][0] = float("nan")
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    cfg = quick_config(tmp_path, "train.cold_start=false", f"model.path={broken}", "sft.steps=6",
+                       "sft.batch_size=4", "train.max_nonfinite_steps=2")  # fmt: skip
+    with pytest.raises(MMRLError, match=r"2 optimiser steps in a row .*SFT step 2.*the loss was NaN/inf"):
+        sft(cfg)
+    assert not (tmp_path / "sft" / "final").exists()

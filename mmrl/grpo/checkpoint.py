@@ -10,10 +10,10 @@ A checkpoint is one folder, `<run_dir>/checkpoints/step-0000010/`:
     optimizer.pt            optimizer state dict (AdamW moments, step counts)
     scheduler.pt            learning-rate scheduler state dict
     rng.pt                  python `random`, numpy's global state, torch CPU and CUDA generators
-    producer_state.json|pt  the Producer's own state (data order, numpy Generators, baselines, replay)
-    extra.json|pt           the run config (or anything else the trainer wants back)
-    meta.json               step, what each file is, the size of every file above
-    COMPLETE                empty marker, written last
+    producer_state.json     the Producer's own state (data order, numpy Generators, baselines, replay)
+    extra.json              the run config (or anything else the trainer wants back)
+    meta.json               step, what each file is, the size and sha256 of every file above
+    COMPLETE                marker, written last; holds the sha256 of meta.json
 
 Atomicity: everything is written into `checkpoints/.tmp-step-0000010-<pid>-<host>/`, fsynced, the
 marker written last, and only then the folder is renamed to its final name (a rename is atomic on
@@ -23,29 +23,49 @@ sizes `meta.json` lists. Old checkpoints are renamed to `.del-…` before being 
 during deletion never leaves a marked folder with missing files. Leftovers of dead processes are
 removed the next time the folder is scanned.
 
-Producer state is saved as JSON when it survives a JSON round trip unchanged, else with `torch.save`
-(loaded with pickle: checkpoints are trusted files, like any pickle). numpy Generators anywhere inside
-it are stored as their `bit_generator.state` and come back as Generators in that exact state.
+Integrity: the quick check (`checkpoint_problem`: marker, meta.json's digest, sizes) is cheap enough
+to run on every listing. `resolve_resume` also recomputes the sha256 of every file, since a flipped
+bit keeps the size: `resume=auto` walks back from the newest checkpoint to the newest intact one and
+prints one line per checkpoint it skipped (and why); an explicit checkpoint folder that fails is an
+MMRLError naming the bad file. When no checkpoint at all is intact, `auto` is an MMRLError listing
+them: the user asked to resume, and starting over would prune the evidence. Format-1 checkpoints
+(no sha256, empty marker) are checked by size only.
+
+Untrusted folders stay data: nothing in a checkpoint is unpickled into arbitrary objects. Producer
+state and `extra` are tagged JSON (`_to_json`), which brings back exactly what was saved: tuples,
+dicts with non-string keys, non-finite floats, numpy arrays and scalars (dtype, shape, bytes), numpy
+Generators / RandomStates (their exact bit-generator state) and torch tensors (as safetensors bytes);
+anything else is refused when saving, naming its key. The `.pt` files hold tensors and plain
+containers only and are read with `torch.load(weights_only=True)`. Every file name `meta.json`
+gives must resolve inside the checkpoint folder (no `..`, absolute paths, or symlinks out), and
+format-1 producer/extra `.pt` pickles are refused.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
+import math
 import os
+import pickle
 import random
 import re
 import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_safetensors_bytes
 
 from mmrl.errors import MMRLError
 
@@ -53,13 +73,22 @@ CHECKPOINTS = "checkpoints"
 """Sub-folder of the run folder that holds the checkpoints."""
 MARKER = "COMPLETE"
 META = "meta.json"
-FORMAT = 1
-"""Layout version written into meta.json."""
+FORMAT = 2
+"""Layout version written into meta.json (1: sizes only; 2: also sha256 of every file, marker holds meta's)."""
 
 _STEP_NAME = re.compile(r"^step-(\d+)$")
 _LEFTOVER_NAME = re.compile(r"^\.(tmp|old|del)-(step-\d+)-(\d+)-(.*)$")
 _GENERATOR_TAG = "__numpy_generator__"
 _RANDOM_STATE_TAG = "__numpy_random_state__"
+_TUPLE_TAG = "__tuple__"
+_DICT_TAG = "__dict__"
+_FLOAT_TAG = "__float__"
+_NUMPY_TAG = "__numpy__"
+_TENSOR_TAG = "__torch_tensor__"
+_NUMPY_KINDS = "biufcmMSU"
+"""numpy dtype kinds whose bytes are the values (bool, ints, floats, complex, times, strings); not object/void."""
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+"""`repr` of each non-finite float -> the float."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,6 +116,8 @@ def save_checkpoint(
     `keep` most recent checkpoints stay (the one just written always does; `keep <= 0` keeps all).
     Checkpoints of steps later than `step` are deleted too: they belong to a timeline this run
     abandoned by resuming from an earlier step, and would otherwise win `resume=auto`.
+    `producer_state` and `extra` must be representable in tagged JSON (see the module docstring);
+    anything else is an MMRLError naming its key, raised before anything is published.
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -101,8 +132,9 @@ def save_checkpoint(
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(capture_rng_state(), tmp / "rng.pt")
-        producer_file = _save_object(_encode_generators(producer_state), tmp, "producer_state")
-        extra_file = _save_object(extra, tmp, "extra") if extra is not None else None
+        producer_file = _save_json(producer_state, tmp, "producer_state")
+        extra_file = _save_json(extra, tmp, "extra") if extra is not None else None
+        sizes = _file_sizes(tmp)
         meta = {
             "format": FORMAT,
             "step": step,
@@ -112,11 +144,13 @@ def save_checkpoint(
             "scheduler": scheduler is not None,
             "producer_state": producer_file,
             "extra": extra_file,
-            "files": _file_sizes(tmp),
+            "files": sizes,
+            "sha256": _sha256_of(tmp, sizes),
         }
         _fsync_tree(tmp)
-        _write_durably(tmp / META, json.dumps(meta, indent=1).encode())
-        _write_durably(tmp / MARKER, b"")
+        meta_bytes = json.dumps(meta, indent=1).encode()
+        _write_durably(tmp / META, meta_bytes)
+        _write_durably(tmp / MARKER, hashlib.sha256(meta_bytes).hexdigest().encode())
         _fsync_dir(tmp)
         _publish(tmp, final)
     except BaseException:
@@ -137,7 +171,8 @@ def load_checkpoint(
 
     Weights are copied into the existing parameters (never a new model), so the optimizer's
     references stay valid. Every saved key must match a key of `model` and vice versa (tied weights
-    excepted); a mismatch is an MMRLError naming the keys.
+    excepted); a mismatch is an MMRLError naming the keys. Only the quick check runs here (marker,
+    sizes, file names); `resolve_resume`, the way a run finds its checkpoint, verifies the checksums.
     """
     path = Path(path)
     problem = checkpoint_problem(path)
@@ -147,14 +182,14 @@ def load_checkpoint(
     _load_model(model, path, meta["model"])
     try:
         if optimizer is not None:
-            optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+            optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
         if scheduler is not None and meta.get("scheduler", True):
-            scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+            scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
     except (ValueError, KeyError, RuntimeError) as e:
         raise MMRLError(f"checkpoint {path}: optimizer/scheduler state does not fit this run: {e}") from None
-    restore_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    producer_state = _decode_generators(_load_object(path / meta["producer_state"]))
-    extra = _load_object(path / meta["extra"]) if meta.get("extra") else None
+    restore_rng_state(_load_tensors(path / "rng.pt"))
+    producer_state = _load_json(path / meta["producer_state"])
+    extra = _load_json(path / meta["extra"]) if meta.get("extra") else None
     return {"step": int(meta["step"]), "producer_state": producer_state, "extra": extra}
 
 
@@ -168,7 +203,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of the run, or None; leftovers of dead writers are removed."""
+    """The newest complete checkpoint of the run, or None; leftovers of dead writers are removed.
+
+    Complete by the quick check (`checkpoint_problem`: sizes, not contents); `resolve_resume("auto")`
+    is the one that also verifies checksums and walks back past corrupt checkpoints.
+    """
     root = Path(run_dir) / CHECKPOINTS
     if root.is_dir():
         clean_leftovers(root)
@@ -177,44 +216,119 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
-    """Turn `train.resume` into a checkpoint folder: "" -> None, "auto" -> latest (or None), else a path."""
+    """Turn `train.resume` into a verified checkpoint folder: "" -> None, "auto" -> the newest intact
+    checkpoint (None when the run has none yet), else that folder, which must be intact.
+
+    Both read every file once to compare its sha256 with meta.json. `auto` prints one line to stderr
+    for each newer checkpoint it skipped, naming it and why, and is an MMRLError when checkpoints
+    exist but none is intact; an explicit folder that fails is an MMRLError naming the bad file.
+    """
     resume = resume.strip()
     if not resume:
         return None
     if resume == "auto":
-        return latest_checkpoint(run_dir)
+        return _newest_intact(Path(run_dir))
     path = Path(resume).expanduser()
     if not path.is_dir():
         raise MMRLError(f"train.resume: checkpoint folder {path} does not exist")
-    problem = checkpoint_problem(path)
+    problem = checkpoint_problem(path, checksums=True)
     if problem:
         latest = latest_checkpoint(path.parent.parent) if path.parent.name == CHECKPOINTS else None
-        hint = f"; the latest complete checkpoint there is {latest}" if latest else ""
+        hint = f"; the latest complete checkpoint there is {latest}" if latest and latest != path else ""
         if (path / CHECKPOINTS).is_dir():
             hint = f"; {path} looks like a run folder: pass one of its checkpoints/step-* or resume=auto"
         raise MMRLError(f"train.resume: {path} is not a usable checkpoint: {problem}{hint}")
     return path
 
 
-def checkpoint_problem(path: str | Path) -> str:
-    """Why `path` is not a complete checkpoint ("" when it is): marker, meta.json and file sizes."""
+def checkpoint_problem(path: str | Path, *, checksums: bool = False) -> str:
+    """Why `path` is not a usable checkpoint ("" when it is).
+
+    Quick check: the marker, meta.json (its sha256 against the marker's), every file name meta.json
+    gives (inside the folder, listed, producer/extra state in JSON) and every file size. With
+    `checksums`, also the sha256 of every file, which catches corruption that keeps the size.
+    """
     path = Path(path)
     if not path.is_dir():
         return "no such folder"
     if not (path / MARKER).is_file():
         return f"no {MARKER} marker (half-written: the writer stopped before finishing)"
     try:
-        meta = json.loads((path / META).read_text())
-        files = meta["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        meta_bytes = (path / META).read_bytes()
+        meta_digest = (path / MARKER).read_text().strip()  # empty in format 1
+        if meta_digest and hashlib.sha256(meta_bytes).hexdigest() != meta_digest:
+            return f"{META} checksum mismatch"
+        meta = json.loads(meta_bytes)
+        problem = _meta_problem(path, meta)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"{META} is missing or unreadable"
+    if problem or not checksums or meta.get("format", 1) < 2:  # format 1 recorded sizes only
+        return problem
+    actual = _sha256_of(path, meta["files"])
+    for name in sorted(actual):
+        if actual[name] != meta["sha256"][name]:
+            return f"{name} checksum mismatch"
+    return ""
+
+
+def _newest_intact(run_dir: Path) -> Path | None:
+    """`resume=auto`: the newest `step-*` folder whose contents pass the full check (see `resolve_resume`)."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    clean_leftovers(root)
+    skipped = []
+    for folder in sorted((p for p in root.iterdir() if _STEP_NAME.match(p.name)), key=_step_of, reverse=True):
+        problem = checkpoint_problem(folder, checksums=True)
+        if not problem:
+            if _is_main_process():  # every DDP rank resolves the same folder; one of them reports
+                for line in skipped:
+                    print(f"resume=auto: skipped checkpoint {line}", file=sys.stderr)
+            return folder
+        skipped.append(f"{folder}: {problem}")
+    if skipped:
+        raise MMRLError(
+            f"train.resume=auto: no checkpoint in {root} is intact ({'; '.join(skipped)}); move them away "
+            "to start over, or repair one"
+        )
+    return None
+
+
+def _meta_problem(path: Path, meta: dict) -> str:
+    """The quick check of a parsed meta.json: format, file names and sizes ("" when fine)."""
+    layout = meta.get("format", 1)
+    if layout > FORMAT:
+        return f"checkpoint format {layout} is newer than this mmrl reads ({FORMAT})"
+    files = meta["files"]
+    if layout >= 2 and set(meta["sha256"]) != set(files):
+        return f"{META} lists sizes and checksums of different files"
     for name, size in files.items():
+        if not _resolves_inside(path, name):
+            return f"{META} names file {name!r}, which is outside the checkpoint folder"
         file = path / name
         if not file.is_file():
             return f"{name} is missing"
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size} bytes, expected {size}"
+    for key in ("producer_state", "extra"):
+        name = meta.get(key)
+        if name is None and key == "extra":
+            continue
+        if name not in files:
+            return f"{META} names {key} file {name!r}, which it does not list among the checkpoint's files"
+        if not str(name).endswith(".json"):
+            return (
+                f"{key} file {name!r} is not JSON: pickled state (format-1 `.pt`) is refused, "
+                "since unpickling a file can run any code"
+            )
     return ""
+
+
+def _resolves_inside(folder: Path, name: str) -> bool:
+    """Whether `folder / name` names a path inside `folder`, symlinks followed (no `..`, no absolute path)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        return False
+    return (folder / name).resolve().is_relative_to(folder.resolve())
 
 
 def prune_checkpoints(run_dir: str | Path, keep: int, *, current: Path) -> list[Path]:
@@ -274,45 +388,6 @@ def restore_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, device)
-
-
-def _encode_generators(obj: Any) -> Any:
-    """Replace numpy Generators / RandomStates (at any depth) by tagged plain dicts of their state."""
-    if isinstance(obj, np.random.Generator):
-        return {_GENERATOR_TAG: _plain(obj.bit_generator.state)}
-    if isinstance(obj, np.random.RandomState):
-        return {_RANDOM_STATE_TAG: _plain(obj.get_state(legacy=False))}
-    if isinstance(obj, dict):
-        return {k: _encode_generators(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_encode_generators(v) for v in obj)
-    return obj
-
-
-def _decode_generators(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {_GENERATOR_TAG}:
-            state = obj[_GENERATOR_TAG]
-            bit_generator = getattr(np.random, state["bit_generator"])()
-            bit_generator.state = state
-            return np.random.Generator(bit_generator)
-        if set(obj) == {_RANDOM_STATE_TAG}:
-            random_state = np.random.RandomState()
-            random_state.set_state(obj[_RANDOM_STATE_TAG])
-            return random_state
-        return {k: _decode_generators(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_decode_generators(v) for v in obj)
-    return obj
-
-
-def _plain(value: Any) -> Any:
-    """numpy arrays and scalars inside a bit-generator state -> lists and Python numbers (JSON-able)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (np.ndarray, np.generic)):
-        return value.tolist()
-    return value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,26 +530,131 @@ def _mismatch(what: str, unexpected: set[str], missing: set[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Producer state / extra
+# Tensor files, producer state / extra (tagged JSON)
 
 
-def _save_object(obj: Any, folder: Path, name: str) -> str:
-    """JSON when the object survives a JSON round trip unchanged (readable), else torch.save."""
+def _load_tensors(file: Path) -> Any:
+    """`torch.load` restricted to tensors and plain containers: a pickle that asks for anything else is refused."""
     try:
-        text = json.dumps(obj, allow_nan=False)
-        if json.loads(text) == obj:
-            (folder / f"{name}.json").write_text(text)
-            return f"{name}.json"
-    except (TypeError, ValueError):
-        pass
-    torch.save(obj, folder / f"{name}.pt")
-    return f"{name}.pt"
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0]
+        raise MMRLError(
+            f"checkpoint file {file} is not plain tensor data (only tensors and plain containers are unpickled, "
+            f"since unpickling anything else can run code): {reason}"
+        ) from None
 
 
-def _load_object(file: Path) -> Any:
-    if file.suffix == ".json":
-        return json.loads(file.read_text())
-    return torch.load(file, map_location="cpu", weights_only=False)  # our own file: arbitrary objects
+def _save_json(obj: Any, folder: Path, name: str) -> str:
+    """Write `obj` as tagged JSON to `<name>.json`; return the file name for meta.json."""
+    text = json.dumps(_to_json(obj, name), allow_nan=False)
+    (folder / f"{name}.json").write_text(text)
+    return f"{name}.json"
+
+
+def _load_json(file: Path) -> Any:
+    try:
+        return _from_json(json.loads(file.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # UnicodeDecodeError: ValueError
+        raise MMRLError(f"checkpoint file {file} is not readable tagged JSON: {type(e).__name__}: {e}") from None
+
+
+def _to_json(value: Any, where: str) -> Any:
+    """`value` as JSON data that `_from_json` turns back into an equal value of the same types.
+
+    Plain JSON stays as it is (dicts with string keys, lists, str, int, finite float, bool, None);
+    everything else becomes a one-key dict whose key is a tag. Exact types only: a subclass (Counter,
+    IntEnum, ...) would come back as its base class, so it is refused like any unknown type, with
+    `where` (the key path, e.g. `producer_state['stats']`) in the MMRLError.
+    """
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else {_FLOAT_TAG: repr(value)}  # "nan", "inf", "-inf"
+    if kind is list:
+        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind is tuple:
+        return {_TUPLE_TAG: [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if kind is dict:
+        if all(type(k) is str for k in value) and not (len(value) == 1 and next(iter(value)) in _DECODERS):
+            return {k: _to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
+        pairs = [[_to_json(k, f"{where} key {k!r}"), _to_json(v, f"{where}[{k!r}]")] for k, v in value.items()]
+        return {_DICT_TAG: pairs}
+    if kind is np.random.Generator:
+        return {_GENERATOR_TAG: _plain(value.bit_generator.state)}
+    if kind is np.random.RandomState:
+        return {_RANDOM_STATE_TAG: _plain(value.get_state(legacy=False))}
+    scalar = isinstance(value, np.generic)
+    if (kind is np.ndarray or scalar) and value.dtype.kind in _NUMPY_KINDS:
+        array = np.asarray(value)
+        data = base64.b64encode(array.tobytes()).decode()  # C order, whatever the strides
+        return {_NUMPY_TAG: {"dtype": array.dtype.str, "shape": list(array.shape), "scalar": scalar, "data": data}}
+    if isinstance(value, torch.Tensor) and value.layout == torch.strided:
+        blob = save_safetensors_bytes({"tensor": value.detach().cpu().contiguous()})
+        return {_TENSOR_TAG: base64.b64encode(blob).decode()}
+    raise MMRLError(
+        f"cannot checkpoint {where}: a {kind.__module__}.{kind.__qualname__} has no exact JSON form "
+        "(use dict, list, tuple, str, int, float, bool, None, numpy arrays/scalars/Generators or tensors)"
+    )
+
+
+def _from_json(value: Any) -> Any:
+    """Inverse of `_to_json`; also reads format-1 producer state (plain JSON with Generator tags)."""
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((tag, body),) = value.items()
+            if tag in _DECODERS:
+                return _DECODERS[tag](body)
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars inside a bit-generator state -> lists and Python numbers (JSON-able)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return value
+
+
+def _generator_from(state: dict) -> np.random.Generator:
+    """A Generator in the exact saved state; only numpy's own bit generators are constructed."""
+    bit_generator_class = getattr(np.random, state["bit_generator"], None)
+    if not (isinstance(bit_generator_class, type) and issubclass(bit_generator_class, np.random.BitGenerator)):
+        raise ValueError(f"{state['bit_generator']!r} is not a numpy bit generator")
+    bit_generator = bit_generator_class()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
+
+
+def _random_state_from(state: dict) -> np.random.RandomState:
+    random_state = np.random.RandomState()
+    random_state.set_state(state)
+    return random_state
+
+
+def _numpy_from(body: dict) -> np.ndarray | np.generic:
+    dtype = np.dtype(body["dtype"])
+    if dtype.kind not in _NUMPY_KINDS:
+        raise ValueError(f"numpy dtype {dtype} is not stored by value")
+    array = np.frombuffer(base64.b64decode(body["data"]), dtype=dtype).reshape(body["shape"]).copy()
+    return array[()] if body["scalar"] else array
+
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    _TUPLE_TAG: lambda body: tuple(_from_json(v) for v in body),
+    _DICT_TAG: lambda body: {_from_json(k): _from_json(v) for k, v in body},
+    _FLOAT_TAG: lambda body: _NON_FINITE[body],
+    _GENERATOR_TAG: _generator_from,
+    _RANDOM_STATE_TAG: _random_state_from,
+    _NUMPY_TAG: _numpy_from,
+    _TENSOR_TAG: lambda body: load_safetensors_bytes(base64.b64decode(body))["tensor"],
+}
+"""Tag -> reader of the tagged body. Malformed bodies raise ValueError/KeyError/TypeError (-> MMRLError)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,6 +685,23 @@ def _step_of(path: Path) -> int:
 
 def _file_sizes(folder: Path) -> dict[str, int]:
     return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _sha256_of(folder: Path, names: Iterable[str]) -> dict[str, str]:
+    """sha256 hex digest of each named file. Files are hashed in parallel threads (hashlib releases the GIL)."""
+
+    def digest(name: str) -> str:
+        with open(folder / name, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    names = sorted(names)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
+        return dict(zip(names, pool.map(digest, names)))
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a `torchrun` / `accelerate launch` job (RANK unset: a single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -8,7 +8,11 @@ All inputs are padded tensors of one micro-batch: B sequences, T completion posi
     advantages    (B,)    one advantage per sequence, broadcast to its tokens ((B, T) also accepted)
     mask          (B, T)  1/True on completion tokens that count, 0/False on padding
 
-Padded positions may hold any *finite* value: they are multiplied by 0 in `aggregate`.
+Padded positions may hold anything, NaN and ±inf included: every function that takes the mask
+selects the real tokens (`torch.where`) instead of multiplying by it, in its inputs and in its
+reductions. Multiplying is not enough: 0 * NaN = NaN and 0 * inf = NaN, in the value and in the
+backward pass too (the gradient of exp at a padded NaN is 0 * NaN). Non-finite values on *real*
+tokens are not hidden: they reach the loss, and the trainer skips that optimiser step.
 Formulas follow /work/shared/specs/trainers.md §2–§6.
 """
 
@@ -24,6 +28,11 @@ AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-
 KL_ESTIMATORS = ("k1", "k2", "k3")
 LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 4.9e8: finite in fp32, far beyond any clip range
 K3_CLAMP = 10.0
+
+
+def _select(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x on real tokens, 0 on padding (B, T): whatever padding held, neither values nor gradients see it."""
+    return torch.where(mask.bool(), x, x.new_zeros(()))
 
 
 def _per_token(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -114,17 +123,27 @@ def ppo_clip_terms(
 
     Indicator (int8): -1 where the lower bound 1 - eps_low cut the gradient (A < 0, rho < 1 - eps_low),
     +1 where the upper bound did (A > 0, rho > 1 + eps_high, or dual-clip: A < 0, rho > c), else 0.
+    The ±20 log-ratio guard cuts the gradient too (a clamp has none outside its range): a guarded
+    token counts -1 / +1 by the guard's side, whatever its advantage.
     """
-    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # (B, T)
-    ratio = log_ratio.exp()  # (B, T)
-    return _clipped_surrogate(ratio, _per_token(advantages, ratio), clip_low, clip_high, dual_clip)
+    raw_log_ratio = logprobs - old_logprobs  # (B, T)
+    ratio = raw_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()  # (B, T)
+    loss, side = _clipped_surrogate(ratio, _per_token(advantages, ratio), clip_low, clip_high, dual_clip)
+    return loss, _mark_guarded(side, raw_log_ratio)
+
+
+def _mark_guarded(side: torch.Tensor, raw_log_ratio: torch.Tensor) -> torch.Tensor:
+    """Clip indicator (B, T) with tokens whose log-ratio (B, T), or (B, 1) per sequence, is beyond ±20 set
+    to the guard's side (sign of the log-ratio). NaN is not beyond anything: it stays as it was."""
+    with torch.no_grad():
+        guarded = raw_log_ratio.abs() > LOG_RATIO_CLAMP
+        return torch.where(guarded, torch.sign(raw_log_ratio).to(side.dtype), side)
 
 
 def sequence_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B,) length-normalised log-ratio (1/|o_i|) sum_t mask (logp_t - old_logp_t); 0 for an empty row."""
-    m = mask.to(logprobs.dtype)  # (B, T)
-    length = m.sum(-1).clamp(min=1.0)  # (B,)
-    return ((logprobs - old_logprobs) * m).sum(-1) / length
+    length = mask.to(logprobs.dtype).sum(-1).clamp(min=1.0)  # (B,)
+    return _select(mask, logprobs - old_logprobs).sum(-1) / length
 
 
 def gspo_terms(
@@ -146,12 +165,16 @@ def gspo_terms(
     = s_i, so with `seq-mean-token-mean` aggregation the gradient is exactly GSPO's
     -(1/B) sum_i A_i grad s_i (unclipped sequences); clipping is decided per sequence (s_i).
     The paper's clip ranges are 3e-4 / 4e-4. `dual_clip` works as in `ppo_clip_terms`, on s_i.
-    Indicator: -1 / +1 on every token of a sequence clipped at the lower / upper bound, else 0.
+    Indicator: -1 / +1 on every token of a sequence clipped at the lower / upper bound, else 0; a
+    sequence whose mean log-ratio is beyond ±20 counts by the guard's side, since s_i is then the
+    guard's bound e^±20, not its own ratio. Padded positions are selected away first (module docstring).
     """
-    seq_log_ratio = sequence_log_ratio(logprobs, old_logprobs, mask).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    s = seq_log_ratio.exp()  # (B,)
+    logprobs, old_logprobs = _select(mask, logprobs), _select(mask, old_logprobs)
+    raw_seq_log_ratio = sequence_log_ratio(logprobs, old_logprobs, mask)  # (B,)
+    s = raw_seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()  # (B,)
     ratio = s.detach().unsqueeze(-1) * (logprobs - logprobs.detach()).exp()  # (B, T), value s_i
-    return _clipped_surrogate(ratio, _per_token(advantages, ratio), clip_low, clip_high, dual_clip)
+    loss, side = _clipped_surrogate(ratio, _per_token(advantages, ratio), clip_low, clip_high, dual_clip)
+    return loss, _mark_guarded(side, raw_seq_log_ratio.unsqueeze(-1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,9 +205,10 @@ def aggregate(
     maximum completion length (a constant, as in Dr.GRPO). When None, the micro-batch's own values are
     used: its masked token count, its row count B, and its padded width T. An empty sequence counts
     in N_seq and adds 0; a zero count is replaced by 1 so that an all-padding batch gives 0, not NaN.
+    Padded l_{i,t} are selected away, not multiplied by m: a NaN or inf there changes nothing.
     """
     m = mask.to(per_token.dtype)  # (B, T)
-    masked = per_token * m  # (B, T)
+    masked = _select(mask, per_token)  # (B, T)
     if mode == "token-mean":
         if num_tokens is None:  # a tensor, not float(): no host sync on GPU
             return masked.sum() / m.sum().clamp(min=1.0)
@@ -202,8 +226,7 @@ def aggregate(
 
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    m = mask.to(torch.float32)
-    return float((x.detach().float() * m).sum() / m.sum().clamp(min=1.0))
+    return float(_select(mask, x.detach().float()).sum() / mask.to(torch.float32).sum().clamp(min=1.0))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,18 +254,24 @@ def policy_loss(
     cfg.kl_estimator; H the per-token entropy (B, T) (e.g. `token_entropy_from_logits`, with grad);
     agg = `aggregate` with cfg.aggregation and the step-wide `num_tokens` / `num_seqs` / `max_len`.
     `ref_logprobs` is required when kl_coef != 0, `entropy` when entropy_coef != 0; given otherwise,
-    they are only logged.
+    they are only logged. Every per-token input is selected by the mask first, so padded positions
+    may hold NaN or ±inf (module docstring); a non-finite value on a real token makes the loss
+    non-finite, for the trainer to skip the step.
 
     Metrics (python floats, no grad, over the masked tokens of this micro-batch):
       loss/policy, loss/kl  the aggregation formula with this micro-batch's own counts (a mean that is
                             comparable across micro-batches; not the share added to the step loss)
       entropy               mean token entropy (if given)
       clip_frac, clip_frac_low, clip_frac_high   fraction of tokens whose gradient was cut (any / lower /
-                            upper bound; dual-clip counts as upper)
+                            upper bound; dual-clip counts as upper; tokens beyond the ±20 log-ratio
+                            guard count by its side)
       ratio_mean            mean importance ratio used by the loss (per token; s_i for GSPO)
       approx_kl_old         mean k3 between pi_old and pi_theta (how far the update has moved)
       num_tokens            masked token count (weights for averaging metrics over micro-batches)
     """
+    logprobs, old_logprobs = _select(mask, logprobs), _select(mask, old_logprobs)
+    ref_logprobs = _select(mask, ref_logprobs) if ref_logprobs is not None else None
+    entropy = _select(mask, entropy) if entropy is not None else None
     if cfg.loss == "ppo_clip":
         pg, side = ppo_clip_terms(logprobs, old_logprobs, advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
     elif cfg.loss == "gspo":

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmrl.config import RunConfig, to_dict
+from mmrl.config import RunConfig, TrainConfig, to_dict
 from mmrl.errors import MMRLError
-from mmrl.grpo.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from mmrl.grpo.checkpoint import CHECKPOINTS, load_checkpoint, resolve_resume, save_checkpoint
 from mmrl.grpo.loss import policy_loss
-from mmrl.logging import RunLogger, peak_memory
+from mmrl.logging import METRICS_FILE, RunLogger, peak_memory
 from mmrl.models import load_policy
 from mmrl.rollout import make_engine
 from mmrl.rollout.forward import collate, completion_logprobs
@@ -46,6 +48,8 @@ class Policy:
     accelerator: Any
     ref_model: torch.nn.Module | None = None
     """Frozen reference; only loaded when the KL weight is non-zero."""
+    nonfinite_streak: int = 0
+    """Optimiser steps skipped in a row for a NaN/inf loss or gradient (`optimizer_step_if_finite`)."""
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -129,7 +133,11 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: int) -> torch.nn.Module:
 
 
 def update_policy(policy: Policy, rollouts: list[Rollout], cfg: RunConfig, step: int) -> dict[str, float]:
-    """`ppo_epochs` passes over the rollouts, each split into `mini_batches` optimiser steps."""
+    """`ppo_epochs` passes over the rollouts, each split into `mini_batches` optimiser steps.
+
+    An optimiser step whose loss or gradient norm is NaN/inf is skipped (`optimizer_step_if_finite`);
+    metric `nonfinite_skipped` counts them, and `grad_norm` averages the applied steps only.
+    """
     algo = cfg.algorithm
     acc = policy.accelerator
     multi_pass = algo.ppo_epochs > 1 or algo.mini_batches > 1
@@ -137,10 +145,11 @@ def update_policy(policy: Policy, rollouts: list[Rollout], cfg: RunConfig, step:
     ref = reference_logprobs(policy, rollouts, cfg) if policy.ref_model is not None else None
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
+    skipped = 0
     rng = np.random.default_rng([cfg.train.seed, step, 7])
-    for _ in range(algo.ppo_epochs):
+    for epoch in range(algo.ppo_epochs):
         order = rng.permutation(len(rollouts)) if multi_pass else np.arange(len(rollouts))
-        for mini in np.array_split(order, algo.mini_batches):
+        for mini_index, mini in enumerate(np.array_split(order, algo.mini_batches)):
             if len(mini) == 0:
                 continue
             # Normalisers of the whole optimiser step, summed over ranks (R12 / token-mean pitfall).
@@ -149,10 +158,11 @@ def update_policy(policy: Policy, rollouts: list[Rollout], cfg: RunConfig, step:
             )
             num_tokens, num_seqs = acc.reduce(local.to(acc.device), reduction="sum").tolist()
             micro = [mini[i : i + cfg.train.micro_batch_size] for i in range(0, len(mini), cfg.train.micro_batch_size)]
+            loss_finite = True
             for k, idx in enumerate(micro):
                 batch = [rollouts[i] for i in idx]
                 with acc.no_sync(policy.model) if k < len(micro) - 1 else _nullcontext():
-                    metrics = _micro_step(
+                    metrics, micro_loss_finite = _micro_step(
                         policy,
                         batch,
                         cfg,
@@ -161,22 +171,32 @@ def update_policy(policy: Policy, rollouts: list[Rollout], cfg: RunConfig, step:
                         num_tokens=num_tokens,
                         num_seqs=num_seqs,
                     )
+                loss_finite = loss_finite and micro_loss_finite
                 weight = metrics.pop("num_tokens", 1.0)
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value * weight
                     counts[key] = counts.get(key, 0.0) + weight
             grad_norm = _clip(policy, cfg.train.grad_clip)
-            policy.optimizer.step()
-            policy.scheduler.step()
-            policy.optimizer.zero_grad(set_to_none=True)
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
-            counts["grad_norm"] = counts.get("grad_norm", 0.0) + 1
+            where = f"step {step + 1}, epoch {epoch + 1}, mini-batch {mini_index + 1}"
+            if optimizer_step_if_finite(policy, loss_finite, grad_norm, cfg.train.max_nonfinite_steps, where):
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm
+                counts["grad_norm"] = counts.get("grad_norm", 0.0) + 1
+            else:
+                skipped += 1
     out = {k: sums[k] / counts[k] for k in sums}
+    out["nonfinite_skipped"] = float(skipped)
     out["lr"] = policy.scheduler.get_last_lr()[0]
     return out
 
 
-def _micro_step(policy: Policy, batch: list[Rollout], cfg: RunConfig, *, old, ref, num_tokens, num_seqs):
+def _micro_step(
+    policy: Policy, batch: list[Rollout], cfg: RunConfig, *, old, ref, num_tokens, num_seqs
+) -> tuple[dict[str, float], bool]:
+    """Forward and backward of one micro-batch; returns its metrics and whether its loss is finite.
+
+    The backward runs even for a NaN/inf loss: under DDP every rank must join the gradient all-reduce,
+    and the step is then skipped on all ranks together (`optimizer_step_if_finite`).
+    """
     algo = cfg.algorithm
     device = policy.accelerator.device
     inputs = _to(collate([r.prompt for r in batch], [r.completion.token_ids for r in batch], policy.pad_id), device)
@@ -204,7 +224,7 @@ def _micro_step(policy: Policy, batch: list[Rollout], cfg: RunConfig, *, old, re
     engine_lp = _pad_stack([r.completion.logprobs for r in batch], width, device)
     metrics["logprob_diff"] = logprob_agreement(engine_lp, logprobs.detach(), mask)
     metrics["num_tokens"] = float(mask.sum())
-    return metrics
+    return metrics, bool(torch.isfinite(loss.detach()))
 
 
 @torch.no_grad()
@@ -243,12 +263,59 @@ def _to(batch: dict, device) -> dict:
 
 
 def _clip(policy: Policy, max_norm: float) -> float:
+    """Total gradient norm before clipping (NaN/inf when any gradient is); clips to `max_norm` when > 0.
+
+    A non-finite norm turns every clipped gradient into NaN; `optimizer_step_if_finite` then drops them.
+    """
     params = [p for p in policy.model.parameters() if p.grad is not None]
     if not params:
         return 0.0
     if max_norm > 0:
         return float(policy.accelerator.clip_grad_norm_(params, max_norm))
     return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params])))
+
+
+def optimizer_step_if_finite(
+    policy: Policy, loss_finite: bool, grad_norm: float, max_in_a_row: int, where: str
+) -> bool:
+    """Apply the optimiser and lr-scheduler step, unless the loss or gradient norm is NaN/inf on any rank.
+
+    Ranks agree: each rank's two flags (loss, gradient norm) are summed over ranks first. DDP already
+    gives every rank the same gradients, but each rank has its own loss, and a NaN loss can come with
+    finite gradients (e.g. a NaN log-prob inside a clamp, whose gradient is 0), so the norm alone
+    would let that step through.
+
+    A skipped step drops the gradients and leaves the weights, the AdamW moments and step count, and
+    the lr schedule as they were: the schedule counts applied updates, so warm-up and decay are not
+    spent on updates that did not happen. `policy.nonfinite_streak` counts skipped steps in a row
+    (an applied step resets it); at `max_in_a_row` (`train.max_nonfinite_steps`; <= 1: the first
+    skipped step) an MMRLError stops the run, naming what was non-finite and `where` (the step).
+    Returns whether the step was applied.
+    """
+    acc = policy.accelerator
+    local = torch.tensor([not loss_finite, not math.isfinite(grad_norm)], dtype=torch.float32, device=acc.device)
+    bad_loss_ranks, bad_grad_ranks = acc.reduce(local, reduction="sum").tolist()
+    if not bad_loss_ranks and not bad_grad_ranks:
+        policy.optimizer.step()
+        policy.scheduler.step()
+        policy.optimizer.zero_grad(set_to_none=True)
+        policy.nonfinite_streak = 0
+        return True
+    policy.optimizer.zero_grad(set_to_none=True)
+    policy.nonfinite_streak += 1
+    if policy.nonfinite_streak >= max_in_a_row:
+        what = []
+        if bad_loss_ranks:
+            ranks = f" on {int(bad_loss_ranks)} of {acc.num_processes} ranks" if acc.num_processes > 1 else ""
+            what.append(f"the loss was NaN/inf{ranks}")
+        if bad_grad_ranks:
+            what.append(f"the gradient norm was {grad_norm}")
+        raise MMRLError(
+            f"{policy.nonfinite_streak} optimiser steps in a row were skipped as non-finite, the limit "
+            f"train.max_nonfinite_steps={max_in_a_row}; at the last one ({where}) {' and '.join(what)}. "
+            "Look for NaN/inf in the model weights, the rewards/advantages, or a too high lr"
+        )
+    return False
 
 
 class _nullcontext:
@@ -281,11 +348,36 @@ def evaluate_heldout(engine: Engine, prepared: list, max_new_tokens: int) -> dic
 # The loop
 
 
+def prepare_run_dir(run_dir: Path, train_cfg: TrainConfig, key: str) -> None:
+    """Refuse to start a fresh run in a folder that already holds one, unless told what to do with it.
+
+    A fresh run (empty `train.resume`) would prune the old checkpoints, cut `metrics.jsonl` and
+    replace `final/`. With `train.overwrite` the old checkpoints and final model are deleted first
+    (by rank 0), so that a later `resume=auto` cannot pick up a checkpoint of the replaced run.
+    """
+    if train_cfg.resume.strip() or not run_dir.is_dir():
+        return
+    found = [name for name in (CHECKPOINTS, "final") if (run_dir / name).is_dir() and any((run_dir / name).iterdir())]
+    if (run_dir / METRICS_FILE).is_file() and (run_dir / METRICS_FILE).stat().st_size > 0:
+        found.append(METRICS_FILE)
+    if not found:
+        return
+    if not train_cfg.overwrite:
+        raise MMRLError(
+            f"{key}={run_dir} already holds a run ({', '.join(found)}); continue it with train.resume=auto, "
+            f"choose a new {key}, or set train.overwrite=true to replace it"
+        )
+    if os.environ.get("RANK", "0") == "0":
+        for name in (CHECKPOINTS, "final"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
 def train(cfg: RunConfig) -> Path:
     """Run GRPO as configured; returns the run folder."""
     from mmrl.producers import make_producer
 
     run_dir = Path(cfg.train.out_dir)
+    prepare_run_dir(run_dir, cfg.train, "train.out_dir")
     total_updates = cfg.train.steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     policy = setup_policy(cfg, total_updates)
     acc = policy.accelerator
@@ -376,6 +468,8 @@ __all__ = [
     "Policy",
     "checkpoint",
     "evaluate_heldout",
+    "optimizer_step_if_finite",
+    "prepare_run_dir",
     "restore",
     "save_final",
     "setup_policy",

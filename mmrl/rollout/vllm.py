@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mmrl.errors import MMRLError
+from mmrl.models import hub_offline
 from mmrl.rollout.forward import suppressed_token_ids
 from mmrl.rollout.types import Completion, EncodedPrompt, SamplingParams
 
@@ -257,7 +258,13 @@ def _model_folder(model_path: str, processor: ProcessorMixin) -> tempfile.Tempor
     if not source.is_dir():
         from huggingface_hub import snapshot_download
 
-        source = Path(snapshot_download(model_path))
+        # The policy was loaded from this hub id already (mmrl.models.load_policy, which downloads only with
+        # model.allow_download): its files are in the cache, and nothing more is fetched here.
+        try:
+            with hub_offline(True):
+                source = Path(snapshot_download(model_path, local_files_only=True))
+        except Exception as e:  # huggingface_hub's LocalEntryNotFoundError and kin
+            raise MMRLError(f"rollout.engine=vllm: '{model_path}' is not in the Hugging Face cache: {e}") from None
     folder = tempfile.TemporaryDirectory(prefix="mmrl-vllm-")
     processor.save_pretrained(folder.name)  # written first: links must never be written through
     for f in source.iterdir():
