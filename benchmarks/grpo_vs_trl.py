@@ -109,8 +109,8 @@ def build_model(name: str, root: Path, seed: int) -> tuple[Path, int]:
 
 def write_samples(root: Path, count: int, seed: int) -> Path:
     """`count` dominant_color Samples as an mmrl dataset folder (PNG images): both sides read these."""
+    from mmrl.registry import get_task
     from mmrl.sample import write_dataset
-    from pretext_tasks.registry import get_task
 
     task = get_task("dominant_color")
     samples = []
@@ -230,8 +230,8 @@ def make_trl_trainer(args: argparse.Namespace, model_path: Path, data_path: Path
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
 
+    from mmrl.registry import get_task
     from mmrl.sample import read_dataset
-    from pretext_tasks.registry import get_task
 
     task = get_task("dominant_color")
     by_id = {s.id: s for s in read_dataset(data_path)}

@@ -271,8 +271,8 @@ def plan_task(bench: TaskBench, task: Any, items: Any, args: argparse.Namespace)
 def run_task(bench: TaskBench, items: Any, args: argparse.Namespace, out_dir: Path) -> tuple[Timings, Any]:
     from mmrl.errors import SkipItem
     from mmrl.generate import MAX_CONSECUTIVE_FAILURES
+    from mmrl.registry import get_task
     from mmrl.sample import write_dataset
-    from pretext_tasks import get_task
 
     task = get_task(bench.task, **bench.params)
     plan = plan_task(bench, task, items, args)
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.tasks.split(","):
             bench = BENCHES[name]
             t1 = time.perf_counter()
-            from pretext_tasks import get_task
+            from mmrl.registry import get_task
 
             if bench.sources is not None:
                 items = bench.sources(corpus, Path(tmp))

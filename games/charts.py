@@ -1,6 +1,6 @@
 """Charts for the spy game's chart pairs: a JSON-able spec, its deterministic matplotlib rendering, and
 one swap of two attributes (Vision-Zero's chart data swaps two attributes of a chart's spec and
-re-renders it; Wang et al. 2025, arXiv 2509.25541, sheet §6). Our specs are seeded, not extracted
+re-renders it; Wang et al. 2025, arXiv 2509.25541; docs/vision_zero.md). Our specs are seeded, not extracted
 from ChartQA; `games.pairs.chart_pair` turns two of them into an image pair.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mmrl.game_config import CHART_TYPES
+from games.config import CHART_TYPES
 
 # Hex values of a common 10-colour categorical palette, under plain names a model can say back.
 CHART_COLORS: dict[str, str] = {

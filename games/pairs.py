@@ -1,7 +1,7 @@
 """Image pairs for the "Who is the spy" game (`spy`, Vision-Zero): civilians see `original`, the spy sees
 `modified` (or, with `spy_view: blank`, a blank picture of the same size).
 
-Three kinds, as in the paper's data (sheet §6):
+Three kinds, as in the paper's data (docs/vision_zero.md):
 
 * `scene`: a procedural 3D scene (`mmrl.scenes`, ray-cast on the CPU) in which `n_changes` visible objects
   are replaced at the same positions: every attribute in `attributes` (colour, shape) gets a new value,
@@ -35,9 +35,9 @@ import numpy as np
 from PIL import Image
 
 from games.charts import chart_swap, random_chart_spec, render_chart
+from games.config import CHART_SWAPS, CHART_TYPES, SCENE_ATTRIBUTES, PairKind, PairParams, SpyView
 from mmrl import media
 from mmrl.errors import MMRLError, SkipItem
-from mmrl.game_config import CHART_SWAPS, CHART_TYPES, SCENE_ATTRIBUTES, PairKind, PairParams, SpyView
 
 if TYPE_CHECKING:
     from mmrl import scene_edits as edits
@@ -56,7 +56,7 @@ DIFFERENCES = {
     "chart": "two attributes of the chart were swapped with each other ({what})",
     "photo": "some objects or parts of the picture were edited",
 }
-"""`ImagePair.difference` per kind: the general kind of difference the game prompt may state (sheet §2)."""
+"""`ImagePair.difference` per kind: the general kind of difference the game prompt may state (docs/vision_zero.md)."""
 
 _SCENE_TRIES = 20  # fresh scenes before giving up (each fails only if too few objects are visible enough)
 _PICK_TRIES = 5  # choices of objects/new values per scene (a pick fails if a changed object ends up hidden)

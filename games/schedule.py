@@ -26,9 +26,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from games.config import AccMode, ScheduleConfig, ScheduleMode
 from games.scoring import Vote
 from mmrl.errors import ConfigError
-from mmrl.game_config import AccMode, ScheduleConfig, ScheduleMode
 
 Stage = Literal["decision", "clue"]
 

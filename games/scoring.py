@@ -147,7 +147,7 @@ def _json_vote(text: str, n_players: int) -> Vote:
 
 
 def parse_vote(text: str, n_players: int) -> Vote:
-    """The vote in a decision-stage completion (sheet §3, the released code's rule, braces balanced).
+    """The vote in a decision-stage completion (docs/vision_zero.md; the released code's rule, braces balanced).
 
     1. The content of the first complete `\\boxed{…}`: `N/A` or `NA` in any case (spaces, a final
        period or a `\\text{…}` wrapper allowed) is an abstention; else the first standalone number
@@ -231,7 +231,7 @@ def clue_rewards(votes: Sequence[Vote], spy: int, n_players: int, beta: float = 
         r_cj  = (β / n_c)(v_s − v̄_c) − λ (v_cj − v̄_c)
 
     β sets the spy-versus-civilians competition, λ penalises civilians that draw suspicion. The
-    rewards sum to 0 (up to rounding). Worked example (sheet §4): 4 players, spy 2, votes
+    rewards sum to 0 (up to rounding). Worked example (docs/vision_zero.md): 4 players, spy 2, votes
     {1: 2, 2: 5, 3: 0, 4: 0} and one N/A give (+0.011, −0.433, +0.211, +0.211).
     """
     _check_seat(spy, n_players, "spy")

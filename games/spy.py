@@ -12,7 +12,7 @@
     the stage schedule observes the step's vote accuracy and N/A rate (Algorithm 1)
     return the rollouts of the stage this step trains (the other stage ran forward only)
 
-Rewards (sheet §4), with v_s the votes for the spy, v_cj for civilian j, v̄_c their mean, n_c = n − 1:
+Rewards (docs/vision_zero.md), with v_s the votes for the spy, v_cj for civilian j, v̄_c their mean, n_c = n − 1:
 
     r_spy = −β (v_s − v̄_c),    r_cj = (β / n_c)(v_s − v̄_c) − λ (v_cj − v̄_c)              (Eq. 1, zero-sum)
     b_spy ← α b_spy + (1 − α) mean r_spy,   b_civ ← α b_civ + (1 − α) mean r_c,   A = r − b   (Eq. 2)
@@ -54,38 +54,17 @@ from games.scoring import (
 )
 from games.spy_game import Game, Turn
 from games.transcripts import TranscriptWriter
-from mmrl.config import RunConfig, SpyConfig
+from mmrl.config import RunConfig, validate_config
+from mmrl.contracts import Completion, EncodedPrompt, Engine, Rollout
 from mmrl.errors import ConfigError, MediaError, MMRLError, SkipItem
 from mmrl.rollout import sampling_params
 from mmrl.rollout.encode import encode_prompt
-from mmrl.rollout.types import Completion, EncodedPrompt, Engine, Rollout
 
 log = logging.getLogger(__name__)
 
 TASK = "spy"
 """Registry name of the game: the `task` of its rollouts."""
 MAX_BAD_DRAWS = 32  # unusable pairs in a row for one game before the run stops
-
-
-def check_config(cfg: RunConfig) -> None:
-    """Raise ConfigError naming the first `game.*` value out of range (also after overrides)."""
-    g: SpyConfig = cfg.game
-    limits = [
-        ("n_players", g.n_players >= 3, "at least 3 (two civilians and the spy)"),
-        ("clue_rounds", g.clue_rounds >= 1, ">= 1"),
-        ("games_per_step", g.games_per_step >= 1, ">= 1"),
-        ("decision_samples", g.decision_samples >= 1, ">= 1"),
-        ("beta", g.beta >= 0, ">= 0"),
-        ("lam", g.lam >= 0, ">= 0"),
-        ("rae_alpha", 0 <= g.rae_alpha <= 1, "in [0, 1]"),
-        ("transcript_games", g.transcript_games >= 0, ">= 0"),
-    ]
-    for name in ("clue_min_new_tokens", "decision_min_new_tokens"):
-        ok = 0 <= getattr(g, name) <= cfg.rollout.max_new_tokens
-        limits.append((name, ok, f"in 0..rollout.max_new_tokens ({cfg.rollout.max_new_tokens})"))
-    for name, ok, want in limits:
-        if not ok:
-            raise ConfigError(f"game.{name} must be {want}, got {getattr(g, name)!r}")
 
 
 def global_sum(values: np.ndarray) -> np.ndarray:
@@ -107,7 +86,7 @@ class SpyProducer:
     def __init__(self, cfg: RunConfig, processor: Any, rank: int = 0) -> None:
         if cfg.game.name != TASK:
             raise ConfigError(f"SpyProducer needs game.name: {TASK}, got {cfg.game.name!r}")
-        check_config(cfg)
+        validate_config(cfg)  # a config built in code has not been through load_config's checks
         self.cfg = cfg
         self.game = cfg.game
         self.processor = processor
@@ -393,9 +372,9 @@ class SpyProducer:
 
         return sft_examples(self, step, count)
 
-    def heldout(self, count: int) -> list:
-        """No held-out set: games are scored by the game itself (the trainer skips evaluation)."""
-        return []
+    def evaluate(self, engine: Engine) -> dict[str, float]:
+        """No held-out set: a game is scored by playing it (the `game/*` metrics of every step)."""
+        return {}
 
     # -- checkpoint state -------------------------------------------------------------------------
 
@@ -430,4 +409,4 @@ def _rollout(game: Game, t: Turn) -> Rollout:
     )
 
 
-__all__ = ["TASK", "SpyProducer", "check_config", "global_sum"]
+__all__ = ["TASK", "SpyProducer", "global_sum"]

@@ -16,7 +16,7 @@ from games import spy_prompts as prompts
 from games.pairs import ImagePair, SpyView
 from games.schedule import Stage, decision_accuracy
 from games.scoring import Vote, count_kinds, vote_counts
-from mmrl.rollout.types import Completion, EncodedPrompt
+from mmrl.contracts import Completion, EncodedPrompt
 
 Role = Literal["spy", "civilian", "judge"]
 

@@ -1,6 +1,6 @@
 """The texts players and judges of the spy game read (Vision-Zero; Wang et al. 2025, arXiv 2509.25541).
 
-Pure functions from what a seat may know to chat messages; the wording is ours (sheet §2-3). The one rule
+Pure functions from what a seat may know to chat messages; the wording is ours (docs/vision_zero.md). The one rule
 they enforce is visibility: a player's prompt shows every earlier clue, its **own** earlier reasoning, and
 never another player's reasoning (`history_block`); the judge sees clues only.
 """

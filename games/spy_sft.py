@@ -52,8 +52,8 @@ from games.schedule import Stage
 from games.spy import MAX_BAD_DRAWS, SpyProducer
 from games.spy_game import Game
 from games.spy_prompts import SpokenClue
+from mmrl.contracts import EncodedPrompt
 from mmrl.errors import MMRLError
-from mmrl.rollout.types import EncodedPrompt
 
 SFT_STEP = 2**41
 """Cold-start games of SFT step s are drawn as training step SFT_STEP + s would draw them (a training run never

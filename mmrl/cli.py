@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from mmrl import __version__
+from mmrl import __version__, registry
 from mmrl.errors import MMRLError
 
 DESCRIPTION = """\
@@ -158,14 +158,12 @@ def cmd_play(args: argparse.Namespace) -> None:
     cfg = _run_config(args)
     out = args.out if args.out is not None else Path(cfg.train.out_dir) / "play"
     _check_out(out, "--out" if args.out is not None else "transcript folder")
-    from games.play import play_games  # after the checks: it imports torch
-
-    summary = play_games(cfg, out, args.games)
-    print(
-        f"played {summary['games']:.0f} games ({summary['dropped']:.0f} dropped): spy caught in "
-        f"{summary['catch_rate']:.0%}, votes N/A {summary['na_share']:.0%}, invalid {summary['invalid_share']:.0%}, "
-        f"turns without a clue {summary['no_clue_share']:.0%}"
-    )
+    if not cfg.game.name:
+        raise MMRLError("mmrl play needs a game: set game.name (e.g. game.name=spy) in the config or as an override")
+    summary = dict(registry.game(cfg.game.name).play(cfg, out, args.games))
+    played, dropped = summary.pop("games"), summary.pop("dropped")
+    shares = ", ".join(f"{name.replace('_', ' ')} {value:.0%}" for name, value in summary.items())
+    print(f"played {played:.0f} games ({dropped:.0f} dropped): {shares}")
     print(f"transcripts: {(out / 'transcripts.md').resolve()}")
 
 
@@ -320,10 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--task", help="registry name of the task (e.g. dominant_color, image_jigsaw)")
+    what.add_argument("--task", help=f"registry name of the task: {', '.join(registry.task_names())}")
     what.add_argument(
         "--suite",
-        choices=["viu"],
+        choices=registry.names("suite"),
         help="a fixed evaluation suite instead of one task: `viu` (VideoSSR's VIUBench equivalent: counting, "
         "grounding per perturbation type and temporal jigsaw, Easy and Hard splits); --n samples per block, "
         "--param overrides every block (e.g. frames=16)",
@@ -399,7 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # lists the installed plugins: two packages claiming one name stop here
+    except MMRLError as e:
+        print(f"mmrl: error: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     _quiet_libraries()
     try:
         args.func(args)

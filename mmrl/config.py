@@ -32,8 +32,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 
+from mmrl import registry
 from mmrl.errors import ConfigError
-from mmrl.game_config import SpyConfig
 
 T = TypeVar("T")
 
@@ -295,6 +295,14 @@ class LogConfig:
 
 
 @dataclass
+class NoGame:
+    """The `game` section of a run without a game."""
+
+    name: str = ""
+    """A registered self-play game (`spy`) to train on instead of the task mixture; empty: no game."""
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy checkpoint and pixel budgets."""
@@ -312,18 +320,25 @@ class RunConfig:
     """The default corpus used by live generators with `source: default`."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised cold start (`mmrl sft`)."""
-    game: SpyConfig = field(default_factory=SpyConfig)
-    """Self-play game (`game.name: spy`) producing the rollouts instead of the task mixture of `data`."""
+    game: Any = field(default_factory=NoGame, metadata={"plugin": "game"})
+    """Self-play game producing the rollouts instead of the task mixture of `data`: `game.name` names a
+    registered game (`spy`), whose own keys then make up the rest of this section."""
 
     def config_rules(self) -> list[Rule]:
         weighted = any(source.weight > 0 for source in self.data.sources)
         rules = [("data.sources", weighted or bool(self.game.name), "a list with at least one source of weight > 0")]
-        if self.game.name:
-            limit = self.rollout.max_new_tokens
-            for name in ("clue_min_new_tokens", "decision_min_new_tokens"):
-                value = getattr(self.game, name)
-                rules.append((f"game.{name}", value <= limit, f"<= rollout.max_new_tokens ({limit}) in a game"))
-        return rules
+        run_rules = getattr(self.game, "run_rules", None)  # a game's rules that involve other sections
+        return rules + (run_rules(self) if run_rules is not None else [])
+
+
+def plugin_schema(kind: str, name: str) -> type:
+    """The dataclass of a plugin section: the `Config` of the registered plugin `name` of `kind`, or `NoGame`
+    when `name` is empty."""
+    if not name:
+        return NoGame
+    if not isinstance(name, str):
+        raise ConfigError(f"config key '{kind}.name' must be a string, got {name!r}")
+    return registry.lookup(kind, name).Config
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,6 +375,12 @@ def describe(cls: type, prefix: str = "") -> str:
         hint, spec = _split_range(hints[f.name])
         if dataclasses.is_dataclass(hint):
             lines.append(describe(hint, prefix + f.name + "."))
+            continue
+        if "plugin" in f.metadata:  # the section without a plugin, then each installed plugin's schema
+            lines.append(describe(plugin_schema(f.metadata["plugin"], ""), prefix + f.name + "."))
+            for name in registry.names(f.metadata["plugin"]):
+                lines.append(f"  with {prefix}{f.name}.name={name}:")
+                lines.append(describe(plugin_schema(f.metadata["plugin"], name), prefix + f.name + "."))
             continue
         kind = _type_name(hint)
         if spec:
@@ -430,11 +451,17 @@ def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") ->
     # Defaults first, then the given values: a class's own `__post_init__` checks would report a bad value
     # without its section, where `validate_config` names the full key.
     config = cls()
+    plugins = _plugin_fields(cls)
     for key, value in data.items():
         if key not in names:
             raise ConfigError(_unknown_key_message(f"{prefix}{key}", key, names, source))
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if key in plugins:  # the section's schema is the Config of the plugin its `name` picks
+            if not isinstance(value or {}, dict):
+                raise ConfigError(f"{_where(source)}'{prefix}{key}' must be a mapping, got {value!r}")
+            schema = plugin_schema(plugins[key], (value or {}).get("name", ""))
+            setattr(config, key, _build(schema, value or {}, source, f"{prefix}{key}."))
+        elif dataclasses.is_dataclass(hint):
             setattr(config, key, _build(hint, value or {}, source, f"{prefix}{key}."))
         else:
             setattr(config, key, _coerce(value, hint, f"{prefix}{key}", source))
@@ -451,6 +478,9 @@ def apply_override(config: Any, item: str) -> None:
         raise ConfigError(f"override '{item}' must look like key=value (e.g. model.max_pixels=200704)")
     dotted, raw = item.split("=", 1)
     *path, last = dotted.strip().split(".")
+    if len(path) == 1 and last == "name" and path[0] in _plugin_fields(type(config)):
+        _switch_plugin(config, path[0], _parse_value(raw), item)
+        return
     target, hint = config, type(config)
     for depth, part in enumerate(path):
         slot, hint = _override_slot(target, hint, part, path[:depth], item)
@@ -458,15 +488,36 @@ def apply_override(config: Any, item: str) -> None:
     slot, hint = _override_slot(target, hint, last, path, item)
     if dataclasses.is_dataclass(hint):
         raise ConfigError(f"override '{item}' sets a whole section; set one of its keys instead")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    value = _coerce(value, hint, dotted, "override")
+    value = _coerce(_parse_value(raw), hint, dotted, "override")
     if dataclasses.is_dataclass(target):
         setattr(target, slot, value)
     else:
         target[slot] = value
+
+
+def _parse_value(raw: str) -> Any:
+    """An override's value, parsed as YAML (`1e-6`, `[a, b]`, `{k: v}`); unparsable text stays a string."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _switch_plugin(config: Any, key: str, name: Any, item: str) -> None:
+    """`game.name=spy`: the section takes the named plugin's schema, keeping the values both schemas share."""
+    old = getattr(config, key)
+    section = plugin_schema(_plugin_fields(type(config))[key], name)()
+    shared = {f.name for f in dataclasses.fields(section)} & {f.name for f in dataclasses.fields(old)} - {"name"}
+    for field_name in shared:
+        setattr(section, field_name, getattr(old, field_name))
+    if name:
+        section.name = name
+    setattr(config, key, section)
+
+
+def _plugin_fields(cls: type) -> dict[str, str]:
+    """Fields of `cls` whose schema a plugin supplies (field metadata `plugin`: the registry kind)."""
+    return {f.name: f.metadata["plugin"] for f in dataclasses.fields(cls) if "plugin" in f.metadata}
 
 
 def _override_slot(target: Any, hint: Any, part: str, path: list[str], item: str) -> tuple[Any, Any]:
@@ -475,7 +526,13 @@ def _override_slot(target: Any, hint: Any, part: str, path: list[str], item: str
     if dataclasses.is_dataclass(target):
         names = [f.name for f in dataclasses.fields(target)]
         if part not in names:
-            raise ConfigError(_unknown_key_message(".".join([*path, part]), part, names, "override"))
+            message = _unknown_key_message(".".join([*path, part]), part, names, "override")
+            if isinstance(target, NoGame):
+                message += "; a game's keys exist once it is named: set game.name first (installed games: "
+                message += f"{', '.join(registry.names('game')) or 'none'})"
+            raise ConfigError(message)
+        if part in _plugin_fields(type(target)):
+            return part, type(getattr(target, part))  # the section's current schema
         return part, typing.get_type_hints(type(target))[part]
     if isinstance(target, list):
         if not (part.isdigit() and int(part) < len(target)):
@@ -507,7 +564,7 @@ def validate_config(config: Any, prefix: str = "") -> None:
         value, key = getattr(config, f.name), prefix + f.name
         hint, spec = _split_range(hints[f.name])
         item = (typing.get_args(hint) or (None,))[0]
-        if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(hint) or "plugin" in f.metadata:
             validate_config(value, key + ".")
         elif typing.get_origin(hint) is list and dataclasses.is_dataclass(item):
             for index, element in enumerate(value):
@@ -681,7 +738,8 @@ def _type_name(hint: Any) -> str:
 __all__ = [
     "CorpusConfig",
     "ModelConfig",
-    "SpyConfig",
+    "NoGame",
+    "plugin_schema",
     "apply_override",
     "default_cache_dir",
     "describe",

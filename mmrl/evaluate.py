@@ -1,21 +1,20 @@
 """`mmrl eval`: score a model on a generated dataset, next to a random-guess baseline.
 
 For each Sample the model's completion (one per sample, batched through the hf engine) is scored by
-its own task's reward: `get_task(sample.task, **sample.meta["params"]).reward` (the parameters it
+its own task's reward: `registry.get_task(sample.task, **sample.meta["params"]).reward` (the parameters it
 was generated with, when the Sample records them; else the task's defaults). Per group (by task, and by `meta["split"]`
 when samples carry one) we report:
 
 - `count`: samples scored (prompts over `max_prompt_tokens` or with unreadable media are skipped and
   counted under `skipped`, never scored as 0);
-- `accuracy`: fraction of exact answers: the reward's `exact` part equals 1 when it has one (the
-  ordering rewards), else its `accuracy` part equals 1 (partial credit, e.g. Visual Jigsaw's
-  γ·fraction, never counts), else `score >= 1`;
+- `accuracy`: fraction of exact answers (`Reward.is_exact`: the reward's `exact` part equals 1 when it
+  has one (the ordering rewards), else its `accuracy` part equals 1 (partial credit, e.g. Visual
+  Jigsaw's γ·fraction, never counts), else `score >= 1`);
 - `mean_reward`: mean of `Reward.score`.
 
 The `random` row scores, for the same samples, answers of the right form drawn at random (mean over
-`baseline_draws` draws per sample): the task's own `random_answer(sample, rng) -> completion text`
-when it has one; else, when the answer is a permutation of 1..K (ordering tasks), a uniformly random
-permutation in the sample's answer format; else a shuffle of the reference answers of the task's
+`baseline_draws` draws per sample): the task's own `random_answer(sample, rng)` (the ordering tasks: a
+uniformly random permutation) when it gives one; else a shuffle of the reference answers of the task's
 samples in the dataset (a guess from the dataset's answer distribution).
 
 `score(samples, completions)` scores any completions (e.g. `reference_completions(samples)`, which
@@ -37,11 +36,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from mmrl import registry
 from mmrl.config import ModelConfig, RolloutConfig
+from mmrl.contracts import SamplingParams
 from mmrl.errors import MediaError, MMRLError
-from mmrl.generate import answer_text
-from mmrl.sample import Sample
-from rewards.extract import wrap_answer
+from mmrl.models import load_policy
+from mmrl.rollout import encode_prompt, make_engine
+from mmrl.sample import SAMPLES_FILE, Sample, read_dataset
+from mmrl.task import Task, score_completion
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +81,20 @@ class Scored:
 class _Tasks(dict):
     """Task objects by registry name, built on first use with default parameters."""
 
-    def __missing__(self, name: str) -> Any:
-        from pretext_tasks.registry import get_task
-
-        self[name] = task = get_task(name)
+    def __missing__(self, name: str) -> Task:
+        self[name] = task = registry.get_task(name)
         return task
 
-    def of(self, sample: Sample) -> Any:
+    def of(self, sample: Sample) -> Task:
         """The task that scores `sample`: built with the parameters it was generated with
         (`meta["params"]`, when present and still valid), else with the defaults."""
-        from pretext_tasks.registry import get_task
-
         params = sample.meta.get("params")
         if not isinstance(params, dict):
             return self[sample.task]
         key = f"{sample.task}:{json.dumps(params, sort_keys=True, default=str)}"
         if key not in self:
             try:
-                self[key] = get_task(sample.task, **params)
+                self[key] = registry.get_task(sample.task, **params)
             except MMRLError as e:
                 if "unknown task" in str(e):
                     raise
@@ -105,33 +103,16 @@ class _Tasks(dict):
         return self[key]
 
 
-def is_exact(parts: dict[str, float], score: float) -> bool:
-    """Exact answer: the reward's `exact` part is 1 when it has one (ordering rewards), else its
-    `accuracy` part is 1, else the score is at least 1."""
-    for name in ("exact", "accuracy"):
-        if name in parts:
-            return parts[name] >= 1.0
-    return score >= 1.0
-
-
-def answer_completion(task: Any, sample: Sample, answer: Any = None) -> str:
-    """The completion that states `answer` (default: the sample's own) in the sample's answer format.
-
-    The task's `reference_completion(sample)` when it has one (called on a copy carrying `answer`);
-    else `answer_text(answer)` wrapped per `meta["answer_mode"]` (falling back to the task's
-    `params.answer_mode`): `<answer>…</answer>` (answer_tag, default), `\\boxed{…}` or bare (raw).
-    """
-    answer = sample.answer if answer is None else answer
-    if hasattr(task, "reference_completion"):
-        return task.reference_completion(dataclasses.replace(sample, answer=answer))
-    mode = sample.meta.get("answer_mode") or getattr(getattr(task, "params", None), "answer_mode", "answer_tag")
-    return wrap_answer(answer_text(answer), mode)
+def answer_completion(task: Task, sample: Sample, answer: Any) -> str:
+    """The completion that states `answer` instead of the sample's own: the task's `reference_completion` of
+    a copy of the sample carrying `answer`."""
+    return task.reference_completion(dataclasses.replace(sample, answer=answer))
 
 
 def reference_completions(samples: Sequence[Sample], tasks: _Tasks | None = None) -> list[str]:
     """Each sample's ground truth as a completion (scores accuracy 1.0 when the scoring path is right)."""
     tasks = _Tasks() if tasks is None else tasks
-    return [answer_completion(tasks.of(s), s) for s in samples]
+    return [tasks.of(s).reference_completion(s) for s in samples]
 
 
 def random_completions(samples: Sequence[Sample], rng: np.random.Generator, tasks: dict | None = None) -> list[str]:
@@ -146,22 +127,9 @@ def random_completions(samples: Sequence[Sample], rng: np.random.Generator, task
         for i, other in zip(indices, shuffled):
             sample = samples[i]
             task = tasks.of(sample)
-            if hasattr(task, "random_answer"):
-                out[i] = task.random_answer(sample, rng)
-            elif _is_permutation(sample.answer):
-                out[i] = answer_completion(task, sample, [int(x) + 1 for x in rng.permutation(len(sample.answer))])
-            else:
-                out[i] = answer_completion(task, sample, samples[other].answer)
+            guess = task.random_answer(sample, rng)
+            out[i] = guess if guess is not None else answer_completion(task, sample, samples[other].answer)
     return out
-
-
-def _is_permutation(answer: Any) -> bool:
-    return (
-        isinstance(answer, (list, tuple))
-        and len(answer) >= 2
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in answer)
-        and sorted(answer) == list(range(1, len(answer) + 1))
-    )
 
 
 def score(samples: Sequence[Sample], completions: Sequence[str], tasks: _Tasks | None = None) -> list[Scored]:
@@ -171,16 +139,11 @@ def score(samples: Sequence[Sample], completions: Sequence[str], tasks: _Tasks |
     tasks = _Tasks() if tasks is None else tasks
     scored = []
     for sample, completion in zip(samples, completions):
-        try:
-            reward = tasks.of(sample).reward(completion, sample)
-            value, parts = float(reward.score), {k: float(v) for k, v in reward.parts.items()}
-        except MMRLError:
-            raise  # an unknown task name is the user's to fix, not a zero score
-        except Exception as e:  # a reward must never take the evaluation down
-            log.warning("reward of task %s raised %r on sample %s; scored 0", sample.task, e, sample.id)
-            value, parts = 0.0, {}
-        exact = 1.0 if is_exact(parts, value) else 0.0
-        scored.append(Scored(sample.id, sample.task, completion, value, exact, parts))
+        reward, error = score_completion(tasks.of(sample), completion, sample)
+        if error is not None:
+            log.warning("reward of task %s raised %s on sample %s; scored 0", sample.task, error, sample.id)
+        parts = {k: float(v) for k, v in reward.parts.items()}
+        scored.append(Scored(sample.id, sample.task, completion, float(reward.score), float(reward.is_exact), parts))
     return scored
 
 
@@ -244,9 +207,6 @@ def generate_completions(
 ) -> tuple[list[str | None], Counter]:
     """One completion per sample (None where the prompt was skipped) and the skip counts by reason:
     `prompt_over_budget`, `unreadable_media`, `prompt_rejected` (the processor refused the media)."""
-    from mmrl.rollout import encode_prompt, make_engine
-    from mmrl.rollout.types import SamplingParams
-
     if batch_size < 1:
         raise MMRLError(f"--batch-size must be at least 1, got {batch_size}")
     rollout = RolloutConfig(engine=engine, batch_size=batch_size, max_new_tokens=max_new_tokens)
@@ -398,9 +358,6 @@ def evaluate(
 
     Returns (result, path of the JSON file). `kwargs` go to `evaluate_dataset`.
     """
-    from mmrl.models import load_policy
-    from mmrl.sample import SAMPLES_FILE, read_dataset
-
     folder = Path(data).expanduser()
     if folder.is_dir() and not (folder / SAMPLES_FILE).exists():
         found = "a parquet export" if (folder / "train.parquet").exists() else "no samples.jsonl"
@@ -430,7 +387,6 @@ __all__ = [
     "evaluate_dataset",
     "format_table",
     "generate_completions",
-    "is_exact",
     "random_completions",
     "reference_completions",
     "score",

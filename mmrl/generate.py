@@ -11,13 +11,8 @@ Source items a task cannot use (`SkipItem`, counted under its reason) or cannot 
 counted as `unreadable_media`) are skipped and the next attempt draws another item; after
 `MAX_CONSECUTIVE_FAILURES` failed attempts in a row the run stops with an error naming the reasons.
 
-Formats (documented with their columns in `data/README.md`):
-
-- `jsonl`: the native `samples.jsonl` + `media/` (`mmrl.sample.write_dataset`);
-- `hf`: a Hugging Face `datasets.Dataset` (`save_to_disk`) with the columns TRL's GRPOTrainer reads
-  for vision-language models (`prompt` with `{"type": "image"}` placeholders, `images`), plus
-  `answer`, `task`, `id`, `meta` (JSON); image tasks only, since the trainer has no video column;
-- `verl`: `train.parquet` in the shape verl's `RLHFDataset` (and EasyR1, via `problem`/`answer`) reads.
+Formats (documented with their columns in `data/README.md`): `jsonl`, the native `samples.jsonl` +
+`media/` (`mmrl.sample.write_dataset`); `hf` and `verl` for other trainers (`mmrl.exporters`).
 
 Every run also writes `generation.json` (task, parameters, seed, source, counts) and, with
 `preview=K`, one PNG sheet per sample for the first K samples in `preview/`.
@@ -25,8 +20,6 @@ Every run also writes `generation.json` (task, parameters, seed, source, counts)
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import shutil
@@ -38,15 +31,16 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from PIL import Image
 from tqdm.auto import tqdm
 
-from mmrl import media
+from mmrl import registry
 from mmrl.config import CorpusConfig, to_dict
 from mmrl.corpus import LazyCorpus
 from mmrl.errors import MediaError, MMRLError, SkipItem
+from mmrl.exporters import HF_FILES, VERL_FILE, write_hf, write_verl
+from mmrl.preview import preview_sheet
 from mmrl.sample import MEDIA_DIR, SAMPLES_FILE, Sample, write_dataset
-from rewards.ordering import labels_text
+from mmrl.suites import suite_entries
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +49,6 @@ FORMATS: tuple[str, ...] = ("jsonl", "hf", "verl")
 MAX_CONSECUTIVE_FAILURES = 50
 REPORT_FILE = "generation.json"
 PREVIEW_DIR = "preview"
-VERL_FILE = "train.parquet"
-HF_FILES = ("dataset_info.json", "state.json")  # plus data-*.arrow shards
 UNREADABLE = "unreadable_media"
 
 
@@ -168,13 +160,11 @@ def generate(
     `out` must be empty or absent unless `overwrite`, which first removes this module's own outputs
     (samples.jsonl, media/, preview/, generation.json, train.parquet, the hf files) and nothing else.
     """
-    from pretext_tasks.registry import get_task
-
     if fmt not in FORMATS:
         raise MMRLError(f"unknown format '{fmt}'; valid formats: {', '.join(FORMATS)}")
     if n < 1:
         raise MMRLError(f"--n must be at least 1, got {n}")
-    task = get_task(task_name, **(params or {}))
+    task = registry.get_task(task_name, **(params or {}))
     items = source_items(task, source, corpus_cfg)
     root = Path(out).expanduser()
     _prepare_out(root, overwrite)
@@ -197,16 +187,13 @@ def generate_suite(
     progress: bool = True,
     corpus_cfg: CorpusConfig | None = None,
 ) -> GenerationReport:
-    """Write `n` Samples of every entry of evaluation suite `suite` (`mmrl.suites`) into one jsonl
-    dataset in `out`; `params` override every entry's task parameters. Sample ids are
+    """Write `n` Samples of every entry of evaluation suite `suite` (a registered suite, `mmrl.suites`) into
+    one jsonl dataset in `out`; `params` override every entry's task parameters. Sample ids are
     `<suite>-<task>-<split>[-<label>]-<i:04d>`; each Sample's meta gets `split` and `suite`."""
-    from mmrl.suites import suite_entries
-    from pretext_tasks.registry import get_task
-
     if n < 1:
         raise MMRLError(f"--n must be at least 1, got {n}")
     entries = suite_entries(suite, params)
-    tasks = [get_task(e.task, **e.params) for e in entries]  # every parameter checked before any work
+    tasks = [registry.get_task(e.task, **e.params) for e in entries]  # every parameter checked before any work
     items_of: dict[str, Sequence[Any]] = {}
     for entry, task in zip(entries, tasks):  # sources listed once per task name, before `out` is touched
         if entry.task not in items_of:
@@ -245,8 +232,6 @@ def _write(
     def stream() -> Iterator[Sample]:
         for sample, attempts in drawn:
             if report.written < report.preview:
-                from mmrl.preview import preview_sheet  # imports generate: keep the cycle at call time
-
                 name = f"{report.written:04d}_{_safe(sample.id)}.png"
                 preview_sheet(sample).save(root / PREVIEW_DIR / name, compress_level=6)
             report.attempts += attempts
@@ -305,167 +290,13 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-# --------------------------------------------------------------------------------------------------
-# Exports
-
-
-def answer_text(answer: Any) -> str:
-    """The answer as the text a model should give: a list of ints as `2, 4, 1, 3` (the ordering tasks'
-    payload), a string as itself, anything else as JSON."""
-    if isinstance(answer, str):
-        return answer
-    if isinstance(answer, (list, tuple)) and answer and all(isinstance(x, (int, np.integer)) for x in answer):
-        return labels_text(answer)
-    return json.dumps(answer, ensure_ascii=False)
-
-
-def png_bytes(image: Image.Image | str | Path | np.ndarray) -> bytes:
-    """Lossless PNG bytes of an image (PIL, path or HxWx3 uint8 array), encoded like `write_dataset` does."""
-    if isinstance(image, (str, Path)):
-        image = media.load_image(image)
-    elif isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # as mmrl.sample: fast, lossless, deterministic
-    return buffer.getvalue()
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def content_items(message: dict[str, Any]) -> list[dict[str, Any]]:
-    content = message["content"]
-    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
-
-
-def _video_frames(sample: Sample, item: dict[str, Any], fmt: str) -> list[Any]:
-    frames = item["video"]
-    if isinstance(frames, (str, Path)):
-        raise MMRLError(
-            f"sample {sample.id}: --format {fmt} exports videos given as frame lists, not video files "
-            f"({frames}); use --format jsonl"
-        )
-    return list(frames)
-
-
-def hf_row(sample: Sample) -> dict[str, Any]:
-    """One row of the hf export (see `data/README.md`): TRL's conversational `prompt` with
-    `{"type": "image"}` placeholders, the images in prompt order, and the Sample's fields."""
-    prompt, images = [], []
-    for message in sample.messages:
-        content = []
-        for item in content_items(message):
-            if item["type"] == "video":
-                raise MMRLError(
-                    f"sample {sample.id} has a video: --format hf is for image tasks (TRL's GRPOTrainer reads "
-                    "`image`/`images` columns only); use --format jsonl or verl"
-                )
-            if item["type"] == "image":
-                images.append({"bytes": png_bytes(item["image"]), "path": None})
-                content.append({"type": "image", "text": None})
-            else:
-                content.append({"type": "text", "text": item["text"]})
-        prompt.append({"role": message["role"], "content": content})
-    return {
-        "prompt": prompt,
-        "images": images,
-        "answer": sample.answer,
-        "task": sample.task,
-        "id": sample.id,
-        "meta": _json(sample.meta),
-    }
-
-
-def write_hf(samples: Iterator[Sample], out: Path) -> None:
-    """Save the samples as a `datasets.Dataset` in `out` (`datasets.load_from_disk(out)` reads it).
-
-    Rows hold PNG bytes, so memory grows with the dataset's encoded size (fine up to ~100k tiles).
-    """
-    try:
-        import datasets
-    except ImportError:
-        raise MMRLError("--format hf needs the `datasets` package (pip install datasets)") from None
-    rows = [hf_row(s) for s in samples]
-    datasets.disable_progress_bars()
-    features = datasets.Dataset.from_list(rows[:1]).features  # infer answer's type from the data
-    features["images"] = datasets.List(datasets.Image())
-    dataset = datasets.Dataset.from_list(rows, features=features)
-    dataset.save_to_disk(str(out))
-
-
-def verl_row(sample: Sample, index: int) -> dict[str, Any]:
-    """One row of the verl export (see `data/README.md`): chat messages whose content is a string
-    with `<image>`/`<video>` where the media were, images as PNG bytes, videos as PNG frame lists."""
-    prompt, images, videos = [], [], []
-    for message in sample.messages:
-        parts = []
-        for item in content_items(message):
-            if item["type"] == "image":
-                images.append({"bytes": png_bytes(item["image"])})
-                parts.append("<image>")
-            elif item["type"] == "video":
-                frames = _video_frames(sample, item, "verl")
-                uris = ["data:image/png;base64," + base64.b64encode(png_bytes(f)).decode("ascii") for f in frames]
-                videos.append({"video": uris})
-                parts.append("<video>")
-            else:
-                parts.append(item["text"])
-        prompt.append({"role": message["role"], "content": "".join(parts)})
-    ground_truth = answer_text(sample.answer)
-    user = "".join(m["content"] for m in prompt if m["role"] == "user")
-    row = {
-        "data_source": f"mmrl/{sample.task}",
-        "prompt": prompt,
-        "ability": "visual_perception",
-        "reward_model": {"style": "rule", "ground_truth": ground_truth},
-        "extra_info": {
-            "index": index,
-            "id": sample.id,
-            "task": sample.task,
-            "answer": _json(sample.answer),
-            "meta": _json(sample.meta),
-        },
-        "problem": user,
-        "answer": ground_truth,
-    }
-    if images:
-        row["images"] = images
-    if videos:
-        row["videos"] = videos
-    return row
-
-
-def write_verl(samples: Iterator[Sample], path: Path) -> None:
-    """Write the samples as one parquet file (`pyarrow.parquet.read_table(path)` reads it).
-
-    The `images` / `videos` columns exist when some sample has images / videos (a row without any
-    holds an empty list there).
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = [verl_row(s, i) for i, s in enumerate(samples)]
-    for key in ("images", "videos"):
-        if any(key in r for r in rows):
-            for r in rows:
-                r.setdefault(key, [])
-    table = pa.Table.from_pylist(rows)
-    pq.write_table(table, path, compression="zstd")
-
-
 __all__ = [
     "FORMATS",
     "GenerationReport",
     "MAX_CONSECUTIVE_FAILURES",
-    "answer_text",
     "generate",
-    "hf_row",
     "iter_samples",
     "parse_params",
     "source_items",
     "summary_line",
-    "verl_row",
-    "write_hf",
-    "write_verl",
 ]

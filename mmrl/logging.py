@@ -5,7 +5,7 @@ What a run folder gets:
     metrics.jsonl      one JSON object per `log` call, i.e. per step: {"step", "time" (unix s), <metric>: value}
                        (an eval logged by a second call for the same step is merged by `read_metrics`)
     samples.jsonl      a few completions every `log.samples_every` steps ({"step", ...row})
-    config.yaml        the effective config (R11)
+    config.yaml        the effective config (R11; R-numbers: docs/requirements.md)
     tb/                TensorBoard events, one scalar per metric name
     reward_curve.png   reward per step (+ per task, reward parts, held-out eval), written by `close()`
     summary.json       what `close()` prints and returns

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mmrl import media
-from mmrl.generate import answer_text, content_items
-from mmrl.sample import Sample
+from mmrl.sample import Sample, content_items
+from rewards.extract import answer_payload
 
 SHEET_WIDTH = 1100
 MARGIN = 16
@@ -64,7 +64,7 @@ def preview_sheet(sample: Sample) -> Image.Image:
         if tiles:
             blocks.append(_flow(tiles, width))
     blocks.append(_rule(width))
-    blocks.append(_text_block(f"ground truth: {answer_text(sample.answer)}", title, width, (0, 110, 0)))
+    blocks.append(_text_block(f"ground truth: {answer_payload(sample.answer)}", title, width, (0, 110, 0)))
     answer_field = json.dumps(sample.answer, ensure_ascii=False, sort_keys=True)
     blocks.append(_text_block(f"answer field: {answer_field}", small, width, MUTED))
     height = MARGIN * 2 + sum(b.height for b in blocks) + GAP * (len(blocks) - 1)

@@ -10,8 +10,8 @@ Determinism: every random choice is a pure function of (seed, step, round, slot)
 source's own counter, so a resumed run draws exactly the Samples an uninterrupted run would.
 The producer's state (source counters, dataset epoch orders) goes into checkpoints.
 
-`make_producer` is what the trainer calls: `TaskProducer`, or the self-play game's producer
-(`games.spy.SpyProducer`) when `game.name` is `spy`.
+`make_producer` is what the trainer calls: `TaskProducer`, or the producer of the self-play game
+`game.name` names, found through the registry.
 """
 
 from __future__ import annotations
@@ -22,24 +22,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from mmrl import registry
 from mmrl.config import CorpusConfig, DataSource, RunConfig
+from mmrl.contracts import Completion, EncodedPrompt, Engine, Producer, Reward, Rollout, SamplingParams
 from mmrl.corpus import LazyCorpus
 from mmrl.errors import MediaError, MMRLError, SkipItem
-from mmrl.evaluate import answer_completion
 from mmrl.grpo.advantages import group_advantages, zero_variance_groups
 from mmrl.grpo.replay import select_replay
 from mmrl.rollout import sampling_params
 from mmrl.rollout.encode import encode_prompt
-from mmrl.rollout.types import Completion, EncodedPrompt, Engine, Rollout
 from mmrl.sample import Sample, read_dataset
-from rewards.base import Reward
-
-if TYPE_CHECKING:
-    from games.spy import SpyProducer
+from mmrl.task import Task, score_completion
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +59,9 @@ class SampleSource:
     _dataset: list[Sample] | None = None
 
     @property
-    def task(self):
+    def task(self) -> Task:
         if self._task is None:
-            from pretext_tasks.registry import get_task
-
-            self._task = get_task(self.spec.task, **self.spec.params)
+            self._task = registry.get_task(self.spec.task, **self.spec.params)
         return self._task
 
     def draw(self) -> Sample:
@@ -85,13 +80,11 @@ class SampleSource:
         sample.id = f"{self.spec.task}-{self.index}-{k}"
         return sample
 
-    def reward_for(self, sample: Sample):
+    def reward_for(self, sample: Sample) -> Task:
         """The task object whose reward scores `sample` (a dataset may mix tasks)."""
         if sample.task == self.spec.task:
             return self.task
-        from pretext_tasks.registry import get_task
-
-        return get_task(sample.task)
+        return registry.get_task(sample.task)
 
     def _load_dataset(self) -> list[Sample]:
         if self._dataset is None:
@@ -119,7 +112,7 @@ class Prepared:
 
     sample: Sample
     prompt: EncodedPrompt
-    task: Any
+    task: Task
 
 
 @dataclass
@@ -132,6 +125,7 @@ class TaskProducer:
     """Data-parallel rank: ranks draw disjoint sample streams."""
     sources: list[SampleSource] = field(init=False)
     stats: Counter = field(default_factory=Counter)
+    _heldout: list[Prepared] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         specs = self.cfg.data.sources
@@ -217,25 +211,28 @@ class TaskProducer:
 
     def sft_examples(self, step: int, count: int) -> list[tuple[EncodedPrompt, str]]:
         """`count` (prompt, reference completion) pairs for supervised step `step`: the Samples `produce` would
-        draw at (step, round 0), each with its answer in its task's format (`answer_completion`). With
+        draw at (step, round 0), each with its task's `reference_completion`. With
         `sft.shuffle_answers` the completions are permuted within the batch (rng([data.seed, step, 5])), so the
         model learns the format and the answer vocabulary, not the task (accuracy at chance)."""
         batch = [self.prepare(step, 0, slot) for slot in range(count)]
-        targets = [answer_completion(p.task, p.sample) for p in batch]
+        targets = [p.task.reference_completion(p.sample) for p in batch]
         if self.cfg.sft.shuffle_answers:
             order = np.random.default_rng([self.cfg.data.seed, step, 5]).permutation(len(targets))
             targets = [targets[i] for i in order]
         return [(p.prompt, t) for p, t in zip(batch, targets)]
 
+    def _reward(self, prepared: Prepared, completion: str) -> Reward:
+        """The task's reward of one completion; a reward that raises scores 0 and is counted (`reward_errors`)."""
+        reward, error = score_completion(prepared.task, completion, prepared.sample)
+        if error is not None:
+            self.stats["reward_errors"] += 1
+            log.warning("reward of task %s raised %s; scored 0", prepared.sample.task, error)
+        return reward
+
     def _score(self, prepared: Prepared, completions: list[Completion], group_id: str) -> list[Rollout]:
         rollouts = []
         for completion in completions:
-            try:
-                reward = prepared.task.reward(completion.text, prepared.sample)
-            except Exception as e:  # a reward must never take the run down; count it as 0
-                self.stats["reward_errors"] += 1
-                log.warning("reward of task %s raised %r; scored 0", prepared.sample.task, e)
-                reward = Reward(0.0, {})
+            reward = self._reward(prepared, completion.text)
             rollouts.append(
                 Rollout(
                     prompt=prepared.prompt,
@@ -303,13 +300,30 @@ class TaskProducer:
 
     def heldout(self, count: int) -> list[Prepared]:
         """`count` evaluation Samples from a stream of their own (live generators never repeat a
-        training Sample; a dataset source shares its Samples with training)."""
+        training Sample; a dataset source shares its Samples with training). Skips while drawing them
+        are not counted in `stats`, which describe the training stream."""
         sources = [dataclasses.replace(s, seed=s.seed + 10**6, counter=0, _dataset=s._dataset) for s in self.sources]
-        saved, self.sources = self.sources, sources
+        saved, self.sources = (self.sources, self.stats), sources
+        self.stats = Counter()
         try:
             return [self.prepare(HELDOUT_STEP, 0, slot) for slot in range(count)]
         finally:
-            self.sources = saved
+            self.sources, self.stats = saved
+
+    def evaluate(self, engine: Engine) -> dict[str, float]:
+        """Greedy completions of the `data.eval_samples` held-out Samples (drawn once, on first use):
+        `eval/reward` (mean score) and `eval/accuracy` (mean `accuracy` part, when every task has one)."""
+        if self._heldout is None:
+            self._heldout = self.heldout(self.cfg.data.eval_samples)
+        if not self._heldout:
+            return {}
+        sampling = SamplingParams(max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0, seed=0)
+        completions = engine.generate([p.prompt for p in self._heldout], 1, sampling)
+        rewards = [self._reward(p, c[0].text) for p, c in zip(self._heldout, completions)]
+        out = {"eval/reward": float(np.mean([r.score for r in rewards]))}
+        if all("accuracy" in r.parts for r in rewards):
+            out["eval/accuracy"] = float(np.mean([r.parts["accuracy"] for r in rewards]))
+        return out
 
     # -- checkpoint state -------------------------------------------------------------------------
 
@@ -325,12 +339,9 @@ class TaskProducer:
         self.stats = Counter(state.get("stats", {}))
 
 
-def make_producer(cfg: RunConfig, processor: Any, rank: int = 0) -> TaskProducer | SpyProducer:
-    """The producer the config asks for: the self-play game `game.name` names (`spy`), else the task mixture
-    of `data.sources`. Both have `produce(engine, step)`, `heldout(count)`, `sft_examples(step, count)` (the cold
-    start's prompts and reference completions), `state_dict()` and `load_state_dict()`."""
-    if cfg.game.name == "spy":
-        from games.spy import SpyProducer  # the game's modules load only when a run plays it
-
-        return SpyProducer(cfg, processor, rank=rank)
+def make_producer(cfg: RunConfig, processor: Any, rank: int = 0) -> Producer:
+    """The producer the config asks for: the self-play game `game.name` names (its plugin's `producer`), else
+    the task mixture of `data.sources`."""
+    if cfg.game.name:
+        return registry.game(cfg.game.name).producer(cfg, processor, rank=rank)
     return TaskProducer(cfg, processor, rank=rank)

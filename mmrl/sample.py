@@ -249,6 +249,12 @@ def _absolute(item: dict[str, Any], root: Path) -> dict[str, Any]:
     return {**item, kind: str(root / value)}
 
 
+def content_items(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A message's content as a list of items (a plain string becomes one text item)."""
+    content = message["content"]
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+
+
 def _media_items(messages: list[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any]]]:
     for i, message in enumerate(messages):
         content = message.get("content")

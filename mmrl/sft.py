@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from mmrl.config import RunConfig, to_dict
+from mmrl.contracts import EncodedPrompt
 from mmrl.errors import MMRLError
 from mmrl.grpo.trainer import (
     checkpoint,
@@ -36,7 +37,6 @@ from mmrl.grpo.trainer import (
 from mmrl.logging import CONFIG_FILE, RunLogger
 from mmrl.producers import make_producer
 from mmrl.rollout.forward import collate, completion_logprobs
-from mmrl.rollout.types import EncodedPrompt
 
 
 def completion_ids(tokenizer, text: str) -> list[int]:

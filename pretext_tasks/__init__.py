@@ -1,8 +1,8 @@
-"""Pretext tasks: turn unlabeled images, videos, 3D scenes and GUI screens into verifiable Samples.
+"""Pretext tasks: turn unlabeled images, videos and 3D scenes into verifiable Samples.
 
-Importing the package registers every built-in task; look them up by name:
+Each task is declared as an entry point (`mmrl.tasks` in pyproject.toml), so the engine finds it by name:
 
-    from pretext_tasks import get_task
+    from mmrl.registry import get_task
     task = get_task("dominant_color", image_size=56)
 
 or use a task class directly, from any trainer:
@@ -14,31 +14,24 @@ or use a task class directly, from any trainer:
     task.reward("<answer>1, 2, 3, 4, 5, 6, 7, 8, 9</answer>", sample).score
 """
 
-from pretext_tasks.base import PretextTask, answer_instruction, options_text
-from pretext_tasks.registry import get_task, load_tasks, register, task_class, task_names
-
-load_tasks()
-
-from pretext_tasks.anomaly_grounding import AnomalyGrounding  # noqa: E402  (after the registry is loaded)
-from pretext_tasks.depth_jigsaw import DepthJigsaw  # noqa: E402
-from pretext_tasks.image_jigsaw import ImageJigsaw  # noqa: E402
-from pretext_tasks.object_counting import ObjectCounting  # noqa: E402
-from pretext_tasks.temporal_jigsaw import TemporalJigsaw  # noqa: E402
-from pretext_tasks.video_jigsaw import VideoJigsaw  # noqa: E402
+from pretext_tasks.anomaly_grounding import AnomalyGrounding
+from pretext_tasks.base import OrderingTask, answer_instruction, options_text
+from pretext_tasks.depth_jigsaw import DepthJigsaw
+from pretext_tasks.diagnostic import DominantColorTask
+from pretext_tasks.image_jigsaw import ImageJigsaw
+from pretext_tasks.object_counting import ObjectCounting
+from pretext_tasks.temporal_jigsaw import TemporalJigsaw
+from pretext_tasks.video_jigsaw import VideoJigsaw
 
 __all__ = [
     "AnomalyGrounding",
     "DepthJigsaw",
+    "DominantColorTask",
     "ImageJigsaw",
     "ObjectCounting",
-    "PretextTask",
+    "OrderingTask",
     "TemporalJigsaw",
     "VideoJigsaw",
     "answer_instruction",
-    "get_task",
-    "load_tasks",
     "options_text",
-    "register",
-    "task_class",
-    "task_names",
 ]

@@ -1,6 +1,6 @@
 """`anomaly_grounding`: one segment of a video is perturbed; the model gives its start and end time.
 
-VideoSSR (He et al. 2025, arXiv 2511.06281), fact sheet `shared/specs/videossr.md` §3. On the F
+VideoSSR (He et al. 2025, arXiv 2511.06281), docs/videossr.md. On the F
 frames of `pretext_tasks.videossr.sample_video` (48 from the middle 90 %, shown at i / sample_fps):
 
     t ~ U{segment_frames}            segment length in frames (8..16 inclusive by default)
@@ -9,12 +9,12 @@ frames of `pretext_tasks.videossr.sample_video` (48 from the middle 90 %, shown 
 
 with one perturbation type of `pretext_tasks.perturbations` (drawn from `perturbations`), its random
 parameters drawn once per segment (`per_frame_params` draws them per frame, as the released code
-does for Noise and the zooms), scaled by `strength` (1: the sheet's; below 1: subtler, the Hard knob).
+does for Noise and the zooms), scaled by `strength` (1: VideoSSR's; below 1: subtler, the Hard knob).
 
 Ground truth from the media: every frame inside the segment must differ from its source frame, or
 the draw is repeated (a new segment and parameters, up to `MAX_DRAWS` times, then
 `SkipItem("perturbation_invisible")`: e.g. Mirror on a uniform video). Frames outside are the source
-frames untouched. `decimals` is 1 (the sheet) unless sample_fps ≥ 10, when one decimal can no longer
+frames untouched. `decimals` is 1 (VideoSSR) unless sample_fps ≥ 10, when one decimal can no longer
 name a frame: then the smallest number of places with 10^−d · sample_fps < 1, so rounding an answer
 time t back to the frame index round(t · sample_fps) always gives the true frame.
 
@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from mmrl.config import to_dict
+from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, MediaError, SkipItem
 from mmrl.sample import Sample
+from mmrl.task import Task
 from pretext_tasks import videossr
 from pretext_tasks.base import item_path, video_sources
 from pretext_tasks.perturbations import PERTURBATIONS, changed_mask, perturb
-from pretext_tasks.registry import register
-from rewards.base import Reward
 from rewards.extract import wrap_answer
 from rewards.temporal import grounding_reward, parse_interval
 
@@ -61,12 +61,12 @@ class AnomalyGroundingParams(videossr.VideoSSRParams):
     """Perturbation types to draw from, uniformly, one per sample (all 15 by default; the released
     training mix used channel_swap, mirror, zoom_out and rotate180, one dataset each)."""
     segment_frames: tuple[int, int] = (8, 16)
-    """Range (inclusive) of the perturbed segment's length in frames (the sheet: 8–16 of 48)."""
+    """Range (inclusive) of the perturbed segment's length in frames (VideoSSR: 8–16 of 48)."""
     per_frame_params: bool = False
     """Draw Noise / ZoomIn / ZoomOut parameters per frame (the released code) instead of per segment."""
     strength: float = 1.0
     """Magnitude of the perturbations that have one (noise σ, zoom factors, blur radius, saturation):
-    1 is the sheet's, lower is subtler (see `perturbations.perturb`)."""
+    1 is VideoSSR's, lower is subtler (see `perturbations.perturb`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,13 +103,12 @@ def question_text(description: str, num_frames: int, sample_fps: float, decimals
     )
 
 
-@register(NAME)
 @dataclass
-class AnomalyGrounding:
+class AnomalyGrounding(Task):
     """Find the perturbed segment of a video. Answer: `start-end` in seconds."""
 
     Params: ClassVar[type[AnomalyGroundingParams]] = AnomalyGroundingParams
-    name: ClassVar[str]
+    name: ClassVar[str] = NAME
     params: AnomalyGroundingParams = field(default_factory=AnomalyGroundingParams)
     """Frame sampling, segment, perturbation and answer parameters."""
     _pool: Sequence[Any] = field(default=(), repr=False)

@@ -1,58 +1,29 @@
-"""What a pretext task is, and the helpers every task shares.
+"""The helpers every built-in task shares (the task contract itself is `mmrl.task.Task`).
 
-A task is a small class (usually a dataclass holding its parameters) with:
-
-- `name`: its registry name (set by `pretext_tasks.registry.register`);
-- `params`: an instance of its parameter dataclass (`Params`, one docstring per field);
-- `sources(corpus)`: the source items it consumes (photos, videos, RGB-D scenes, or plain indices);
-- `make(item, rng)`: one Sample from one source item, every random choice drawn from `rng`, so the
-  same item and the same seed give the same Sample, byte for byte;
-- `reward(completion, sample)`: the task's own reward (a task owns its reward), from `rewards/`.
-
-The shared prompt helpers live here once, so every task words the answer format the same way and
-the wording always matches what `rewards.extract` parses.
+The prompt helpers live here once, so every task words the answer format the same way and the wording
+always matches what `rewards.extract` parses; `OrderingTask` is the one implementation of the reward and
+hooks of the four tasks whose answer is an order (image, video, depth and temporal jigsaw).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from mmrl.contracts import Reward
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
-from rewards.base import Reward
+from mmrl.task import Task
 from rewards.extract import AnswerMode, check_mode
+from rewards.ordering import OrderingParams
 
 if TYPE_CHECKING:
     from mmrl.corpus import Corpus
-
-
-@runtime_checkable
-class PretextTask(Protocol):
-    """The interface the engine uses; tasks implement it structurally (no base class needed)."""
-
-    name: ClassVar[str]
-    """Registry name, e.g. `dominant_color`; also the `task` field of every Sample it makes."""
-    Params: ClassVar[type]
-    """The parameter dataclass; `get_task(name, **params)` builds it and checks the keys."""
-    params: Any
-    """This instance's parameters (an instance of `Params`)."""
-
-    def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[Any]:
-        """The source items `make` consumes, in a deterministic order (a corpus, a folder, or none)."""
-        ...
-
-    def make(self, source_item: Any, rng: np.random.Generator) -> Sample:
-        """One Sample from `source_item`, every random choice drawn from `rng`."""
-        ...
-
-    def reward(self, completion: str, sample: Sample) -> Reward:
-        """Score one completion of `sample`; never raises on the completion."""
-        ...
 
 
 def answer_instruction(mode: AnswerMode = "answer_tag", placeholder: str = "answer", *, think: bool = False) -> str:
@@ -139,8 +110,44 @@ def shuffle_and_label(k: int, rng: np.random.Generator, *, allow_identity: bool 
             return Shuffle(order)
 
 
+class OrderingTask(Task):
+    """Reward and hooks of a task whose answer is the order of K shown elements (labels 1..K, `Shuffle`).
+
+    `params` is an `OrderingParams` (the answer format and the reward knobs); the reward is
+    `OrderingParams.score` (rewards.ordering: format gate, exact match, γ partial credit or footrule).
+    """
+
+    params: OrderingParams
+    reference_thought: ClassVar[str] = "I compare the elements and put them in order."
+    """The reasoning sentence of the SFT reference when the prompt asks for <think> (a task may override
+    `thought` to make it depend on the sample)."""
+
+    def reward(self, completion: str, sample: Sample) -> Reward:
+        """`OrderingParams.score`: `ordering_reward` against the labels stored in the Sample, in the answer format
+        and think requirement its prompt asked for, with this task's reward knobs."""
+        return self.params.score(completion, sample)
+
+    def thought(self, sample: Sample) -> str:
+        """The <think> sentence of the reference completion of `sample`."""
+        return self.reference_thought
+
+    def reference_completion(self, sample: Sample) -> str:
+        """The SFT target: the labels in the asked format, after a short <think> block when the prompt asked."""
+        return self.params.reference(sample, self.thought(sample))
+
+    def random_answer(self, sample: Sample, rng: np.random.Generator) -> str:
+        """A uniformly random permutation of the labels, stated like the reference."""
+        labels = [int(x) + 1 for x in rng.permutation(len(sample.answer))]
+        return self.reference_completion(dataclasses.replace(sample, answer=labels))
+
+    def constant_answer(self, sample: Sample) -> str:
+        """The reversed order K..1: a fixed permutation that can be right (the identity never is: a shuffle
+        is never the identity), scoring like any fixed permutation in expectation."""
+        return self.reference_completion(dataclasses.replace(sample, answer=list(range(len(sample.answer), 0, -1))))
+
+
 __all__ = [
-    "PretextTask",
+    "OrderingTask",
     "Shuffle",
     "answer_instruction",
     "item_path",

@@ -51,10 +51,9 @@ from PIL import Image, ImageDraw, ImageFont
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, MMRLError, SkipItem
 from mmrl.sample import Sample
-from pretext_tasks.base import answer_instruction, shuffle_and_label
-from pretext_tasks.registry import register
-from rewards.base import Reward
-from rewards.ordering import OrderingParams, labels_text
+from pretext_tasks.base import OrderingTask, answer_instruction, shuffle_and_label
+from rewards.extract import labels_text
+from rewards.ordering import OrderingParams
 
 if TYPE_CHECKING:
     from mmrl.corpus import Corpus
@@ -493,13 +492,12 @@ def prompt_text(params: DepthJigsawParams) -> str:
 # The task
 
 
-@register(NAME)
 @dataclass
-class DepthJigsaw:
+class DepthJigsaw(OrderingTask):
     """Order K numbered points on an RGB image from closest to farthest (3D Visual Jigsaw)."""
 
     Params: ClassVar[type[DepthJigsawParams]] = DepthJigsawParams
-    name: ClassVar[str]
+    name: ClassVar[str] = NAME
     params: DepthJigsawParams = field(default_factory=DepthJigsawParams)
     """The sampler, rendering, prompt and reward parameters."""
 
@@ -578,18 +576,9 @@ class DepthJigsaw:
             meta=meta,
         )
 
-    def reward(self, completion: str, sample: Sample) -> Reward:
-        """`rewards.ordering.ordering_reward` against the labels stored in the Sample (Visual Jigsaw, γ = 0.2):
-        R = 0.2·1[format] + (1 if o = g else γ·(1/K)·Σ_i 1[o_i = g_i] for a valid o when K ≥ partial_min_k)
-        − repetition penalty, reported as clip(R / 1.2, 0, 1) (`reward_scale: unit`). The answer mode and
-        the think requirement are the Sample's own (its prompt asked for them); the knobs are `params`."""
-        return self.params.score(completion, sample)
-
-    def reference_completion(self, sample: Sample) -> str:
-        """The reply SFT imitates: the labels, bare comma-separated integers in the Sample's answer
-        wrapper, after a one-sentence reasoning block when the Sample asks for thinking."""
-        thought = f"From the closest point to the farthest: {labels_text(sample.answer)}."
-        return self.params.reference(sample, thought)
+    def thought(self, sample: Sample) -> str:
+        """The reasoning sentence of the SFT reference: the order itself, closest point first."""
+        return f"From the closest point to the farthest: {labels_text(sample.answer)}."
 
 
 __all__ = [

@@ -25,12 +25,12 @@ import numpy as np
 from PIL import Image
 
 from mmrl.config import to_dict
+from mmrl.contracts import Reward
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
+from mmrl.task import Task
 from pretext_tasks.base import answer_instruction, options_text
-from pretext_tasks.registry import register
-from rewards.base import Reward
-from rewards.extract import AnswerMode, check_mode
+from rewards.extract import AnswerMode, check_mode, wrap_answer
 from rewards.match import exact_match
 
 if TYPE_CHECKING:
@@ -210,13 +210,12 @@ def _ellipse_mask(h: int, w: int) -> np.ndarray:
     return ((y + 0.5 - h / 2) / (h / 2)) ** 2 + ((x + 0.5 - w / 2) / (w / 2)) ** 2 <= 1.0
 
 
-@register(NAME)
 @dataclass
-class DominantColorTask:
+class DominantColorTask(Task):
     """Which palette colour covers most of a synthetic image? Answer: the colour's name."""
 
     Params: ClassVar[type[DominantColorParams]] = DominantColorParams
-    name: ClassVar[str]
+    name: ClassVar[str] = NAME
     params: DominantColorParams = field(default_factory=DominantColorParams)
     """The generator and prompt parameters."""
 
@@ -248,6 +247,11 @@ class DominantColorTask:
         score = 0.9 · 1[answer = colour] + 0.1 · 1[format ok], in [0, 1]."""
         mode = sample.meta.get("answer_mode", self.params.answer_mode)
         return exact_match(completion, sample.answer, mode=mode, accuracy_weight=0.9)
+
+    def constant_answer(self, sample: Sample) -> str:
+        """The palette's first colour: the dominant colour is drawn uniformly, so every constant is right 1/K
+        of the time and the first is as good as any."""
+        return wrap_answer(self.params.palette[0], self.answer_mode(sample))
 
 
 __all__ = ["COLOURS", "DominantColorParams", "DominantColorTask", "draw_image", "prompt_text"]

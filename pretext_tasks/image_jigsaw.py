@@ -31,9 +31,7 @@ from mmrl import media
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
-from pretext_tasks.base import Shuffle, answer_instruction, item_path, shuffle_and_label
-from pretext_tasks.registry import register
-from rewards.base import Reward
+from pretext_tasks.base import OrderingTask, Shuffle, answer_instruction, item_path, shuffle_and_label
 from rewards.ordering import OrderingParams
 
 if TYPE_CHECKING:
@@ -173,13 +171,13 @@ def instruction_text(params: ImageJigsawParams) -> str:
 # Task
 
 
-@register(NAME)
 @dataclass
-class ImageJigsaw:
+class ImageJigsaw(OrderingTask):
     """Put shuffled tiles of a picture back in raster order. Answer: K labels, comma-separated."""
 
     Params: ClassVar[type[ImageJigsawParams]] = ImageJigsawParams
-    name: ClassVar[str]
+    name: ClassVar[str] = NAME
+    reference_thought: ClassVar[str] = REFERENCE_THOUGHT
     params: ImageJigsawParams = field(default_factory=ImageJigsawParams)
     """The grid, preprocessing, prompt and reward parameters."""
 
@@ -242,15 +240,6 @@ class ImageJigsaw:
             answer=list(shuffle.labels),
             meta=meta,
         )
-
-    def reward(self, completion: str, sample: Sample) -> Reward:
-        """`rewards.ordering.ordering_reward` against `sample.answer` (see `OrderingParams.score`):
-        exact 1.0, format-only 1/6, γ partial credit for valid permutations when K ≥ partial_min_k."""
-        return self.params.score(completion, sample)
-
-    def reference_completion(self, sample: Sample) -> str:
-        """The SFT target: the answer in the asked format (after a short <think> when asked)."""
-        return self.params.reference(sample, REFERENCE_THOUGHT)
 
 
 __all__ = [

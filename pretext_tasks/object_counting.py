@@ -1,6 +1,6 @@
 """`object_counting`: filled shapes are drawn into some frames of a video; the model counts each kind.
 
-VideoSSR (He et al. 2025, arXiv 2511.06281), fact sheet `shared/specs/videossr.md` §4. On the F
+VideoSSR (He et al. 2025, arXiv 2511.06281), docs/videossr.md. On the F
 frames of `pretext_tasks.videossr.sample_video`, for each shape kind in `shapes` (in order):
 
     k ~ U{frames_per_shape}                      frames that get this kind (1..3)
@@ -11,7 +11,7 @@ frames of `pretext_tasks.videossr.sample_video`, for each shape kind in `shapes`
               circle of diameter size, square of side size, equilateral triangle of side size,
               both rotated by U[0, 360)°; filled, no outline, no antialiasing
 
-The answer is the counts in the order of `shapes`, e.g. `3,1,4`. Reward: the sheet's mean over kinds of
+The answer is the counts in the order of `shapes`, e.g. `3,1,4`. Reward: VideoSSR's mean over kinds of
 max(0, 1 − |p − g| / g); a reply with a wrong number of counts scores 0 (`rewards.temporal.counting_reward`).
 
 Placement [ours, stricter than the released code]: a centre lies in the central `center_box` share of
@@ -35,12 +35,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mmrl.config import to_dict
+from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
+from mmrl.task import Task
 from pretext_tasks import videossr
 from pretext_tasks.base import item_path, video_sources
-from pretext_tasks.registry import register
-from rewards.base import Reward
 from rewards.extract import wrap_answer
 from rewards.temporal import counting_reward, parse_counts
 
@@ -67,7 +67,7 @@ class ObjectCountingParams(videossr.VideoSSRParams):
     instances_per_frame: tuple[int, int] = (1, 3)
     """Range (inclusive) of instances of the kind in each of its frames."""
     min_frame_gap: int = 8
-    """Frames of the same kind are more than this many frames apart (the sheet: |i − j| > 8)."""
+    """Frames of the same kind are more than this many frames apart (VideoSSR: |i − j| > 8)."""
     size_range: tuple[float, float] = (0.2, 0.4)
     """Shape size as a share of min(H, W): circle diameter, square and triangle side."""
     center_box: float = 0.7
@@ -236,13 +236,12 @@ def question_text(shapes: Sequence[str]) -> str:
     )
 
 
-@register(NAME)
 @dataclass
-class ObjectCounting:
+class ObjectCounting(Task):
     """Count the shapes drawn into a video, per kind. Answer: counts in the stated order, `3,1,4`."""
 
     Params: ClassVar[type[ObjectCountingParams]] = ObjectCountingParams
-    name: ClassVar[str]
+    name: ClassVar[str] = NAME
     params: ObjectCountingParams = field(default_factory=ObjectCountingParams)
     """Frame sampling, shape and answer parameters."""
 

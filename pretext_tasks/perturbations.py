@@ -1,13 +1,13 @@
-"""The 15 frame perturbations of VideoSSR's anomaly grounding (fact sheet `videossr.md` §3).
+"""The 15 frame perturbations of VideoSSR's anomaly grounding (docs/videossr.md).
 
 Not a task: a library of pure functions the `anomaly_grounding` task uses to perturb one segment of
 a video. Every perturbation maps a segment `(T, H, W, 3) uint8` to a new array of the same shape and
 dtype and never modifies its input. Random parameters come from the `rng` passed in: drawn once per
-segment by default (mmrl's default, sheet §3), or once per frame with `per_frame=True` (what the
+segment by default (mmrl's default), or once per frame with `per_frame=True` (what the
 released code does for Noise, ZoomIn and ZoomOut). Types without a drawn parameter ignore `per_frame`.
 
-Same shape out, our choices where the sheet's code changes the canvas [ours]:
-- Rotate90 / Rotate270 expand the canvas in the sheet (the aspect ratio flips). Square frames are
+Same shape out, our choices where the released code changes the canvas [ours]:
+- Rotate90 / Rotate270 expand the canvas in the released code (the aspect ratio flips). Square frames are
   rotated exactly; a non-square rotated frame is scaled down (Lanczos) to fit inside H×W with its
   aspect kept and pasted centred on black (letterboxed), like ZoomOut pastes on black.
 
@@ -289,7 +289,7 @@ def saturation(
 def stutter_index(t: int, n: int) -> np.ndarray:
     """The source index shown at each of `t` positions of a stutter with `n` held frames.
 
-    Blocks as in the sheet: n blocks, each `t // n` long, the first `t % n` one longer. The sheet holds
+    Blocks as in the released code: n blocks, each `t // n` long, the first `t % n` one longer. The released code holds
     the frame picked by `linspace(0, t − 1, n)` in each block, which shows the block's first frame at
     its own index (an unchanged frame). Ours [ours]: every block holds a frame outside itself — block j
     holds the first frame of block j + 1 (the video jumps ahead and freezes there), the last block holds
@@ -343,7 +343,7 @@ PERTURBATIONS: dict[str, Perturbation] = {
         ),
     )
 }
-"""Registry name → perturbation, in the sheet's order."""
+"""Registry name → perturbation, in VideoSSR's order."""
 
 
 def perturb(
@@ -361,7 +361,7 @@ def perturb(
     parameter of Noise, ZoomIn and ZoomOut per frame instead of once per segment. `other` is the other
     video's frames for Swap (required there, ignored elsewhere). `strength` scales the size of the
     change of the types with a magnitude (Noise σ, the zoom factors' distance from 1, Blur radius,
-    Saturation factor's distance from 1): 1 is the sheet's, below 1 subtler; the others ignore it.
+    Saturation factor's distance from 1): 1 is VideoSSR's, below 1 subtler; the others ignore it.
     """
     if not strength > 0:
         raise ValueError(f"strength must be positive, got {strength}")

@@ -1,6 +1,6 @@
 """`temporal_jigsaw`: the F frames of a video are cut into K clips shown shuffled; the model orders them.
 
-VideoSSR (He et al. 2025, arXiv 2511.06281), fact sheet `shared/specs/videossr.md` §5. On the F frames
+VideoSSR (He et al. 2025, arXiv 2511.06281), docs/videossr.md. On the F frames
 of `pretext_tasks.videossr.sample_video` (48 from the middle 90 %):
 
     L = F // K                         frames per clip (6 clips × 8 frames by default; 8 × 6 is Hard)
@@ -12,7 +12,7 @@ would give the order away). The shuffle and the answer follow `pretext_tasks.bas
 shown under labels 1..K, and the answer lists, for each clip in chronological order, the label it was
 shown under. mmrl writes it as comma-separated labels (`3, 4, 1, 5, 6, 2`), the format every mmrl
 ordering task shares and parses, instead of the released digit string (`341562`), which cannot go
-past K = 9. Reward (`rewards.ordering.ordering_reward`): by default the sheet's
+past K = 9. Reward (`rewards.ordering.ordering_reward`): by default VideoSSR's
 1 − footrule / ⌊K²/2⌋ for a valid permutation, no format term; `footrule: false, gamma: 0` gives
 exact match only.
 """
@@ -30,10 +30,8 @@ from mmrl.config import to_dict
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
 from pretext_tasks import videossr
-from pretext_tasks.base import item_path, shuffle_and_label, video_sources
-from pretext_tasks.registry import register
+from pretext_tasks.base import OrderingTask, item_path, shuffle_and_label, video_sources
 from pretext_tasks.video_jigsaw import instruction_text
-from rewards.base import Reward
 from rewards.extract import AnswerMode
 from rewards.ordering import OrderingParams
 
@@ -48,13 +46,13 @@ REFERENCE_THOUGHT = "I look for the clip that starts the action and follow the m
 @dataclass
 class TemporalJigsawParams(videossr.VideoSSRParams, OrderingParams):
     answer_mode: AnswerMode = "raw"
-    """Reply format asked for and parsed: `raw` (the sheet: a direct answer), `answer_tag` or `boxed`."""
+    """Reply format asked for and parsed: `raw` (VideoSSR: a direct answer), `answer_tag` or `boxed`."""
     think: bool = False
     """Ask for <think> reasoning first (and require it); not with `raw`."""
     footrule: bool = True
-    """Partial credit 1 − D/⌊K²/2⌋ for valid permutations (the sheet); false: γ credit (0: exact only)."""
+    """Partial credit 1 − D/⌊K²/2⌋ for valid permutations (VideoSSR); false: γ credit (0: exact only)."""
     format_score: float = 0.0
-    """Added when the format gate passes; the sheet's reward has no format term."""
+    """Added when the format gate passes; VideoSSR's reward has no format term."""
     clips: int = 6
     """K, the number of clips (6: Easy / the training mix; 8: Hard). 2..F."""
 
@@ -73,13 +71,13 @@ def intro_text(clips: int, frames_per_clip: int) -> str:
     )
 
 
-@register(NAME)
 @dataclass
-class TemporalJigsaw:
+class TemporalJigsaw(OrderingTask):
     """Order K shuffled consecutive clips of a video. Answer: K labels, comma-separated."""
 
     Params: ClassVar[type[TemporalJigsawParams]] = TemporalJigsawParams
-    name: ClassVar[str]
+    name: ClassVar[str] = NAME
+    reference_thought: ClassVar[str] = REFERENCE_THOUGHT
     params: TemporalJigsawParams = field(default_factory=TemporalJigsawParams)
     """Frame sampling, clip and answer parameters."""
 
@@ -123,14 +121,6 @@ class TemporalJigsaw:
             answer=list(shuffle.labels),
             meta=meta,
         )
-
-    def reward(self, completion: str, sample: Sample) -> Reward:
-        """`ordering_reward` against `sample.answer`: 1 − footrule/⌊K²/2⌋ by default (see the module)."""
-        return self.params.score(completion, sample)
-
-    def reference_completion(self, sample: Sample) -> str:
-        """The SFT target: the answer in the asked format (after a short <think> when asked)."""
-        return self.params.reference(sample, REFERENCE_THOUGHT)
 
 
 __all__ = ["TemporalJigsaw", "TemporalJigsawParams", "intro_text"]

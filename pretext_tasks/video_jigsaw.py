@@ -41,9 +41,7 @@ from mmrl import media
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
-from pretext_tasks.base import answer_instruction, item_path, shuffle_and_label, video_sources
-from pretext_tasks.registry import register
-from rewards.base import Reward
+from pretext_tasks.base import OrderingTask, answer_instruction, item_path, shuffle_and_label, video_sources
 from rewards.ordering import OrderingParams
 
 if TYPE_CHECKING:
@@ -175,13 +173,13 @@ def instruction_text(params: OrderingParams) -> str:
 # Task
 
 
-@register(NAME)
 @dataclass
-class VideoJigsaw:
+class VideoJigsaw(OrderingTask):
     """Put shuffled clips of a video back in chronological order. Answer: K labels, comma-separated."""
 
     Params: ClassVar[type[VideoJigsawParams]] = VideoJigsawParams
-    name: ClassVar[str]
+    name: ClassVar[str] = NAME
+    reference_thought: ClassVar[str] = REFERENCE_THOUGHT
     params: VideoJigsawParams = field(default_factory=VideoJigsawParams)
     """The split, sampling, prompt and reward parameters."""
 
@@ -255,15 +253,6 @@ class VideoJigsaw:
             answer=list(shuffle.labels),
             meta=meta,
         )
-
-    def reward(self, completion: str, sample: Sample) -> Reward:
-        """`rewards.ordering.ordering_reward` against `sample.answer` (see `OrderingParams.score`):
-        exact 1.0, format-only 1/6, γ partial credit for valid permutations when K ≥ partial_min_k."""
-        return self.params.score(completion, sample)
-
-    def reference_completion(self, sample: Sample) -> str:
-        """The SFT target: the answer in the asked format (after a short <think> when asked)."""
-        return self.params.reference(sample, REFERENCE_THOUGHT)
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 `temporal_jigsaw`), and their shared parameters.
 
 He et al. 2025, *VideoSSR: Video Self-Supervised Reinforcement Learning* (arXiv 2511.06281); fact
-sheet `shared/specs/videossr.md` §2. Not a task: the task modules import it.
+docs/videossr.md. Not a task: the task modules import it.
 
 Frames. A video of T source frames (average rate `source_fps`) keeps the window
 `[start, end) = [int(m·T), int((1 − m)·T))` (m = `margin`, 0.05: the middle 90 %) and shows F frames
@@ -55,7 +55,7 @@ class VideoSSRParams:
     """Frames with more pixels are downscaled (Qwen smart_resize, factor 28, bicubic) to at most this
     many (the released per-frame budget, 256·256); 0 keeps every frame as decoded."""
     answer_mode: AnswerMode = "raw"
-    """Reply format asked for and parsed: `raw` (the sheet: the whole reply is the answer, with a
+    """Reply format asked for and parsed: `raw` (VideoSSR: the whole reply is the answer, with a
     direct-answer system message), `answer_tag` or `boxed` (the answer span is extracted first; use
     these with reasoning prompts, never `raw`)."""
 
@@ -140,7 +140,7 @@ def video_item(frames: np.ndarray | Sequence[np.ndarray], sample_fps: float, fir
 
 
 def messages(content: list[dict[str, Any]], answer_mode: AnswerMode) -> list[dict[str, Any]]:
-    """The chat: a direct-answer system message (raw answers only, as in the sheet) and the user turn."""
+    """The chat: a direct-answer system message (raw answers only, as in VideoSSR) and the user turn."""
     out: list[dict[str, Any]] = []
     if answer_mode == "raw":
         out.append({"role": "system", "content": DIRECT_ANSWER})

@@ -18,8 +18,10 @@ uses, so none of them can trip over `int()`'s digit limit.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Literal, get_args
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -198,18 +200,6 @@ def parse_int(token: str) -> int | None:
         return None
 
 
-__all__ = [
-    "ANSWER_MODES",
-    "MAX_INT_DIGITS",
-    "AnswerMode",
-    "boxed_span",
-    "check_mode",
-    "extract_answer",
-    "format_ok",
-    "parse_int",
-]
-
-
 def wrap_answer(payload: str, mode: AnswerMode = "answer_tag") -> str:
     """The inverse of `extract_answer`: `payload` as `<answer>…</answer>`, `\\boxed{…}` or bare (raw)."""
     check_mode(mode)
@@ -218,3 +208,33 @@ def wrap_answer(payload: str, mode: AnswerMode = "answer_tag") -> str:
     if mode == "boxed":
         return f"\\boxed{{{payload}}}"
     return payload
+
+
+def labels_text(labels: Sequence[int]) -> str:
+    """The answer payload of an ordering task: bare comma-separated integers, `2, 4, 1, 3`."""
+    return ", ".join(str(int(x)) for x in labels)
+
+
+def answer_payload(answer: Any) -> str:
+    """The text a model should give for a Sample's `answer` (what `wrap_answer` wraps): a list of ints as
+    `2, 4, 1, 3` (the ordering tasks' payload), a string as itself, anything else as JSON."""
+    if isinstance(answer, str):
+        return answer
+    if isinstance(answer, (list, tuple)) and answer and all(isinstance(x, (int, np.integer)) for x in answer):
+        return labels_text(answer)
+    return json.dumps(answer, ensure_ascii=False)
+
+
+__all__ = [
+    "ANSWER_MODES",
+    "MAX_INT_DIGITS",
+    "AnswerMode",
+    "answer_payload",
+    "boxed_span",
+    "check_mode",
+    "extract_answer",
+    "format_ok",
+    "labels_text",
+    "parse_int",
+    "wrap_answer",
+]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewards.base import Reward
+from mmrl.contracts import Reward
 from rewards.extract import AnswerMode, check_mode, extract_answer, format_ok
 
 PARTS = ("format", "accuracy")

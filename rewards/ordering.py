@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from mmrl.contracts import Reward
 from mmrl.errors import ConfigError
-from rewards.base import Reward
 from rewards.extract import (
     THINK_CLOSE,
     THINK_OPEN,
@@ -34,6 +34,7 @@ from rewards.extract import (
     check_mode,
     extract_answer,
     format_ok,
+    labels_text,
     parse_int,
     wrap_answer,
 )
@@ -134,11 +135,6 @@ def answer_text(labels: Sequence[int], mode: AnswerMode = "answer_tag") -> str:
     """A labels list wrapped the way `mode` asks for it: `<answer>2, 4, 1, 3</answer>`,
     `\\boxed{2, 4, 1, 3}` or the bare `2, 4, 1, 3` (used for prompt examples and SFT targets)."""
     return wrap_answer(labels_text(labels), mode)
-
-
-def labels_text(labels: Sequence[int]) -> str:
-    """The answer payload of an ordering task: bare comma-separated integers, `2, 4, 1, 3`."""
-    return ", ".join(str(int(x)) for x in labels)
 
 
 def ordering_reward(

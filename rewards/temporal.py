@@ -1,13 +1,13 @@
 """Rewards for VideoSSR's anomaly grounding (temporal IoU) and object counting (relative error).
 
 Source: He et al. 2025, *VideoSSR* (arXiv 2511.06281) and its released reward (`lcqysl/VideoSSR`);
-fact sheet `shared/specs/videossr.md` §3, §4, §6. Temporal jigsaw is an ordering task: its footrule
+docs/videossr.md. Temporal jigsaw is an ordering task: its footrule
 reward lives in `rewards.ordering` (`ordering_reward(..., footrule=True)`).
 
-Both rewards are smooth and, as in the sheet, have **no format term**: the `format` part is logged
+Both rewards are smooth and, as in VideoSSR, have **no format term**: the `format` part is logged
 (1 when the answer has the stated shape and `rewards.extract.format_ok` passes) but never added to
 the score. The answer is first extracted with `rewards.extract.extract_answer(completion, mode)`
-(`raw` is the sheet's default: the whole stripped reply is the answer; never run `raw` on replies
+(`raw` is VideoSSR's default: the whole stripped reply is the answer; never run `raw` on replies
 that contain reasoning).
 
 Grounding answer format (the one the prompt states): `start-end` in seconds, each a non-negative
@@ -32,7 +32,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from rewards.base import Reward
+from mmrl.contracts import Reward
 from rewards.extract import AnswerMode, check_mode, extract_answer, format_ok, parse_int
 
 GROUNDING_PARTS = ("format", "iou")
@@ -102,7 +102,7 @@ def grounding_reward(completion: str, interval_gt: Sequence[float], *, mode: Ans
         parts    = {"format": 1 if the interval parsed and format_ok(completion, mode) else 0,
                     "iou": score}
 
-    `format` is logged only and adds nothing (the sheet has no format term). Worked numbers with
+    `format` is logged only and adds nothing (VideoSSR's has no format term). Worked numbers with
     gt (2, 4): "2-4" → 1.0; "3-5" → inter 1, union 3 → 1/3; "5-6" → 0; "4-3", "3.1 to 4.0",
     "" → 0. Never raises on `completion`; an unknown `mode` raises `ConfigError`, a bad
     `interval_gt` `ValueError`.
@@ -158,7 +158,7 @@ def counting_reward(completion: str, counts_gt: Sequence[int], *, mode: AnswerMo
         score = (1/K) Σ_i r_i                      (0 if p is None: wrong number of counts,
                                                     a negative count, no answer)
 
-    So g_i = 0 scores by exact match (any p_i ≠ 0 gives 0); the sheet's builder never makes it.
+    So g_i = 0 scores by exact match (any p_i ≠ 0 gives 0); VideoSSR's builder never makes it.
     Parts: `format` (1 if p parsed and format_ok; logged only, not added), `accuracy` (= score),
     `exact` (1 if p = g). Worked numbers with g = (3, 1, 4): "3,1,4" → 1; "3,2,4" →
     (1 + 0 + 1)/3 = 2/3; "2,1,4" → (2/3 + 1 + 1)/3 = 8/9. Never raises on `completion`; an

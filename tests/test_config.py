@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from games import config as game_config
 from mmrl import config as config_module
-from mmrl import game_config
 from mmrl.config import (
     CorpusConfig,
     DataSource,
     ModelConfig,
+    NoGame,
     RunConfig,
     describe,
     field_docs,
@@ -18,7 +19,7 @@ from mmrl.config import (
     save_config,
     validate_config,
 )
-from mmrl.errors import ConfigError
+from mmrl.errors import ConfigError, MMRLError
 
 
 @dataclass
@@ -186,14 +187,20 @@ def test_shipped_configs_are_valid():
     ],
 )
 def test_out_of_range_values_name_the_key_and_the_valid_range(override, message):
+    overrides = [override]
+    if override.startswith("game.") and not override.startswith("game.name"):  # a game's keys exist once named
+        overrides = ["game.name=spy", "rollout.max_new_tokens=128", override]
     with pytest.raises(ConfigError) as e:
-        load_config(RunConfig, None, [override])
+        load_config(RunConfig, None, overrides)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
 def test_values_are_checked_after_the_file_and_every_override(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("model:\n  min_pixels: 10000\n  max_pixels: 20000\ngame:\n  pairs:\n    n_changes: 5\n")
+    path.write_text(
+        "model:\n  min_pixels: 10000\n  max_pixels: 20000\nrollout:\n  max_new_tokens: 128\n"
+        "game:\n  name: spy\n  pairs:\n    n_changes: 5\n"
+    )
     with pytest.raises(ConfigError, match="'game.pairs.n_changes' must be <= the fewest objects, n_objects.0. .4."):
         load_config(RunConfig, path)
     cfg = load_config(
@@ -202,6 +209,24 @@ def test_values_are_checked_after_the_file_and_every_override(tmp_path):
     assert (cfg.game.pairs.n_changes, cfg.model.min_pixels) == (5, 30000)  # a rule broken midway is no error
     with pytest.raises(ConfigError, match="'model.max_pixels' must be >= min_pixels"):
         load_config(RunConfig, path, ["model.min_pixels=30000"])
+
+
+def test_the_game_section_takes_the_schema_of_the_game_it_names(tmp_path):
+    assert load_config(RunConfig).game.name == ""
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'game.pairs'.*set game.name first \(installed games: spy\)"
+    ):
+        load_config(RunConfig, None, ["game.pairs.n_changes=1"])
+    cfg = load_config(RunConfig, None, ["rollout.max_new_tokens=128", "game.name=spy", "game.n_players=5"])
+    assert type(cfg.game).__name__ == "SpyConfig" and cfg.game.n_players == 5 and cfg.game.pairs.n_changes == 2
+    cfg = load_config(
+        RunConfig, None, ["rollout.max_new_tokens=128", "game.name=spy", "game.n_players=5", "game.name="]
+    )
+    assert cfg.game == NoGame()  # naming no game again drops the game's keys
+    path = tmp_path / "g.yaml"
+    path.write_text("game:\n  name: chess\n")
+    with pytest.raises(MMRLError, match="unknown game 'chess'; installed games: spy"):
+        load_config(RunConfig, path)
 
 
 def test_unreadable_range_is_a_programming_error():

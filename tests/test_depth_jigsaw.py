@@ -29,9 +29,9 @@ from mmrl.corpus import Corpus, GeometryItem, RGBDItem, build_default_corpus
 from mmrl.errors import ConfigError, MediaError, MMRLError, SkipItem
 from mmrl.geometry_render import default_camera_for, render_geometry
 from mmrl.models import load_policy
+from mmrl.registry import get_task, task_class
 from mmrl.rollout import encode_prompt, make_engine, sampling_params
 from mmrl.sample import Sample, read_dataset, write_dataset
-from pretext_tasks import get_task, task_class
 from pretext_tasks.depth_jigsaw import (
     DepthJigsaw,
     DepthJigsawParams,

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import pretext_tasks
+from mmrl import registry
+from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, MMRLError
+from mmrl.registry import get_task, register, task_names
 from mmrl.sample import Sample, read_dataset, write_dataset
-from pretext_tasks import PretextTask, answer_instruction, get_task, task_names
+from mmrl.task import Task
+from pretext_tasks import answer_instruction
 from pretext_tasks.diagnostic import COLOURS, DominantColorParams, DominantColorTask, draw_image
-from pretext_tasks.registry import register
-from rewards import Reward, format_ok
+from rewards import format_ok
 
 
-def make(task: PretextTask, index: int, seed: int | None = None) -> Sample:
+def make(task: Task, index: int, seed: int | None = None) -> Sample:
     return task.make(index, np.random.default_rng(index if seed is None else seed))
 
 
@@ -60,13 +62,13 @@ def colour_counts(image: Image.Image, palette: tuple[str, ...]) -> dict[str, int
 def test_registry_finds_the_diagnostic_task() -> None:
     assert "dominant_color" in task_names()
     task = get_task("dominant_color")
-    assert isinstance(task, DominantColorTask) and isinstance(task, PretextTask)
+    assert isinstance(task, DominantColorTask) and isinstance(task, Task)
     assert task.name == "dominant_color" and task.params == DominantColorParams()
-    assert pretext_tasks.task_class("dominant_color") is DominantColorTask
+    assert registry.task_class("dominant_color") is DominantColorTask
 
 
 def test_unknown_task_names_the_registered_ones() -> None:
-    with pytest.raises(MMRLError, match=r"unknown task 'dominant_colour'.*did you mean 'dominant_color'.*registered"):
+    with pytest.raises(MMRLError, match=r"unknown task 'dominant_colour'.*did you mean 'dominant_color'.*installed tasks"):
         get_task("dominant_colour")
 
 

@@ -21,9 +21,9 @@ from mmrl.evaluate import (
 )
 from mmrl.generate import generate
 from mmrl.models import load_policy
+from mmrl.registry import get_task, task_names
 from mmrl.rollout import encode_prompt
 from mmrl.sample import read_dataset
-from pretext_tasks import get_task, task_names
 from rewards.ordering import parse_permutation
 
 HAS_JIGSAW = "image_jigsaw" in task_names()

@@ -23,18 +23,19 @@ import pytest
 import torch
 from PIL import Image
 
+from games.config import SpyConfig
 from games.scoring import RoleBaselines, parse_clue, parse_vote, role_advantages
-from games.spy import SpyProducer, check_config
+from games.spy import SpyProducer
 from games.spy_prompts import NO_CLUE, SpokenClue, clue_text, history_block, judge_text, voter_text
 from games.spy_sft import GENERIC_CLUES, NA_SHARE, THINKING, chart_sentences, scripted_game
 from games.transcripts import IMAGES, TranscriptWriter, read_transcripts
-from mmrl.config import RunConfig, SpyConfig, load_config
+from mmrl.config import RunConfig, load_config, validate_config
+from mmrl.contracts import Completion, EncodedPrompt, SamplingParams
 from mmrl.errors import ConfigError, MMRLError
 from mmrl.logging import read_metrics
 from mmrl.models import load_policy
 from mmrl.producers import TaskProducer, make_producer
 from mmrl.rollout import make_engine
-from mmrl.rollout.types import Completion, EncodedPrompt, SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 N, R = 4, 2  # players, clue rounds
@@ -432,10 +433,10 @@ def test_state_dict_resume_continues_the_same_run(policy, tmp_path) -> None:
 
 def test_config_defaults_follow_the_sheet_and_bad_values_are_named(tmp_path) -> None:
     g = SpyConfig()
-    assert (g.name, g.n_players, g.clue_rounds, g.decision_mode, g.decision_samples) == ("", 4, 2, "judge", 8)
+    assert (g.name, g.n_players, g.clue_rounds, g.decision_mode, g.decision_samples) == ("spy", 4, 2, "judge", 8)
     assert (g.beta, g.lam, g.rae_alpha, g.rae_update, g.decision_reward) == (0.1, 0.1, 0.95, "per_step", "paper")
     assert (g.clue_min_new_tokens, g.decision_min_new_tokens, g.pairs.spy_view) == (20, 100, "modified")
-    check_config(config(tmp_path))
+    validate_config(config(tmp_path))
     bad_values = {
         "game.n_players=2": "game.n_players",
         "game.decision_min_new_tokens=9": "game.decision_min_new_tokens",
@@ -444,7 +445,7 @@ def test_config_defaults_follow_the_sheet_and_bad_values_are_named(tmp_path) -> 
     }
     for bad, key in bad_values.items():
         with pytest.raises(ConfigError, match=key):
-            check_config(config(tmp_path, bad))
+            validate_config(config(tmp_path, bad))
     with pytest.raises(ConfigError, match="must be one of"):
         config(tmp_path, "game.decision_mode=vote")
 
@@ -459,13 +460,13 @@ def test_7b_recipe_has_the_sheet_hyperparameters() -> None:
         100, 1e-5, 10, "cosine", 1.0, "bf16")  # fmt: skip
     assert (a.kl_coef, a.kl_estimator, a.clip_low, a.clip_high, a.loss) == (0.04, "k3", 0.2, 0.2, "ppo_clip")
     assert (cfg.rollout.temperature, g.clue_min_new_tokens, g.decision_min_new_tokens) == (0.8, 20, 100)
-    check_config(cfg)
+    validate_config(cfg)
 
 
 def test_make_producer_picks_the_game_or_the_task_mixture(policy, tmp_path) -> None:
     assert isinstance(make_producer(config(tmp_path), policy[1]), SpyProducer)
     assert isinstance(make_producer(load_config(RunConfig), policy[1]), TaskProducer)
-    assert make_producer(config(tmp_path), policy[1]).heldout(8) == []
+    assert make_producer(config(tmp_path), policy[1]).evaluate(None) == {}
 
 
 def test_transcripts_jsonl_markdown_and_pictures(policy, tmp_path) -> None:

@@ -22,9 +22,9 @@ from mmrl.cli import main
 from mmrl.errors import MMRLError, SkipItem
 from mmrl.generate import generate, iter_samples, summary_line
 from mmrl.preview import preview_sheet
+from mmrl.registry import register, task_names
 from mmrl.sample import Sample, read_dataset
-from pretext_tasks import task_names
-from pretext_tasks.registry import register
+from mmrl.task import Task
 from rewards.match import exact_match
 
 datasets = pytest.importorskip("datasets")
@@ -67,7 +67,7 @@ class ThumbParams:
 
 @register("test_folder_thumb")
 @dataclass
-class FolderThumbTask:
+class FolderThumbTask(Task):
     Params: ClassVar[type] = ThumbParams
     name: ClassVar[str]
     params: ThumbParams = field(default_factory=ThumbParams)
@@ -96,7 +96,7 @@ class ClipParams:
 
 @register("test_clip")
 @dataclass
-class ClipTask:
+class ClipTask(Task):
     """Videos given as frame lists, like the video tasks' clips."""
 
     Params: ClassVar[type] = ClipParams
@@ -308,7 +308,7 @@ def test_only_bad_sources_stop_with_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_iter_samples_keys_draws_by_seed_and_index() -> None:
-    from pretext_tasks import get_task
+    from mmrl.registry import get_task
 
     task = get_task("dominant_color")
     first = [s.meta["seed"] for s, _ in iter_samples(task, range(1000), 3, seed=5)]

@@ -13,13 +13,13 @@ import skimage
 from PIL import Image
 
 from mmrl.config import ModelConfig, RunConfig, load_config
+from mmrl.contracts import SamplingParams
 from mmrl.corpus import Corpus
 from mmrl.errors import ConfigError, MediaError, SkipItem
 from mmrl.models import load_policy
+from mmrl.registry import get_task, task_class
 from mmrl.rollout import HFEngine, encode_prompt
-from mmrl.rollout.types import SamplingParams
 from mmrl.sample import Sample, read_dataset, write_dataset
-from pretext_tasks import get_task, task_class
 from pretext_tasks.image_jigsaw import LABEL_BAND, ImageJigsaw, ImageJigsawParams, slot_origin
 from rewards.ordering import answer_text
 

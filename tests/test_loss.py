@@ -39,7 +39,7 @@ def _cfg(**kw: object) -> AlgorithmConfig:
 
 def test_ppo_clip_values_indicator_and_gradient() -> None:
     logp = _logp()
-    loss, side = ppo_clip_terms(logp, torch.zeros_like(logp), ADV, 0.2, 0.2)
+    loss, side, _ = ppo_clip_terms(logp, torch.zeros_like(logp), ADV, 0.2, 0.2)
     # A = +1: rho 0.5 -> -min(0.5, 0.8) = -0.5      rho 1.1 -> -min(1.1, 1.1) = -1.1
     #         rho 1.5 -> -min(1.5, 1.2) = -1.2 (clipped high)
     # A = -2: rho 0.5 -> -min(-1.0, 0.8 * -2 = -1.6) = 1.6 (clipped low)
@@ -55,11 +55,11 @@ def test_ppo_clip_values_indicator_and_gradient() -> None:
 def test_clip_higher_is_asymmetric() -> None:
     ratios = torch.tensor([[1.25, 1.5, 0.7]], dtype=torch.float64)
     logp = _logp(ratios)
-    up, _ = ppo_clip_terms(logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64), 0.2, 0.28)
+    up, _, _ = ppo_clip_terms(logp, torch.zeros_like(logp), torch.tensor([1.0], dtype=torch.float64), 0.2, 0.28)
     # A = +1, upper bound 1.28: rho 1.25 unclipped -> -1.25 (would be -1.2 at 0.2); rho 1.5 -> -1.28;
     # rho 0.7 below 1 - 0.2 but A > 0 takes the unclipped min -> -0.7
     torch.testing.assert_close(up, torch.tensor([[-1.25, -1.28, -0.7]], dtype=torch.float64))
-    down, side = ppo_clip_terms(logp, torch.zeros_like(logp), torch.tensor([-1.0], dtype=torch.float64), 0.2, 0.28)
+    down, side, _ = ppo_clip_terms(logp, torch.zeros_like(logp), torch.tensor([-1.0], dtype=torch.float64), 0.2, 0.28)
     # A = -1, lower bound still 0.8: rho 0.7 -> -min(-0.7, -0.8) = 0.8 (clipped low); others unclipped
     torch.testing.assert_close(down, torch.tensor([[1.25, 1.5, 0.8]], dtype=torch.float64))
     assert side.tolist() == [[0, 0, -1]]
@@ -69,8 +69,8 @@ def test_dual_clip_bounds_negative_advantage_loss() -> None:
     ratios = torch.tensor([[4.0, 2.0], [4.0, 1.0]], dtype=torch.float64)
     adv = torch.tensor([-2.0, 1.0], dtype=torch.float64)
     logp = _logp(ratios)
-    plain, _ = ppo_clip_terms(logp, torch.zeros_like(logp), adv, 0.2, 0.2)
-    dual, side = ppo_clip_terms(logp, torch.zeros_like(logp), adv, 0.2, 0.2, dual_clip=3.0)
+    plain, _, _ = ppo_clip_terms(logp, torch.zeros_like(logp), adv, 0.2, 0.2)
+    dual, side, _ = ppo_clip_terms(logp, torch.zeros_like(logp), adv, 0.2, 0.2, dual_clip=3.0)
     # A = -2, rho 4: -min(-8, -2.4) = 8; dual: -max(-8, 3 * -2 = -6) = 6.
     # A = -2, rho 2: -min(-4, -2.4) = 4 < 6: dual inactive.  A = +1: untouched (-1.2, -1.0).
     torch.testing.assert_close(plain, torch.tensor([[8.0, 4.0], [-1.2, -1.0]], dtype=torch.float64))
@@ -96,7 +96,7 @@ GSPO_ADV = torch.tensor([1.0, -1.0], dtype=torch.float64)
 def test_gspo_value_and_sequence_level_gradient() -> None:
     old = torch.full((2, 3), -1.0, dtype=torch.float64)
     logp = (old + GSPO_LOG_RATIO).requires_grad_(True)
-    terms, side = gspo_terms(logp, old, GSPO_ADV, MASK, 0.2, 0.2)
+    terms, side, _ = gspo_terms(logp, old, GSPO_ADV, MASK, 0.2, 0.2)
     # s_0 inside [0.8, 1.2], A = +1: every token -1.1051709181.
     # s_1 = 0.67 < 0.8, A = -1: -min(-0.670, 0.8 * -1) = 0.8, clipped low on every token.
     torch.testing.assert_close(terms, torch.tensor([[-S0] * 3, [0.8] * 3], dtype=torch.float64))
@@ -114,7 +114,7 @@ def test_gspo_value_and_sequence_level_gradient() -> None:
 def test_gspo_gradient_equals_sequence_level_objective() -> None:
     old = torch.full((2, 3), -1.0, dtype=torch.float64)
     logp = (old + GSPO_LOG_RATIO).requires_grad_(True)
-    terms, _ = gspo_terms(logp, old, GSPO_ADV, MASK, 0.5, 0.5)  # wide clip: both sequences unclipped
+    terms, _, _ = gspo_terms(logp, old, GSPO_ADV, MASK, 0.5, 0.5)  # wide clip: both sequences unclipped
     (grad_token,) = torch.autograd.grad(aggregate(terms, MASK, "seq-mean-token-mean"), logp)
     # GSPO paper objective: -(1/B) sum_i min(s_i A_i, clip(s_i) A_i), s_i = exp(mean_t log-ratio) with grad
     s = (((logp - old) * MASK).sum(-1) / MASK.sum(-1)).exp()
@@ -310,8 +310,8 @@ def test_entropy_bonus_sign() -> None:
 
 def test_token_level_advantages_accepted() -> None:
     logp = _logp()
-    per_seq, _ = ppo_clip_terms(logp, torch.zeros_like(logp), ADV, 0.2, 0.2)
-    per_tok, _ = ppo_clip_terms(logp, torch.zeros_like(logp), ADV[:, None].expand(2, 3), 0.2, 0.2)
+    per_seq, _, _ = ppo_clip_terms(logp, torch.zeros_like(logp), ADV, 0.2, 0.2)
+    per_tok, _, _ = ppo_clip_terms(logp, torch.zeros_like(logp), ADV[:, None].expand(2, 3), 0.2, 0.2)
     torch.testing.assert_close(per_seq, per_tok)
     with pytest.raises(ValueError, match="advantages"):
         ppo_clip_terms(logp, torch.zeros_like(logp), torch.ones(2, 2), 0.2, 0.2)
@@ -404,7 +404,7 @@ def test_tokens_cut_by_the_log_ratio_guard_count_in_clip_frac() -> None:
     logp = (old + log_ratio).requires_grad_(True)
     mask = torch.ones_like(log_ratio)
     adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
-    terms, side = ppo_clip_terms(logp, old, adv, 0.2, 0.2)
+    terms, side, _ = ppo_clip_terms(logp, old, adv, 0.2, 0.2)
     assert side.tolist() == [[-1, 1, 0], [1, -1, 0]]
     (grad,) = torch.autograd.grad(terms.sum(), logp)
     assert (grad[:, :2] == 0).all() and (grad[:, 2] != 0).all()  # the counted tokens are those without gradient

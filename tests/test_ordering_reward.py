@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from mmrl.contracts import Reward
 from mmrl.errors import ConfigError
-from rewards.base import Reward
 from rewards.ordering import (
     PARTS,
     OrderingParams,
@@ -22,7 +22,7 @@ from rewards.ordering import (
     parse_permutation,
 )
 
-G4 = [2, 4, 1, 3]  # the sheet's worked example: order (2, 0, 3, 1) -> labels (2, 4, 1, 3)
+G4 = [2, 4, 1, 3]  # the worked example of docs/visual_jigsaw.md: order (2, 0, 3, 1) -> labels (2, 4, 1, 3)
 G9 = [3, 9, 2, 5, 8, 1, 7, 6, 4]
 ZERO = Reward(0.0, {p: 0.0 for p in PARTS})
 LONG_LINE = "The tile in the corner shows part of the sky"  # 10 words

@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 
 from games.scoring import INVALID, Vote, clue_rewards, decision_rewards, has_format, parse_clue, parse_vote
 from mmrl import media, scenes
+from mmrl.contracts import Reward
 from mmrl.corpus import camera_motion_frames
+from mmrl.registry import get_task, task_class, task_names
 from mmrl.sample import Sample
-from pretext_tasks import get_task, task_class, task_names
 from rewards import match, ordering, temporal
-from rewards.base import Reward
 from rewards.extract import BOXED_OPEN, MAX_INT_DIGITS, boxed_span, extract_answer, format_ok, parse_int
 
 N = 100_000

@@ -9,17 +9,18 @@ import pytest
 from PIL import Image
 
 from mmrl.config import DataSource, RunConfig, load_config
+from mmrl.contracts import Reward
 from mmrl.errors import SkipItem
 from mmrl.models import load_policy
 from mmrl.producers import TaskProducer
+from mmrl.registry import get_task, register
 from mmrl.rollout import make_engine
 from mmrl.sample import Sample, write_dataset
-from pretext_tasks.registry import get_task, register
-from rewards.base import Reward
+from mmrl.task import Task
 
 
 @register("test_parity")
-class ParityTask:
+class ParityTask(Task):
     """Test task: even-indexed Samples always score 0.5 (a zero-variance group); odd ones score the
     parity of the completion's length, so their groups usually have variance."""
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, MMRLError
-from rewards import ANSWER_MODES, Reward, exact_match, extract_answer, format_ok, normalize_answer
+from rewards import ANSWER_MODES, exact_match, extract_answer, format_ok, normalize_answer
 
 # --------------------------------------------------------------------------------------------------
 # extract_answer

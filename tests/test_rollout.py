@@ -12,6 +12,7 @@ from PIL import Image
 
 from mmrl import media
 from mmrl.config import ModelConfig, RolloutConfig
+from mmrl.contracts import EncodedPrompt, SamplingParams
 from mmrl.errors import MediaError, MMRLError
 from mmrl.models import build_tiny, load_policy
 from mmrl.rollout import (
@@ -24,7 +25,6 @@ from mmrl.rollout import (
     sampling_params,
 )
 from mmrl.rollout.forward import shares_vision, suppressed_token_ids, unwrap_model
-from mmrl.rollout.types import EncodedPrompt, SamplingParams
 
 BUDGET = 4096
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from mmrl.contracts import Reward
 from mmrl.errors import ConfigError
-from rewards.base import Reward
 from rewards.temporal import (
     COUNTING_PARTS,
     GROUNDING_PARTS,
@@ -164,7 +164,7 @@ def test_grounding_reward_modes():
     assert grounding_reward("The segment is \\boxed{2-3}.", (2, 4), mode="boxed").score == pytest.approx(0.5)
     assert grounding_reward("\\boxed{4-3}", (2, 4), mode="boxed") == G_ZERO
     assert grounding_reward("  2 - 4\n", (2, 4), mode="raw") == Reward(1.0, {"format": 1.0, "iou": 1.0})
-    # raw: the whole reply must be the interval (the sheet's strict default)
+    # raw: the whole reply must be the interval (VideoSSR's strict default)
     assert grounding_reward("Answer: 2-4", (2, 4), mode="raw") == G_ZERO
     assert grounding_reward("from 3.1 to 4.0", (2, 4), mode="raw") == G_ZERO
     assert grounding_reward("", (2, 4), mode="raw") == G_ZERO

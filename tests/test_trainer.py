@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from mmrl.config import RunConfig, load_config
+from mmrl.contracts import Completion, Rollout
 from mmrl.errors import MMRLError
 from mmrl.grpo.checkpoint import latest_checkpoint
 from mmrl.grpo.trainer import setup_policy, train, update_policy
 from mmrl.logging import read_metrics
 from mmrl.models import resolve_model_path
-from mmrl.rollout.types import Completion, Rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

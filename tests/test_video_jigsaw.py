@@ -12,13 +12,13 @@ from PIL import Image
 
 from mmrl import media
 from mmrl.config import ModelConfig
+from mmrl.contracts import SamplingParams
 from mmrl.corpus import Corpus, camera_motion_frames
 from mmrl.errors import ConfigError, MediaError, SkipItem
 from mmrl.models import load_policy
+from mmrl.registry import get_task, task_class
 from mmrl.rollout import HFEngine, encode_prompt
-from mmrl.rollout.types import SamplingParams
 from mmrl.sample import Sample, read_dataset, write_dataset
-from pretext_tasks import get_task, task_class
 from pretext_tasks.video_jigsaw import (
     VideoJigsaw,
     VideoJigsawParams,
@@ -149,7 +149,7 @@ def test_answer_restores_chronological_order(videos: dict[str, Path], trim_ratio
     decoded = media.read_video(path).frames  # every frame, decoded independently of the task
     n_frames, k = len(decoded), 6
     q = round(1 / trim_ratio)
-    skip = n_frames % (k * q)  # the sheet's formula, written out again
+    skip = n_frames % (k * q)  # Visual Jigsaw's formula (docs/visual_jigsaw.md), written out again
     length = (n_frames - skip) // k
     trim = length // q
     boundaries = [skip + i * length for i in range(k + 1)]

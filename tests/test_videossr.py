@@ -18,12 +18,13 @@ from mmrl.corpus import camera_motion_frames
 from mmrl.errors import ConfigError, MediaError, SkipItem
 from mmrl.evaluate import evaluate_dataset, format_table, reference_completions
 from mmrl.generate import generate, generate_suite
+from mmrl.registry import get_task
 from mmrl.sample import Sample, read_dataset, write_dataset
-from mmrl.suites import VIU_GROUNDING_TYPES, suite_entries
-from pretext_tasks import get_task
+from mmrl.suites import suite_entries
 from pretext_tasks.anomaly_grounding import answer_decimals
 from pretext_tasks.perturbations import PERTURBATIONS
 from pretext_tasks.videossr import VideoSSRParams, sample_video, window_indices
+from pretext_tasks.viu import VIU_GROUNDING_TYPES
 
 CHELSEA = Path(skimage.__file__).parent / "data" / "chelsea.png"
 COFFEE = Path(skimage.__file__).parent / "data" / "coffee.png"

@@ -13,10 +13,12 @@ selects the real tokens (`torch.where`) instead of multiplying by it, in its inp
 reductions. Multiplying is not enough: 0 * NaN = NaN and 0 * inf = NaN, in the value and in the
 backward pass too (the gradient of exp at a padded NaN is 0 * NaN). Non-finite values on *real*
 tokens are not hidden: they reach the loss, and the trainer skips that optimiser step.
-Formulas follow /work/shared/specs/trainers.md §2–§6.
+Formulas and their sources: docs/grpo.md (policy loss, aggregation, KL, entropy).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +83,17 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
 # Policy terms
 
 
+class ClipTerms(NamedTuple):
+    """What a clipped policy objective gives per token: its loss, where the clip cut the gradient, the ratio."""
+
+    loss: torch.Tensor
+    """(B, T) per-token loss l^pg."""
+    side: torch.Tensor
+    """(B, T) int8: -1 / +1 where the lower / upper bound (or the log-ratio guard) cut the gradient, else 0."""
+    ratio: torch.Tensor
+    """(B, T) the importance ratio the loss used (per token; s_i broadcast over its tokens for GSPO)."""
+
+
 def _clipped_surrogate(
     ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float, dual_clip: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +121,7 @@ def ppo_clip_terms(
     clip_low: float,
     clip_high: float,
     dual_clip: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> ClipTerms:
     """Per-token PPO-clip loss (B, T) and clip indicator (B, T).
 
         rho_t = exp(logp_t - old_logp_t)                       (log-ratio clamped to [-20, 20])
@@ -129,7 +142,7 @@ def ppo_clip_terms(
     raw_log_ratio = logprobs - old_logprobs  # (B, T)
     ratio = raw_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()  # (B, T)
     loss, side = _clipped_surrogate(ratio, _per_token(advantages, ratio), clip_low, clip_high, dual_clip)
-    return loss, _mark_guarded(side, raw_log_ratio)
+    return ClipTerms(loss, _mark_guarded(side, raw_log_ratio), ratio)
 
 
 def _mark_guarded(side: torch.Tensor, raw_log_ratio: torch.Tensor) -> torch.Tensor:
@@ -154,7 +167,7 @@ def gspo_terms(
     clip_low: float,
     clip_high: float,
     dual_clip: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> ClipTerms:
     """GSPO-token loss (B, T) and clip indicator (B, T) (Zheng et al. 2025, Group Sequence Policy Optimization).
 
         s_i     = exp((1/|o_i|) sum_t (logp_{i,t} - old_logp_{i,t}))          sequence ratio (B,)
@@ -174,7 +187,7 @@ def gspo_terms(
     s = raw_seq_log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()  # (B,)
     ratio = s.detach().unsqueeze(-1) * (logprobs - logprobs.detach()).exp()  # (B, T), value s_i
     loss, side = _clipped_surrogate(ratio, _per_token(advantages, ratio), clip_low, clip_high, dual_clip)
-    return loss, _mark_guarded(side, raw_seq_log_ratio.unsqueeze(-1))
+    return ClipTerms(loss, _mark_guarded(side, raw_seq_log_ratio.unsqueeze(-1)), ratio)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,9 +286,11 @@ def policy_loss(
     ref_logprobs = _select(mask, ref_logprobs) if ref_logprobs is not None else None
     entropy = _select(mask, entropy) if entropy is not None else None
     if cfg.loss == "ppo_clip":
-        pg, side = ppo_clip_terms(logprobs, old_logprobs, advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+        pg, side, ratio = ppo_clip_terms(logprobs, old_logprobs, advantages, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
     elif cfg.loss == "gspo":
-        pg, side = gspo_terms(logprobs, old_logprobs, advantages, mask, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+        pg, side, ratio = gspo_terms(
+            logprobs, old_logprobs, advantages, mask, cfg.clip_low, cfg.clip_high, cfg.dual_clip
+        )
     else:
         raise ValueError(f"unknown policy loss {cfg.loss!r}; valid: ppo_clip, gspo")
 
@@ -304,11 +319,6 @@ def policy_loss(
         metrics["entropy"] = _masked_mean(entropy, mask)
 
     with torch.no_grad():
-        if cfg.loss == "gspo":
-            seq_log_ratio = sequence_log_ratio(logprobs, old_logprobs, mask).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-            ratio = seq_log_ratio.exp().unsqueeze(-1).expand_as(logprobs)  # (B, T)
-        else:
-            ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).exp()  # (B, T)
         metrics["clip_frac"] = _masked_mean(side != 0, mask)
         metrics["clip_frac_low"] = _masked_mean(side < 0, mask)
         metrics["clip_frac_high"] = _masked_mean(side > 0, mask)

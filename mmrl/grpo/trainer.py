@@ -8,11 +8,12 @@
 
 The loop knows nothing about tasks or games: a Producer hands it Rollouts with advantages. It runs
 unchanged under `accelerate launch` (DDP): every rank produces its own prompts, gradients are
-averaged by DDP, and token counts that normalise the loss are summed over ranks first (R12).
+averaged by DDP, and token counts that normalise the loss are summed over ranks first (R12 in docs/requirements.md; docs/grpo.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -25,15 +26,16 @@ import numpy as np
 import torch
 
 from mmrl.config import RunConfig, TrainConfig, to_dict
+from mmrl.contracts import Producer, Rollout
 from mmrl.errors import MMRLError
 from mmrl.grpo.checkpoint import CHECKPOINTS, load_checkpoint, resolve_resume, save_checkpoint
 from mmrl.grpo.loss import policy_loss
 from mmrl.logging import METRICS_FILE, RunLogger, peak_memory
 from mmrl.models import load_policy
+from mmrl.producers import make_producer
 from mmrl.rollout import make_engine
 from mmrl.rollout.forward import collate, completion_logprobs
 from mmrl.rollout.hf import logprob_agreement
-from mmrl.rollout.types import Engine, Rollout, SamplingParams
 
 
 @dataclasses.dataclass
@@ -161,8 +163,8 @@ def update_policy(policy: Policy, rollouts: list[Rollout], cfg: RunConfig, step:
             loss_finite = True
             for k, idx in enumerate(micro):
                 batch = [rollouts[i] for i in idx]
-                with acc.no_sync(policy.model) if k < len(micro) - 1 else _nullcontext():
-                    metrics, micro_loss_finite = _micro_step(
+                with acc.no_sync(policy.model) if k < len(micro) - 1 else contextlib.nullcontext():
+                    metrics, weight, micro_loss_finite = _micro_step(
                         policy,
                         batch,
                         cfg,
@@ -172,7 +174,6 @@ def update_policy(policy: Policy, rollouts: list[Rollout], cfg: RunConfig, step:
                         num_seqs=num_seqs,
                     )
                 loss_finite = loss_finite and micro_loss_finite
-                weight = metrics.pop("num_tokens", 1.0)
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value * weight
                     counts[key] = counts.get(key, 0.0) + weight
@@ -191,8 +192,9 @@ def update_policy(policy: Policy, rollouts: list[Rollout], cfg: RunConfig, step:
 
 def _micro_step(
     policy: Policy, batch: list[Rollout], cfg: RunConfig, *, old, ref, num_tokens, num_seqs
-) -> tuple[dict[str, float], bool]:
-    """Forward and backward of one micro-batch; returns its metrics and whether its loss is finite.
+) -> tuple[dict[str, float], float, bool]:
+    """Forward and backward of one micro-batch; returns its metrics, their weight (its token count) and whether
+    its loss is finite.
 
     The backward runs even for a NaN/inf loss: under DDP every rank must join the gradient all-reduce,
     and the step is then skipped on all ranks together (`optimizer_step_if_finite`).
@@ -223,8 +225,8 @@ def _micro_step(
     policy.accelerator.backward(loss * policy.accelerator.num_processes)
     engine_lp = _pad_stack([r.completion.logprobs for r in batch], width, device)
     metrics["logprob_diff"] = logprob_agreement(engine_lp, logprobs.detach(), mask)
-    metrics["num_tokens"] = float(mask.sum())
-    return metrics, bool(torch.isfinite(loss.detach()))
+    weight = metrics.pop("num_tokens")  # the micro-batch's token count: the weight of its metrics in the step's mean
+    return metrics, weight, bool(torch.isfinite(loss.detach()))
 
 
 @torch.no_grad()
@@ -318,32 +320,6 @@ def optimizer_step_if_finite(
     return False
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-# --------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@torch.no_grad()
-def evaluate_heldout(engine: Engine, prepared: list, max_new_tokens: int) -> dict[str, float]:
-    """Greedy completions of held-out prompts: mean reward and mean accuracy part (when the task has one)."""
-    if not prepared:
-        return {}
-    sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
-    completions = engine.generate([p.prompt for p in prepared], 1, sampling)
-    rewards = [p.task.reward(c[0].text, p.sample) for p, c in zip(prepared, completions)]
-    out = {"eval/reward": float(np.mean([r.score for r in rewards]))}
-    if all("accuracy" in r.parts for r in rewards):
-        out["eval/accuracy"] = float(np.mean([r.parts["accuracy"] for r in rewards]))
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
 # The loop
 
@@ -374,8 +350,6 @@ def prepare_run_dir(run_dir: Path, train_cfg: TrainConfig, key: str) -> None:
 
 def train(cfg: RunConfig) -> Path:
     """Run GRPO as configured; returns the run folder."""
-    from mmrl.producers import make_producer
-
     run_dir = Path(cfg.train.out_dir)
     prepare_run_dir(run_dir, cfg.train, "train.out_dir")
     total_updates = cfg.train.steps * cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
@@ -384,7 +358,6 @@ def train(cfg: RunConfig) -> Path:
     main = acc.is_main_process
     engine = make_engine(cfg.rollout, policy.unwrapped, policy.processor, seed=cfg.train.seed)
     producer = make_producer(cfg, policy.processor, rank=acc.process_index)
-    heldout = producer.heldout(cfg.data.eval_samples) if main else []
 
     resumed = restore(policy, producer, cfg.train.resume, run_dir)
     start = resumed or 0
@@ -393,8 +366,8 @@ def train(cfg: RunConfig) -> Path:
     logger = RunLogger(run_dir, cfg.log, total_steps=cfg.train.steps, resume_step=resumed) if main else None
     if logger:
         logger.log_config(to_dict(cfg))
-        if start == 0 and heldout:
-            logger.log(0, evaluate_heldout(engine, heldout, cfg.rollout.max_new_tokens))
+        if start == 0 and (before := producer.evaluate(engine)):
+            logger.log(0, before)
 
     for step in range(start, cfg.train.steps):
         t_step = time.perf_counter()
@@ -409,8 +382,8 @@ def train(cfg: RunConfig) -> Path:
         metrics["world_size"] = acc.num_processes
         done = step + 1
         if logger:
-            if heldout and (done == cfg.train.steps or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
-                metrics |= evaluate_heldout(engine, heldout, cfg.rollout.max_new_tokens)
+            if done == cfg.train.steps or (cfg.train.eval_every and done % cfg.train.eval_every == 0):
+                metrics |= producer.evaluate(engine)
             logger.log(done, metrics)
             if cfg.log.samples_every and done % cfg.log.samples_every == 0:
                 logger.log_samples(done, [_sample_row(r) for r in _first_of_each_group(rollouts)])
@@ -423,7 +396,7 @@ def train(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def restore(policy: Policy, producer, resume: str, run_dir: Path) -> int | None:
+def restore(policy: Policy, producer: Producer, resume: str, run_dir: Path) -> int | None:
     """Load the checkpoint `resume` names (`auto`, a folder, or empty: none) into the policy and
     producer; returns its step, or None when starting fresh."""
     path = resolve_resume(resume, run_dir) if resume else None
@@ -434,7 +407,7 @@ def restore(policy: Policy, producer, resume: str, run_dir: Path) -> int | None:
     return int(state["step"])
 
 
-def checkpoint(policy: Policy, producer, run_dir: Path, step: int, cfg: RunConfig) -> None:
+def checkpoint(policy: Policy, producer: Producer, run_dir: Path, step: int, cfg: RunConfig) -> None:
     """Save an atomic checkpoint of everything a resume needs (rank 0 writes; all ranks wait)."""
     policy.accelerator.wait_for_everyone()
     if policy.accelerator.is_main_process:
@@ -467,7 +440,6 @@ def _sample_row(r: Rollout) -> dict[str, Any]:
 __all__ = [
     "Policy",
     "checkpoint",
-    "evaluate_heldout",
     "optimizer_step_if_finite",
     "prepare_run_dir",
     "restore",

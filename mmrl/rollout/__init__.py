@@ -2,18 +2,18 @@
 
 `encode_prompt` turns chat messages into an `EncodedPrompt` once per prompt; an `Engine` samples
 `n` completions per prompt; `collate` + `completion_logprobs` give the trainer's log-probs of the
-same tokens, and `logprob_agreement` compares the two (R6).
+same tokens, and `logprob_agreement` compares the two (R6; R-numbers are the requirements in docs/requirements.md).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mmrl.contracts import Completion, EncodedPrompt, Engine, Rollout, SamplingParams
 from mmrl.errors import ConfigError
 from mmrl.rollout.encode import encode_prompt
 from mmrl.rollout.forward import batch_vision, collate, completion_logprobs, suppressed_token_ids
 from mmrl.rollout.hf import HFEngine, logprob_agreement
-from mmrl.rollout.types import Completion, EncodedPrompt, Engine, Rollout, SamplingParams
 
 if TYPE_CHECKING:
     import torch

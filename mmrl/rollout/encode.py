@@ -1,6 +1,6 @@
 """Chat messages -> EncodedPrompt: load media, apply the chat template, run the processor once.
 
-The prompt is measured before the processor touches a pixel (R2): each image's and video's token
+The prompt is measured before the processor touches a pixel (R2 in docs/requirements.md): each image's and video's token
 count comes from the processor's own resize rule (Qwen `smart_resize` with the processor's patch x
 merge factor and pixel budgets), the text is tokenised with every placeholder already expanded, and
 a prompt over `max_prompt_tokens` is rejected with a message saying what to change. Prompts are
@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from mmrl import media
+from mmrl.contracts import EncodedPrompt
 from mmrl.errors import MMRLError
-from mmrl.rollout.types import EncodedPrompt
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin

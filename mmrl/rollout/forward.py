@@ -4,7 +4,7 @@ One function computes log-probs for everything that needs them (the policy under
 policy and the frozen reference under no_grad, SFT), so the numbers the trainer compares always come
 from the same code. Batches are RIGHT-padded: every sequence then starts at position 0, and Qwen's
 M-RoPE positions (computed by the model from `mm_token_type_ids`, the image/video grids and the
-attention mask) are those of the sequence alone; the batch-vs-single tests check that (R3, R10).
+attention mask) are those of the sequence alone; the batch-vs-single tests check that (R3, R10 in docs/requirements.md).
 
 The policy never emits image/video placeholder tokens: a completion holding one would make the
 trainer's forward count more placeholders than there are visual features. Both engines suppress
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from mmrl.contracts import EncodedPrompt
 from mmrl.rollout.encode import VISION_KEYS
-from mmrl.rollout.types import EncodedPrompt
 
 MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", *VISION_KEYS)
 """Batch entries passed to the model's forward; the others (masks, lengths) are for the loss."""

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
+from mmrl.contracts import Completion, EncodedPrompt, SamplingParams
 from mmrl.rollout.forward import SHARED_VISION_MODEL_TYPES, batch_vision, suppressed_token_ids, unwrap_model
-from mmrl.rollout.types import Completion, EncodedPrompt, SamplingParams
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin

@@ -6,7 +6,7 @@ images and frames (`EncodedPrompt.media`) next to the templated text, and vLLM i
 features/multimodal_inputs.md, "Offline Inference"). To make vLLM's processor the same as ours we
 start it from a folder holding the checkpoint's files plus our processor (pixel budgets, frame
 sampling off), and every result is checked: vLLM's prompt token ids must equal the trainer's
-`input_ids`, else we raise instead of training on mismatched visual tokens (R3).
+`input_ids`, else we raise instead of training on mismatched visual tokens (R3 in docs/requirements.md).
 
 Weights go from the training model to vLLM in-process: vLLM's documented RLHF pattern is a
 `worker_extension_cls` whose methods run on every worker through `LLM.collective_rpc(name, args=...)`
@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mmrl.contracts import Completion, EncodedPrompt, SamplingParams
 from mmrl.errors import MMRLError
 from mmrl.models import hub_offline
 from mmrl.rollout.forward import suppressed_token_ids
-from mmrl.rollout.types import Completion, EncodedPrompt, SamplingParams
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin

@@ -1,9 +1,9 @@
-"""The `game` section of a run config: the spy game's settings, its image pairs and its stage schedule.
+"""The `game` section of a run config when `game.name: spy`: the game's settings, its image pairs and its
+stage schedule (Vision-Zero, Wang et al. 2025, arXiv 2509.25541; docs/vision_zero.md).
 
-Schemas only (dataclasses with one docstring per field and the valid range of each number in its annotation,
-checked in `__post_init__` by `mmrl.config.validate_config`), kept in `mmrl` so
-that `mmrl.config` never imports `games`; the code that uses them is `games.pairs`, `games.schedule`
-and `games.spy` (Vision-Zero, Wang et al. 2025, arXiv 2509.25541; fact sheet `specs/vision_zero.md`).
+Schemas only: dataclasses with one docstring per field and the valid range of each number in its annotation,
+checked by `mmrl.config.validate_config`. They import nothing heavy, so `mmrl --help` can describe them; the
+code that uses them is `games.pairs`, `games.schedule` and `games.spy`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from mmrl.config import Rule, validate_config
+
 if TYPE_CHECKING:
-    from mmrl.config import Rule
+    from mmrl.config import RunConfig
 
 PairKind = Literal["scene", "chart", "photo"]
 SpyView = Literal["modified", "blank"]
@@ -84,8 +86,6 @@ class PairParams:
 
 def _validate(config: Any) -> None:
     """Raise `ConfigError` naming the first field of `config` out of its range or breaking one of its rules."""
-    from mmrl.config import validate_config  # not at the top: mmrl.config imports this module
-
     validate_config(config)
 
 
@@ -132,9 +132,8 @@ class ScheduleConfig:
 
 @dataclass
 class SpyConfig:
-    name: Literal["", "spy"] = ""
-    """Self-play game that produces the rollouts instead of `data.sources`: `spy` (Who is the spy,
-    Vision-Zero; Wang et al. 2025, arXiv 2509.25541) or empty (the task mixture of `data`). A game draws its
+    name: Literal["spy"] = "spy"
+    """The game: `spy` (Who is the spy, Vision-Zero; Wang et al. 2025, arXiv 2509.25541). A game draws its
     pairs and spy seats with `data.seed` and ignores `data.sources`."""
     n_players: Annotated[int, ">= 3"] = 4
     """Players per game, the spy included (the released code: 3 civilians + 1 spy; 5 gives the paper's 4 + 1)."""
@@ -142,7 +141,7 @@ class SpyConfig:
     """Clue rounds before the decision; in each round players speak in seat order 1..n."""
     games_per_step: Annotated[int, ">= 1"] = 8
     """Games played per optimiser step by each process (in lock-step: a turn of all games is one engine call);
-    the sheet's 128 games per step on 8 processes is 16."""
+    Vision-Zero's 128 games per step on 8 processes is 16."""
     decision_mode: Literal["judge", "per_civilian"] = "judge"
     """Decision stage: `judge` (the released code: one prompt with the civilians' picture and all clues,
     sampled `decision_samples` times) or `per_civilian` (the paper: each civilian votes once; the spy does not)."""
@@ -174,6 +173,14 @@ class SpyConfig:
     """Image pairs: procedural scenes, charts or a folder of photo pairs, and the spy's view."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """Iterative-SPO: which stage (clue or decision) each step trains."""
+
+    def run_rules(self, run: RunConfig) -> list[Rule]:
+        """Rules tying this section to the rest of the run config (called by `RunConfig.config_rules`)."""
+        limit = run.rollout.max_new_tokens
+        return [
+            (f"game.{name}", getattr(self, name) <= limit, f"<= rollout.max_new_tokens ({limit}) in a game")
+            for name in ("clue_min_new_tokens", "decision_min_new_tokens")
+        ]
 
 
 __all__ = [

@@ -1,0 +1,97 @@
+"""The task contract: what a pretext task is, what the engine calls, and the defaults of the optional hooks.
+
+A task turns one source item (a photo, a video, a 3D scene, an index) into one verifiable Sample, and owns
+the reward of its Samples. Subclass `Task` (dataclass subclasses are the usual form) and declare the class
+under the entry-point group `mmrl.tasks` (docs/writing_a_task.md). The engine reaches a task only by name,
+through `mmrl.registry`, and calls only what is listed here.
+
+Required:
+    name                         the registry name, also the `task` of every Sample it makes
+    Params                       a dataclass of the task's parameters, one docstring per field
+    params                       this instance's parameters; the class is built as `cls(params)`
+    sources(corpus)              the source items `make` consumes, in a deterministic order
+    make(item, rng)              one Sample, every random choice drawn from `rng` (same seed, same bytes)
+    reward(completion, sample)   a `Reward` in [0, 1]; never raises on the completion
+
+Optional hooks, with the defaults below:
+    reference_completion(sample) the ideal reply: the SFT cold start's target, and `mmrl eval`'s check
+                                 that the scoring path gives the reference accuracy 1
+    random_answer(sample, rng)   a reply of the right form drawn at random: the `random` baseline row of
+                                 `mmrl eval` (None: eval shuffles the dataset's reference answers instead)
+    constant_answer(sample)      the one reply that scores best when given to every sample: the
+                                 best-constant baseline (None: the task names none)
+
+Reward part names with a meaning outside the task (`format`, `accuracy`, `exact`) are listed in
+`mmrl.contracts.REWARD_PARTS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from mmrl.contracts import Reward
+from mmrl.errors import MMRLError
+from mmrl.sample import Sample
+from rewards.extract import AnswerMode, answer_payload, wrap_answer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from mmrl.corpus import Corpus
+
+
+class Task:
+    """Base class of every task: the required parts raise until a subclass defines them; the hooks have defaults."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    params: Any
+
+    def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[Any]:
+        """The source items `make` consumes: from the default corpus, a folder, or none (self-made items)."""
+        raise NotImplementedError(f"task {self.name} must define sources(corpus)")
+
+    def make(self, source_item: Any, rng: np.random.Generator) -> Sample:
+        """One Sample from `source_item`, every random choice drawn from `rng`."""
+        raise NotImplementedError(f"task {self.name} must define make(source_item, rng)")
+
+    def reward(self, completion: str, sample: Sample) -> Reward:
+        """Score one completion of `sample`; never raises on the completion."""
+        raise NotImplementedError(f"task {self.name} must define reward(completion, sample)")
+
+    def answer_mode(self, sample: Sample) -> AnswerMode:
+        """The reply format the sample's prompt asked for: `meta["answer_mode"]`, else the task's parameter."""
+        return sample.meta.get("answer_mode") or getattr(self.params, "answer_mode", "answer_tag")
+
+    def reference_completion(self, sample: Sample) -> str:
+        """Default: the answer's text (`answer_payload`) wrapped in the sample's answer format."""
+        return wrap_answer(answer_payload(sample.answer), self.answer_mode(sample))
+
+    def random_answer(self, sample: Sample, rng: np.random.Generator) -> str | None:
+        """Default: None (`mmrl eval` then draws another sample's reference answer)."""
+        return None
+
+    def constant_answer(self, sample: Sample) -> str | None:
+        """Default: None (no best-constant baseline)."""
+        return None
+
+
+def score_completion(task: Task, completion: str, sample: Sample) -> tuple[Reward, str | None]:
+    """`task.reward(completion, sample)`, the one place a task's reward is called by the engine.
+
+    A reward must never raise on model output; one that does anyway is a bug of the task, and must not
+    take a run down: it scores 0 with no parts, and the error's text comes back for the caller to count
+    and report. An `MMRLError` (e.g. a sample naming an unknown task) is the user's to fix and propagates.
+    """
+    try:
+        return task.reward(completion, sample), None
+    except MMRLError:
+        raise
+    except Exception as e:
+        return Reward(0.0, {}), f"{type(e).__name__}: {e}"
+
+
+__all__ = ["Task", "score_completion"]
