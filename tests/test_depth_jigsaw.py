@@ -32,16 +32,8 @@ from mmrl.models import load_policy
 from mmrl.rollout import encode_prompt, make_engine, sampling_params
 from mmrl.sample import Sample, read_dataset, write_dataset
 from pretext_tasks import get_task, task_class
-from pretext_tasks.depth_jigsaw import (
-    DepthJigsaw,
-    DepthJigsawParams,
-    DepthPoint,
-    candidate_mask,
-    draw_markers,
-    prompt_text,
-    register_depth,
-    sample_points,
-)
+from pretext_tasks.depth_jigsaw import DepthJigsaw, DepthJigsawParams, draw_markers, prompt_text
+from pretext_tasks.depth_points import DepthPoint, candidate_mask, register_depth, sample_points
 
 K = 6
 RADIUS = 15
