@@ -204,7 +204,7 @@ def load_rgbd(item: Any, params: DepthJigsawParams) -> tuple[Image.Image, np.nda
         rgb, depth = _render_geometry(str(path), stamp, item.kind, params.geometry_size, params.point_radius)
         image = Image.fromarray(rgb)
     elif isinstance(item, Scene):
-        from mmrl.scenes import render
+        from mmrl.scene_render import render
 
         rendering = render(item)
         image, depth = Image.fromarray(rendering.rgb), rendering.depth
