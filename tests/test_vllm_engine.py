@@ -16,10 +16,11 @@ if not torch.cuda.is_available():
     pytest.skip("vLLM engine tests need a CUDA GPU", allow_module_level=True)
 
 from mmrl.config import ModelConfig, RolloutConfig  # noqa: E402
-from mmrl.models import TinySpec, build_tiny, load_policy  # noqa: E402
+from mmrl.models import load_policy  # noqa: E402
 from mmrl.rollout import collate, completion_logprobs, encode_prompt, logprob_agreement, make_engine  # noqa: E402
 from mmrl.rollout.types import SamplingParams  # noqa: E402
 from mmrl.rollout.vllm import VLLMEngine  # noqa: E402
+from mmrl.tiny import TinySpec, build_tiny  # noqa: E402
 
 # head_dim 64: vLLM's attention kernels do not take the default tiny head_dim of 16.
 SPEC = TinySpec(hidden_size=128, num_heads=2, num_kv_heads=1, intermediate_size=256)
