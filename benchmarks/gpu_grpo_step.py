@@ -4,7 +4,7 @@
     python benchmarks/gpu_grpo_step.py --tiny     # tiny model on CPU: debugs the script itself
 
 No download: the tokenizer and processor come from a locally built tiny checkpoint
-(`mmrl.models.build_tiny`); the policy is random-init from a config with the 3B architecture whose
+(`mmrl.tiny.build_tiny`); the policy is random-init from a config with the 3B architecture whose
 special-token ids match that tokenizer (vocab 151936 is larger than the tokenizer; the extra rows
 exist but decode to nothing). Instead of writing ~7.5 GB of random weights to disk and reading them
 back, `setup_policy`'s `load_policy` is swapped for a builder that returns (model, processor) the
@@ -43,9 +43,10 @@ for _name in ("open3d", "decord", "av"):
 
 import mmrl.grpo.trainer as trainer  # noqa: E402
 from mmrl.config import RunConfig  # noqa: E402
-from mmrl.models import SPECIAL_TOKENS, TinySpec, _dtype, _model_config, build_tiny, load_processor  # noqa: E402
+from mmrl.models import _dtype, load_processor  # noqa: E402
 from mmrl.producers import TaskProducer  # noqa: E402
 from mmrl.rollout import make_engine  # noqa: E402
+from mmrl.tiny import SPECIAL_TOKENS, TinySpec, _model_config, build_tiny  # noqa: E402
 
 SPEC_3B = TinySpec(  # Qwen2.5-VL-3B-Instruct's sizes
     hidden_size=2048, intermediate_size=11008, num_layers=36, num_heads=16, num_kv_heads=2,

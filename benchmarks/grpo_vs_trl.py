@@ -3,7 +3,7 @@
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python benchmarks/grpo_vs_trl.py            # defaults: --configs tiny,5m --steps 10 --warmup 2
 
-Both sides get the same random-init checkpoint (`mmrl.models.build_tiny`, float32, CPU), the same
+Both sides get the same random-init checkpoint (`mmrl.tiny.build_tiny`, float32, CPU), the same
 `dominant_color` Samples in the same order (one prompt set per step), the same reward (the task's own,
 wrapped for TRL's reward-function signature), the same group size, completion length, temperature,
 top-p/top-k, learning rate, AdamW, grad clip 1.0, constant schedule, no KL (beta 0), one optimiser
@@ -100,7 +100,7 @@ def build_model(name: str, root: Path, seed: int) -> tuple[Path, int]:
     """The checkpoint of config `name` and its parameter count."""
     from transformers import AutoModelForImageTextToText
 
-    from mmrl.models import TinySpec, build_tiny
+    from mmrl.tiny import TinySpec, build_tiny
 
     path = build_tiny("qwen2.5-vl", root / f"model-{name}", seed=seed, spec=TinySpec(**CONFIGS[name]))
     params = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(path).parameters())

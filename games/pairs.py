@@ -105,7 +105,7 @@ def scene_pair(rng: np.random.Generator, params: PairParams, *, pair_id: str = "
     A changed object is at least `min_visible` unoccluded and covers at least `min_area` of the image in both
     renders, so the change can be seen. Raises `SkipItem("no_scene_pair")` if no such pair is found in
     `_SCENE_TRIES` scenes (only with extreme params, e.g. a tiny image and a large `min_area`)."""
-    from mmrl import scenes  # open3d loads here, not when the run config imports `PairParams`
+    from mmrl import scene_render, scenes  # open3d loads here, not when the run config imports `PairParams`
 
     width, height = params.size
     min_pixels = params.min_area * width * height
@@ -114,10 +114,10 @@ def scene_pair(rng: np.random.Generator, params: PairParams, *, pair_id: str = "
             scene = scenes.random_scene(rng, n_objects=params.n_objects, width=width, height=height)
         except ValueError:  # objects could not be placed (crowded small image): draw another scene
             continue
-        before = scenes.render(scene, shadows=params.shadows)
+        before = scene_render.render(scene, shadows=params.shadows)
         area = _areas(before.instance)
 
-        def shows(r: scenes.Rendering, oid: int, area: dict[int, int]) -> bool:
+        def shows(r: scene_render.Rendering, oid: int, area: dict[int, int]) -> bool:
             return r.visible_fraction.get(oid, 0.0) >= params.min_visible and area.get(oid, 0) >= min_pixels
 
         candidates = [o for o in scene.objects if shows(before, o.id, area)]
@@ -129,7 +129,7 @@ def scene_pair(rng: np.random.Generator, params: PairParams, *, pair_id: str = "
             if out is None:
                 continue
             new_scene, made, changes = out
-            after = scenes.render(new_scene, shadows=params.shadows)
+            after = scene_render.render(new_scene, shadows=params.shadows)
             area_after = _areas(after.instance)
             if not all(shows(after, c["object_id"], area_after) for c in changes):
                 continue  # e.g. a cube became a flat torus hidden behind its neighbour

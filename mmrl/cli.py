@@ -93,7 +93,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
     if args.out is not None:
         _check_out(args.out, "--out")
     from mmrl.config import default_cache_dir
-    from mmrl.models import build_tiny
+    from mmrl.tiny import build_tiny
 
     families = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"] if args.family == "all" else [args.family]
     for family in families:

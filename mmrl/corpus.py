@@ -373,7 +373,7 @@ def _make_photo_video(name: str, cfg: CorpusConfig, rng: np.random.Generator, tm
 
 
 def _make_scene_video(cfg: CorpusConfig, rng: np.random.Generator, tmp: Path) -> None:
-    from mmrl import scenes  # open3d: imported only when scenes are rendered
+    from mmrl import scene_render, scenes  # open3d: imported only when scenes are rendered
 
     width, height = cfg.video_size
     scene = scenes.random_scene(rng, width=width, height=height)
@@ -381,7 +381,7 @@ def _make_scene_video(cfg: CorpusConfig, rng: np.random.Generator, tmp: Path) ->
     # clip and time has a direction.
     orbit = float(rng.choice([-1, 1]) * rng.uniform(15, 35))
     path = scenes.animate(scene, rng, cfg.video_frames, n_moving=(2, 4), distance=(1.2, 2.5), orbit_deg=orbit)
-    frames = [scenes.render(s).rgb for s in path]
+    frames = [scene_render.render(s).rgb for s in path]
     _write_video_with_meta(tmp, frames, cfg.video_fps, {"source": "procedural_scene", "motion": "animated"})
 
 
@@ -395,11 +395,11 @@ def _write_video_with_meta(tmp: Path, frames: list[np.ndarray], fps: float, meta
 
 
 def _make_rgbd(cfg: CorpusConfig, rng: np.random.Generator, tmp: Path) -> None:
-    from mmrl import scenes
+    from mmrl import scene_render, scenes
 
     width, height = cfg.scene_size
     scene = scenes.random_scene(rng, width=width, height=height)
-    rendering = scenes.render(scene)
+    rendering = scene_render.render(scene)
     tmp.mkdir(parents=True)
     Image.fromarray(rendering.rgb).save(tmp / "rgb.png", format="PNG")
     media.save_depth(tmp / "depth.png", rendering.depth, scale=1000.0)

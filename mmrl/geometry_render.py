@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import open3d as o3d
 
-from mmrl.scenes import Camera, camera_rays
+from mmrl.scene_render import camera_rays
+from mmrl.scenes import Camera
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mmrl.scene_render import visible_fractions
 from mmrl.scenes import (
     COLORS,
     SHAPES,
@@ -25,7 +26,6 @@ from mmrl.scenes import (
     in_view,
     overlapping,
     place_object,
-    visible_fractions,
 )
 
 EDIT_KINDS: tuple[str, ...] = ("recolor", "reshape", "resize", "move", "remove", "add")

@@ -477,7 +477,7 @@ def test_sigkill_during_the_very_first_save_leaves_nothing(tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmrl.models import build_tiny
+    from mmrl.tiny import build_tiny
 
     return build_tiny("qwen2-vl", tmp_path_factory.mktemp("models") / "tiny-qwen2-vl", seed=0)
 

@@ -23,7 +23,7 @@ from PIL import Image
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
-from mmrl import media, scenes
+from mmrl import media, scene_render, scenes
 from mmrl.config import CorpusConfig, ModelConfig, RolloutConfig
 from mmrl.corpus import Corpus, GeometryItem, RGBDItem, build_default_corpus
 from mmrl.errors import ConfigError, MediaError, MMRLError, SkipItem
@@ -32,16 +32,8 @@ from mmrl.models import load_policy
 from mmrl.registry import get_task, task_class
 from mmrl.rollout import encode_prompt, make_engine, sampling_params
 from mmrl.sample import Sample, read_dataset, write_dataset
-from pretext_tasks.depth_jigsaw import (
-    DepthJigsaw,
-    DepthJigsawParams,
-    DepthPoint,
-    candidate_mask,
-    draw_markers,
-    prompt_text,
-    register_depth,
-    sample_points,
-)
+from pretext_tasks.depth_jigsaw import DepthJigsaw, DepthJigsawParams, draw_markers, prompt_text
+from pretext_tasks.depth_points import DepthPoint, candidate_mask, register_depth, sample_points
 
 K = 6
 RADIUS = 15
@@ -129,8 +121,8 @@ def corpus(tmp_path_factory) -> Corpus:
     return build_default_corpus(cfg, progress=False)
 
 
-def scene_rendering(seed: int, width: int = 320, height: int = 240) -> scenes.Rendering:
-    return scenes.render(scenes.random_scene(np.random.default_rng(seed), width=width, height=height))
+def scene_rendering(seed: int, width: int = 320, height: int = 240) -> scene_render.Rendering:
+    return scene_render.render(scenes.random_scene(np.random.default_rng(seed), width=width, height=height))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,7 +295,7 @@ def test_sampler_meets_constraints_on_many_scenes_and_registers_depth() -> None:
         assert all(depth[p.row, p.col] == np.float32(p.depth) for p in points)
     # A procedural Scene is a source item too (ray-cast on the fly).
     scene = scenes.random_scene(np.random.default_rng(11))
-    rendering = scenes.render(scene)
+    rendering = scene_render.render(scene)
     sample = get_task("depth_jigsaw").make(scene, np.random.default_rng(0))
     check_truth_and_constraints(sample, Image.fromarray(rendering.rgb), rendering.depth)
     # The candidate mask is exactly its definition, checked pixel by pixel on a small depth map.

@@ -68,7 +68,8 @@ def test_registry_finds_the_diagnostic_task() -> None:
 
 
 def test_unknown_task_names_the_registered_ones() -> None:
-    with pytest.raises(MMRLError, match=r"unknown task 'dominant_colour'.*did you mean 'dominant_color'.*installed tasks"):
+    unknown = r"unknown task 'dominant_colour'.*did you mean 'dominant_color'.*installed tasks"
+    with pytest.raises(MMRLError, match=unknown):
         get_task("dominant_colour")
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from games import charts
 from games import pairs as P
+from mmrl import scene_render as R
 from mmrl import scenes as S
 from mmrl.config import field_docs, from_dict
 from mmrl.errors import ConfigError, MediaError, MMRLError, SkipItem
@@ -29,10 +30,10 @@ def _scene_pair(seed: int, shadows: bool = False, attributes: tuple[str, ...] = 
     return P.scene_pair(np.random.default_rng(seed), params)
 
 
-def _renders(pair: P.ImagePair, shadows: bool) -> tuple[S.Rendering, S.Rendering]:
+def _renders(pair: P.ImagePair, shadows: bool) -> tuple[R.Rendering, R.Rendering]:
     """Re-render both scenes from their graphs in meta (also checks meta describes the images exactly)."""
-    a = S.render(S.Scene.from_graph(pair.meta["scene_original"]), shadows=shadows)
-    b = S.render(S.Scene.from_graph(pair.meta["scene_modified"]), shadows=shadows)
+    a = R.render(S.Scene.from_graph(pair.meta["scene_original"]), shadows=shadows)
+    b = R.render(S.Scene.from_graph(pair.meta["scene_modified"]), shadows=shadows)
     return a, b
 
 

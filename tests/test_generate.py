@@ -371,7 +371,7 @@ def test_cli_refuses_a_non_empty_output_unless_overwrite(tmp_path: Path, capsys)
 
 def test_real_tasks_skip_bad_sources_in_the_generation_loop(tmp_path: Path) -> None:
     """Unreadable image, too-short video, all-zero depth map: skipped, counted by reason, reported."""
-    from mmrl import media, scenes
+    from mmrl import media, scene_render, scenes
 
     rng = np.random.default_rng(0)
     images = tmp_path / "images"
@@ -389,7 +389,7 @@ def test_real_tasks_skip_bad_sources_in_the_generation_loop(tmp_path: Path) -> N
     assert report.written == 4 and report.skipped.get("video_too_short", 0) > 0
 
     rgbd = tmp_path / "rgbd"
-    rendering = scenes.render(scenes.random_scene(np.random.default_rng(1)))
+    rendering = scene_render.render(scenes.random_scene(np.random.default_rng(1)))
     for name, depth in (("good", rendering.depth), ("zeros", np.zeros_like(rendering.depth))):
         (rgbd / name).mkdir(parents=True)
         Image.fromarray(rendering.rgb).save(rgbd / name / "rgb.png")

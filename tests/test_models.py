@@ -15,15 +15,8 @@ from transformers.video_utils import load_video
 
 from mmrl.config import ModelConfig
 from mmrl.errors import ConfigError, MMRLError
-from mmrl.models import (
-    FAMILIES,
-    TinySpec,
-    build_tiny,
-    image_factor,
-    load_policy,
-    load_processor,
-    resolve_model_path,
-)
+from mmrl.models import image_factor, load_policy, load_processor, resolve_model_path
+from mmrl.tiny import FAMILIES, TinySpec, build_tiny
 
 MODEL_CLASSES = {
     "qwen2-vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),

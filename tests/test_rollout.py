@@ -14,7 +14,7 @@ from mmrl import media
 from mmrl.config import ModelConfig, RolloutConfig
 from mmrl.contracts import EncodedPrompt, SamplingParams
 from mmrl.errors import MediaError, MMRLError
-from mmrl.models import build_tiny, load_policy
+from mmrl.models import load_policy
 from mmrl.rollout import (
     HFEngine,
     collate,
@@ -25,6 +25,7 @@ from mmrl.rollout import (
     sampling_params,
 )
 from mmrl.rollout.forward import shares_vision, suppressed_token_ids, unwrap_model
+from mmrl.tiny import build_tiny
 
 BUDGET = 4096
 

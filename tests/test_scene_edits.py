@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mmrl import scene_edits as E
+from mmrl import scene_render as R
 from mmrl import scenes as S
 from mmrl.scenes import SIZES, Scene
 
@@ -25,8 +26,8 @@ def _scene(seed: int) -> Scene:
 # Edits
 
 
-def _pair(scene: Scene, new: Scene) -> tuple[S.Rendering, S.Rendering]:
-    return S.render(scene), S.render(new)
+def _pair(scene: Scene, new: Scene) -> tuple[R.Rendering, R.Rendering]:
+    return R.render(scene), R.render(new)
 
 
 def test_recolor_changes_only_that_object():
@@ -49,11 +50,11 @@ def test_recolor_changes_only_that_object():
 def test_remove_move_add_reshape_resize():
     scene = _scene(4)
     graph = json.dumps(scene.to_graph())
-    base = S.render(scene)
+    base = R.render(scene)
     o = scene.objects[0]
 
     new, edit = E.remove(scene, o.id)
-    r = S.render(new)
+    r = R.render(new)
     assert o.id not in r.instance and o.id not in r.boxes and edit.after is None
     keep = base.instance != o.id
     assert (r.instance[keep] == base.instance[keep]).all()  # nothing else appears or vanishes
@@ -73,7 +74,7 @@ def test_remove_move_add_reshape_resize():
     )
     new, edit = E.move(scene, target.id, np.add(target.position[:2], 0.5 * right))
     assert "to the right" in edit.description and "closer" not in edit.description
-    r = S.render(new)
+    r = R.render(new)
     x_before = np.nonzero(base.instance == target.id)[1].mean()
     assert np.nonzero(r.instance == target.id)[1].mean() > x_before + 3
     back, edit = E.move(new, target.id, target.position)
@@ -84,12 +85,12 @@ def test_remove_move_add_reshape_resize():
         free = S.place_object(99, "torus", "yellow", "large", np.add(free.position[:2], (0.3, 0.2)))
     new, edit = E.add(scene, free)
     assert edit.description == "A large yellow torus was added." and edit.before is None
-    assert 99 in S.render(new).instance or not S.in_view(scene.camera, free, 0.0)
+    assert 99 in R.render(new).instance or not S.in_view(scene.camera, free, 0.0)
 
     cube = next(q for q in scene.objects if q.shape != "sphere")
     new, edit = E.reshape(scene, cube.id, "sphere")
     assert edit.description.endswith("became a sphere.") and new.object(cube.id).shape == "sphere"
-    assert (S.render(new).instance == cube.id).sum() != (base.instance == cube.id).sum()
+    assert (R.render(new).instance == cube.id).sum() != (base.instance == cube.id).sum()
     small = next((q for q in scene.objects if q.size == "small"), None)
     if small is not None:
         try:
@@ -97,7 +98,7 @@ def test_remove_move_add_reshape_resize():
         except ValueError:  # a neighbour is in the way; that is what resize must report
             pass
         else:
-            assert (S.render(new).instance == small.id).sum() > (base.instance == small.id).sum()
+            assert (R.render(new).instance == small.id).sum() > (base.instance == small.id).sum()
             assert new.object(small.id).position[2] == pytest.approx(
                 SIZES["medium"] / 2 * (2 * S._TUBE if small.shape == "torus" else 1)
             )
@@ -149,6 +150,6 @@ def test_random_edit_is_always_valid():
         if edit.kind == "remove":
             assert edit.object_id not in after
         if edit.after is not None:
-            assert S.render(new).visible_fraction[edit.object_id] >= 0.2
+            assert R.render(new).visible_fraction[edit.object_id] >= 0.2
         assert edit.description.endswith(".") and len(edit.description.split()) >= 4
     assert len(kinds_seen) >= 4

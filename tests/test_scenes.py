@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from mmrl import scene_render as R
 from mmrl import scenes as S
 from mmrl.scenes import COLORS, SHAPES, SIZES, Camera, Scene, SceneObject
 
@@ -21,8 +22,8 @@ def _scene(seed: int) -> Scene:
 
 
 @functools.cache
-def _render(seed: int) -> S.Rendering:
-    return S.render(_scene(seed))
+def _render(seed: int) -> R.Rendering:
+    return R.render(_scene(seed))
 
 
 def _pixel(camera: Camera, point) -> tuple[int, int]:
@@ -97,11 +98,11 @@ def test_random_scene_impossible_raises():
 
 
 def test_determinism_and_graph_round_trip():
-    a, b = S.render(S.random_scene(np.random.default_rng(7))), S.render(S.random_scene(np.random.default_rng(7)))
+    a, b = R.render(S.random_scene(np.random.default_rng(7))), R.render(S.random_scene(np.random.default_rng(7)))
     for name in ("rgb", "depth", "instance"):
         assert getattr(a, name).tobytes() == getattr(b, name).tobytes()
     assert json.dumps(a.graph) == json.dumps(b.graph) and a.boxes == b.boxes
-    c = S.render(S.random_scene(np.random.default_rng(8)))
+    c = R.render(S.random_scene(np.random.default_rng(8)))
     assert a.rgb.tobytes() != c.rgb.tobytes() and json.dumps(a.graph) != json.dumps(c.graph)
 
     scene = _scene(3)
@@ -155,10 +156,10 @@ def test_ground_depth_is_analytic_ray_plane_intersection():
         ground = (r.instance == -1) & (r.depth > 0)
         assert ground.mean() > 0.3 and ground[-1].all()  # the ground fills the bottom of the image
         np.testing.assert_allclose(r.depth[ground], t[ground], rtol=1e-4)
-        assert (np.abs(hit[ground][:, :2]) <= S._GROUND_HALF + 1e-3).all()
+        assert (np.abs(hit[ground][:, :2]) <= R._GROUND_HALF + 1e-3).all()
         sky = r.depth == 0
         assert (r.instance[sky] == -1).all()
-        assert ((d[..., 2] >= 0) | (np.abs(hit[..., :2]).max(-1) > S._GROUND_HALF - 1e-2))[sky].all()
+        assert ((d[..., 2] >= 0) | (np.abs(hit[..., :2]).max(-1) > R._GROUND_HALF - 1e-2))[sky].all()
         assert (r.rgb[sky] == scene.background_color).all()
 
 
@@ -179,26 +180,26 @@ def test_occlusion_hides_object_and_lowers_visible_fraction():
     hidden = S.place_object(1, "sphere", "blue", "small", (0.0, 0.0))  # right behind the cube, seen from the eye
     free = S.place_object(2, "cone", "green", "medium", (2.0, 0.5))
     scene = Scene((big, hidden, free), Camera.look_at(cam_eye, (0.0, 0.0, 0.2)))
-    r = S.render(scene)
+    r = R.render(scene)
     assert r.visible_fraction[0] == 1.0 and r.visible_fraction[2] == 1.0
     assert r.visible_fraction[1] < 0.2
     assert (1 in r.boxes) == (r.visible_fraction[1] > 0)
-    alone = S.render(Scene((hidden,), scene.camera))
+    alone = R.render(Scene((hidden,), scene.camera))
     assert alone.visible_fraction[1] == 1.0 and (alone.instance == 1).sum() > (r.instance == 1).sum()
 
 
 def test_shading_and_shadows():
     cube = S.place_object(0, "cube", "white", "large", (0.0, 0.0))
     scene = Scene((cube,), Camera.look_at((0.0, -6.0, 4.0), (0.0, 0.0, 0.2)), light_dir=(0.0, 0.0, 1.0))
-    r = S.render(scene)
+    r = R.render(scene)
     top = r.rgb[_pixel(scene.camera, (0, 0, 0.8))].astype(int)  # faces the light
     front = r.rgb[_pixel(scene.camera, (0, -0.4, 0.4))].astype(int)  # perpendicular to it
     assert top.mean() > front.mean() + 60
-    lit = S.render(scene, shadows=False)
+    lit = R.render(scene, shadows=False)
     # the light is overhead, so the ground right next to the cube is lit and nothing else changes
     assert (lit.rgb == r.rgb).all()
     low = Scene((cube,), scene.camera, light_dir=(0.0, 1.0, 0.5))  # light from behind: shadow towards camera
-    sh, nosh = S.render(low), S.render(low, shadows=False)
+    sh, nosh = R.render(low), R.render(low, shadows=False)
     v, u = _pixel(scene.camera, (0.0, -0.7, 0.0))
     assert sh.instance[v, u] == -1 and sh.rgb[v, u].mean() < nosh.rgb[v, u].mean() - 30
 
@@ -209,7 +210,7 @@ def test_curved_surfaces_are_smoothly_shaded(shape):
     # pixel pairs differ by more than 6 levels); analytic normals keep that near zero
     obj = S.place_object(0, shape, "white", "large", (0.0, 0.0))
     scene = Scene((obj,), Camera.look_at((0.0, -3.0, 1.5), (0.0, 0.0, 0.2)), light_dir=(1.0, -0.3, 0.6))
-    r = S.render(scene, shadows=False)
+    r = R.render(scene, shadows=False)
     mask = r.instance == 0
     inner = mask & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
     green = r.rgb[..., 1].astype(int)

@@ -23,9 +23,9 @@ from mmrl.config import RunConfig, load_config
 from mmrl.errors import DatasetError, MMRLError
 from mmrl.grpo.checkpoint import list_checkpoints
 from mmrl.grpo.trainer import train
-from mmrl.models import TINY_MARKER, build_tiny
 from mmrl.sample import read_dataset
 from mmrl.sft import cold_start
+from mmrl.tiny import TINY_MARKER, build_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

@@ -1,4 +1,5 @@
-"""vLLM engine on a tiny Qwen-VL model: its log-probs agree with the trainer's, weight sync is seen (R6 in docs/requirements.md).
+"""vLLM engine on a tiny Qwen-VL model: its log-probs agree with the trainer's, weight sync is seen (R6 in
+docs/requirements.md).
 
 Needs vLLM and a CUDA GPU; skipped elsewhere. Tolerances are for bfloat16 (vLLM's and the trainer's
 kernels differ), far below the jump a stale engine produces.
@@ -17,9 +18,10 @@ if not torch.cuda.is_available():
 
 from mmrl.config import ModelConfig, RolloutConfig  # noqa: E402
 from mmrl.contracts import SamplingParams  # noqa: E402
-from mmrl.models import TinySpec, build_tiny, load_policy  # noqa: E402
+from mmrl.models import load_policy  # noqa: E402
 from mmrl.rollout import collate, completion_logprobs, encode_prompt, logprob_agreement, make_engine  # noqa: E402
 from mmrl.rollout.vllm import VLLMEngine  # noqa: E402
+from mmrl.tiny import TinySpec, build_tiny  # noqa: E402
 
 # head_dim 64: vLLM's attention kernels do not take the default tiny head_dim of 16.
 SPEC = TinySpec(hidden_size=128, num_heads=2, num_kv_heads=1, intermediate_size=256)

@@ -21,7 +21,8 @@ POSIX file systems). A process killed at any moment therefore leaves either no `
 complete one; `latest_checkpoint` trusts only folders that hold the marker and whose files have the
 sizes `meta.json` lists. Old checkpoints are renamed to `.del-…` before being deleted, so a kill
 during deletion never leaves a marked folder with missing files. Leftovers of dead processes are
-removed the next time the folder is scanned.
+removed the next time the folder is scanned. The fsyncs, the publishing rename and the removal by
+rename are `mmrl.durable`'s.
 
 Integrity: the quick check (`checkpoint_problem`: marker, meta.json's digest, sizes) is cheap enough
 to run on every listing. `resolve_resume` also recomputes the sha256 of every file, since a flipped
@@ -32,22 +33,18 @@ them: the user asked to resume, and starting over would prune the evidence. Form
 (no sha256, empty marker) are checked by size only.
 
 Untrusted folders stay data: nothing in a checkpoint is unpickled into arbitrary objects. Producer
-state and `extra` are tagged JSON (`_to_json`), which brings back exactly what was saved: tuples,
-dicts with non-string keys, non-finite floats, numpy arrays and scalars (dtype, shape, bytes), numpy
-Generators / RandomStates (their exact bit-generator state) and torch tensors (as safetensors bytes);
-anything else is refused when saving, naming its key. The `.pt` files hold tensors and plain
-containers only and are read with `torch.load(weights_only=True)`. Every file name `meta.json`
-gives must resolve inside the checkpoint folder (no `..`, absolute paths, or symlinks out), and
-format-1 producer/extra `.pt` pickles are refused.
+state and `extra` are tagged JSON (`mmrl.grpo.state_json`), which brings back exactly what was saved
+(tuples, numpy arrays and Generators, tensors, ...); anything else is refused when saving, naming its
+key. The `.pt` files hold tensors and plain containers only and are read with
+`torch.load(weights_only=True)`. Every file name `meta.json` gives must resolve inside the checkpoint
+folder (no `..`, absolute paths, or symlinks out), and format-1 producer/extra `.pt` pickles are refused.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
-import math
 import os
 import pickle
 import random
@@ -56,18 +53,18 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
-from safetensors.torch import save as save_safetensors_bytes
 
+from mmrl.durable import alive, fsync_dir, fsync_tree, owner, publish, remove_atomically, write_durably
 from mmrl.errors import MMRLError
+from mmrl.grpo.state_json import from_json, to_json
 
 CHECKPOINTS = "checkpoints"
 """Sub-folder of the run folder that holds the checkpoints."""
@@ -78,17 +75,6 @@ FORMAT = 2
 
 _STEP_NAME = re.compile(r"^step-(\d+)$")
 _LEFTOVER_NAME = re.compile(r"^\.(tmp|old|del)-(step-\d+)-(\d+)-(.*)$")
-_GENERATOR_TAG = "__numpy_generator__"
-_RANDOM_STATE_TAG = "__numpy_random_state__"
-_TUPLE_TAG = "__tuple__"
-_DICT_TAG = "__dict__"
-_FLOAT_TAG = "__float__"
-_NUMPY_TAG = "__numpy__"
-_TENSOR_TAG = "__torch_tensor__"
-_NUMPY_KINDS = "biufcmMSU"
-"""numpy dtype kinds whose bytes are the values (bool, ints, floats, complex, times, strings); not object/void."""
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-"""`repr` of each non-finite float -> the float."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,7 +109,7 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     clean_leftovers(root)
     final = checkpoint_dir(run_dir, step)
-    tmp = root / f".tmp-{final.name}-{_owner()}"
+    tmp = root / f".tmp-{final.name}-{owner()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -147,12 +133,12 @@ def save_checkpoint(
             "files": sizes,
             "sha256": _sha256_of(tmp, sizes),
         }
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         meta_bytes = json.dumps(meta, indent=1).encode()
-        _write_durably(tmp / META, meta_bytes)
-        _write_durably(tmp / MARKER, hashlib.sha256(meta_bytes).hexdigest().encode())
-        _fsync_dir(tmp)
-        _publish(tmp, final)
+        write_durably(tmp / META, meta_bytes)
+        write_durably(tmp / MARKER, hashlib.sha256(meta_bytes).hexdigest().encode())
+        fsync_dir(tmp)
+        publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -339,7 +325,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int, *, current: Path) -> list[
     earlier = [p for p in others if _step_of(p) < current_step]
     doomed = later + (earlier[: max(0, len(earlier) - (keep - 1))] if keep > 0 else [])
     for folder in doomed:
-        _remove_atomically(folder)
+        remove_atomically(folder)
     return doomed
 
 
@@ -352,7 +338,7 @@ def clean_leftovers(root: Path) -> None:
     host = socket.gethostname()
     for p in sorted(root.iterdir()):
         match = _LEFTOVER_NAME.match(p.name)
-        if not match or match.group(4) != host or _alive(int(match.group(3))):
+        if not match or match.group(4) != host or alive(int(match.group(3))):
             continue
         kind, final = match.group(1), root / match.group(2)
         if kind == "old" and not final.exists() and not checkpoint_problem(p):
@@ -530,7 +516,7 @@ def _mismatch(what: str, unexpected: set[str], missing: set[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Tensor files, producer state / extra (tagged JSON)
+# Tensor files, producer state / extra (tagged JSON files)
 
 
 def _load_tensors(file: Path) -> Any:
@@ -547,135 +533,20 @@ def _load_tensors(file: Path) -> Any:
 
 def _save_json(obj: Any, folder: Path, name: str) -> str:
     """Write `obj` as tagged JSON to `<name>.json`; return the file name for meta.json."""
-    text = json.dumps(_to_json(obj, name), allow_nan=False)
+    text = json.dumps(to_json(obj, name), allow_nan=False)
     (folder / f"{name}.json").write_text(text)
     return f"{name}.json"
 
 
 def _load_json(file: Path) -> Any:
     try:
-        return _from_json(json.loads(file.read_text()))
+        return from_json(json.loads(file.read_text()))
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # UnicodeDecodeError: ValueError
         raise MMRLError(f"checkpoint file {file} is not readable tagged JSON: {type(e).__name__}: {e}") from None
 
 
-def _to_json(value: Any, where: str) -> Any:
-    """`value` as JSON data that `_from_json` turns back into an equal value of the same types.
-
-    Plain JSON stays as it is (dicts with string keys, lists, str, int, finite float, bool, None);
-    everything else becomes a one-key dict whose key is a tag. Exact types only: a subclass (Counter,
-    IntEnum, ...) would come back as its base class, so it is refused like any unknown type, with
-    `where` (the key path, e.g. `producer_state['stats']`) in the MMRLError.
-    """
-    kind = type(value)
-    if value is None or kind in (bool, int, str):
-        return value
-    if kind is float:
-        return value if math.isfinite(value) else {_FLOAT_TAG: repr(value)}  # "nan", "inf", "-inf"
-    if kind is list:
-        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if kind is tuple:
-        return {_TUPLE_TAG: [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]}
-    if kind is dict:
-        if all(type(k) is str for k in value) and not (len(value) == 1 and next(iter(value)) in _DECODERS):
-            return {k: _to_json(v, f"{where}[{k!r}]") for k, v in value.items()}
-        pairs = [[_to_json(k, f"{where} key {k!r}"), _to_json(v, f"{where}[{k!r}]")] for k, v in value.items()]
-        return {_DICT_TAG: pairs}
-    if kind is np.random.Generator:
-        return {_GENERATOR_TAG: _plain(value.bit_generator.state)}
-    if kind is np.random.RandomState:
-        return {_RANDOM_STATE_TAG: _plain(value.get_state(legacy=False))}
-    scalar = isinstance(value, np.generic)
-    if (kind is np.ndarray or scalar) and value.dtype.kind in _NUMPY_KINDS:
-        array = np.asarray(value)
-        data = base64.b64encode(array.tobytes()).decode()  # C order, whatever the strides
-        return {_NUMPY_TAG: {"dtype": array.dtype.str, "shape": list(array.shape), "scalar": scalar, "data": data}}
-    if isinstance(value, torch.Tensor) and value.layout == torch.strided:
-        blob = save_safetensors_bytes({"tensor": value.detach().cpu().contiguous()})
-        return {_TENSOR_TAG: base64.b64encode(blob).decode()}
-    raise MMRLError(
-        f"cannot checkpoint {where}: a {kind.__module__}.{kind.__qualname__} has no exact JSON form "
-        "(use dict, list, tuple, str, int, float, bool, None, numpy arrays/scalars/Generators or tensors)"
-    )
-
-
-def _from_json(value: Any) -> Any:
-    """Inverse of `_to_json`; also reads format-1 producer state (plain JSON with Generator tags)."""
-    if isinstance(value, list):
-        return [_from_json(v) for v in value]
-    if isinstance(value, dict):
-        if len(value) == 1:
-            ((tag, body),) = value.items()
-            if tag in _DECODERS:
-                return _DECODERS[tag](body)
-        return {k: _from_json(v) for k, v in value.items()}
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """numpy arrays and scalars inside a bit-generator state -> lists and Python numbers (JSON-able)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (np.ndarray, np.generic)):
-        return value.tolist()
-    return value
-
-
-def _generator_from(state: dict) -> np.random.Generator:
-    """A Generator in the exact saved state; only numpy's own bit generators are constructed."""
-    bit_generator_class = getattr(np.random, state["bit_generator"], None)
-    if not (isinstance(bit_generator_class, type) and issubclass(bit_generator_class, np.random.BitGenerator)):
-        raise ValueError(f"{state['bit_generator']!r} is not a numpy bit generator")
-    bit_generator = bit_generator_class()
-    bit_generator.state = state
-    return np.random.Generator(bit_generator)
-
-
-def _random_state_from(state: dict) -> np.random.RandomState:
-    random_state = np.random.RandomState()
-    random_state.set_state(state)
-    return random_state
-
-
-def _numpy_from(body: dict) -> np.ndarray | np.generic:
-    dtype = np.dtype(body["dtype"])
-    if dtype.kind not in _NUMPY_KINDS:
-        raise ValueError(f"numpy dtype {dtype} is not stored by value")
-    array = np.frombuffer(base64.b64decode(body["data"]), dtype=dtype).reshape(body["shape"]).copy()
-    return array[()] if body["scalar"] else array
-
-
-_DECODERS: dict[str, Callable[[Any], Any]] = {
-    _TUPLE_TAG: lambda body: tuple(_from_json(v) for v in body),
-    _DICT_TAG: lambda body: {_from_json(k): _from_json(v) for k, v in body},
-    _FLOAT_TAG: lambda body: _NON_FINITE[body],
-    _GENERATOR_TAG: _generator_from,
-    _RANDOM_STATE_TAG: _random_state_from,
-    _NUMPY_TAG: _numpy_from,
-    _TENSOR_TAG: lambda body: load_safetensors_bytes(base64.b64decode(body))["tensor"],
-}
-"""Tag -> reader of the tagged body. Malformed bodies raise ValueError/KeyError/TypeError (-> MMRLError)."""
-
-
 # --------------------------------------------------------------------------------------------------
-# File-system helpers
-
-
-def _owner() -> str:
-    """Who writes a temp folder: the pid and host, so a later scan can tell a dead writer's leftovers."""
-    return f"{os.getpid()}-{socket.gethostname()}"
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+# Folder names, file sizes and checksums
 
 
 def _step_of(path: Path) -> int:
@@ -702,60 +573,6 @@ def _sha256_of(folder: Path, names: Iterable[str]) -> dict[str, str]:
 def _is_main_process() -> bool:
     """Rank 0 of a `torchrun` / `accelerate launch` job (RANK unset: a single process)."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under `folder` to disk, so a power loss cannot undo the rename's promise."""
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        elif p.is_dir():
-            _fsync_dir(p)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders; renames there are still atomic enough
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename the finished temp folder to its final name (moving an older save of the same step aside)."""
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{_owner()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def _remove_atomically(folder: Path) -> None:
-    """Rename first, then delete: a kill mid-delete leaves a `.del-` leftover, never a broken `step-`."""
-    doomed = folder.with_name(f".del-{folder.name}-{_owner()}")
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.replace(folder, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 __all__ = [

@@ -8,7 +8,8 @@
 
 The loop knows nothing about tasks or games: a Producer hands it Rollouts with advantages. It runs
 unchanged under `accelerate launch` (DDP): every rank produces its own prompts, gradients are
-averaged by DDP, and token counts that normalise the loss are summed over ranks first (R12 in docs/requirements.md; docs/grpo.md).
+averaged by DDP, and token counts that normalise the loss are summed over ranks first (R12 in
+docs/requirements.md; docs/grpo.md).
 """
 
 from __future__ import annotations
