@@ -27,7 +27,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any, TypeVar
 
-from mmrl import config
+from mmrl import config_tools
 from mmrl.errors import ConfigError, MMRLError
 
 T = TypeVar("T")
@@ -142,7 +142,7 @@ def get_task(name: str, **params: Any) -> Any:
             raise ConfigError(
                 f"unknown parameter '{key}' for task '{name}'{hint}; valid parameters: {', '.join(valid)}"
             )
-    return cls(config.from_dict(cls.Params, params, source=f"task '{name}'"))
+    return cls(config_tools.from_dict(cls.Params, params, source=f"task '{name}'"))
 
 
 # --------------------------------------------------------------------------------------------------
