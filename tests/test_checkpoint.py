@@ -416,6 +416,7 @@ def check_loadable(path: Path) -> int:
     return step
 
 
+@pytest.mark.slow
 def test_sigkill_mid_save_leaves_a_complete_checkpoint_or_none(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     zygote = Zygote(tmp_path)
@@ -451,6 +452,7 @@ def test_sigkill_mid_save_leaves_a_complete_checkpoint_or_none(tmp_path: Path) -
         zygote.close()
 
 
+@pytest.mark.slow
 def test_sigkill_during_the_very_first_save_leaves_nothing(tmp_path: Path) -> None:
     """Killed before any save completed: `auto` must find nothing rather than a broken checkpoint."""
     zygote = Zygote(tmp_path)

@@ -52,6 +52,7 @@ def test_unknown_config_key_is_one_clear_line(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_build_tiny_writes_a_loadable_checkpoint(tmp_path):
     out = mmrl("build-tiny", "--family", "qwen2-vl", "--out", str(tmp_path / "tiny"))
     assert out.returncode == 0, out.stderr

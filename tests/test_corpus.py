@@ -43,6 +43,7 @@ def corpus() -> Corpus:
     return default_corpus()
 
 
+@pytest.mark.slow
 def test_default_corpus_counts(corpus):
     m = corpus.manifest
     assert corpus.root == Path(os.environ["MMRL_CACHE"]) / "corpus"
@@ -54,6 +55,7 @@ def test_default_corpus_counts(corpus):
         assert image.mode == "RGB" and max(image.size) <= 384
 
 
+@pytest.mark.slow
 def test_default_corpus_videos_decode_with_stated_frames(corpus):
     stated = corpus.manifest["video_frames"]
     motions = set()
@@ -69,6 +71,7 @@ def test_default_corpus_videos_decode_with_stated_frames(corpus):
     assert {"animated"} < motions and len(motions) >= 3
 
 
+@pytest.mark.slow
 def test_photo_pan_moves_the_view_monotonically(corpus):
     """A pan's crop window moves one way: frame k is closer to frame k+1 than to frame k+2 (no reversal)."""
     pans = [v for v in corpus.videos if "pan" in json.loads(v.path.with_suffix(".json").read_text())["motion"]]
@@ -79,6 +82,7 @@ def test_photo_pan_moves_the_view_monotonically(corpus):
     assert all(n < f for n, f in zip(near, far))
 
 
+@pytest.mark.slow
 def test_default_corpus_depth_matches_scene_graph(corpus):
     checked = 0
     for item in corpus.rgbd:
@@ -106,6 +110,7 @@ def test_default_corpus_depth_matches_scene_graph(corpus):
     assert checked >= 100
 
 
+@pytest.mark.slow
 def test_complete_corpus_is_reused(corpus):
     before = {p: p.stat().st_mtime_ns for p in corpus.root.rglob("*") if p.is_file()}
     start = time.perf_counter()
@@ -114,6 +119,7 @@ def test_complete_corpus_is_reused(corpus):
     assert {p: p.stat().st_mtime_ns for p in again.root.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = build_default_corpus(CorpusConfig(root=str(tmp_path / "a"), **SMALL), progress=False)
     b = build_default_corpus(CorpusConfig(root=str(tmp_path / "b"), **SMALL), progress=False)
@@ -123,6 +129,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert {k for k in da if da[k] != dc.get(k)} - {"manifest.json"}  # media differ with the seed
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_to_identical_files(tmp_path):
     overrides = [f"{k}={v}" for k, v in SMALL.items()] + ["rgbd_scenes=12", "scene_videos=6"]
     root = tmp_path / "killed"

@@ -9,10 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mmrl.grpo.checkpoint import latest_checkpoint
 from mmrl.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # two processes under accelerate launch
 
 
 def test_two_process_training(tmp_path):

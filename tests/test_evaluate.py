@@ -120,6 +120,7 @@ def test_prompts_over_budget_are_skipped_and_counted(tmp_path: Path, policy) -> 
     assert "skipped 1: prompt_over_budget 1" in format_table(result)
 
 
+@pytest.mark.slow
 def test_cli_eval_tiny_model_writes_table_and_json(colours: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(

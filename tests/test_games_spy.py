@@ -300,6 +300,7 @@ def _rank_worker(rank: int, world: int, folder: str) -> None:
     os._exit(0)
 
 
+@pytest.mark.slow
 def test_two_processes_share_global_baselines_and_stage(tmp_path) -> None:
     import torch.multiprocessing as mp
 
@@ -337,6 +338,7 @@ def _dropping_worker(rank: int, world: int, folder: str) -> None:
     os._exit(0)  # as in _rank_worker
 
 
+@pytest.mark.slow
 def test_a_process_without_games_makes_every_process_raise(tmp_path) -> None:
     import torch.multiprocessing as mp
 

@@ -322,6 +322,7 @@ def test_iter_samples_keys_draws_by_seed_and_index() -> None:
 # CLI
 
 
+@pytest.mark.slow
 def test_cli_generate_matches_the_python_api(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "mmrl.cli", "generate", "--task", "dominant_color", "--param", "image_size=56",

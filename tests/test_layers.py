@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from importlinter.api import read_configuration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,7 @@ def test_the_engine_never_names_a_plugin_module() -> None:
     assert offenders == []
 
 
+@pytest.mark.slow
 def test_the_contract_catches_an_upward_import(tmp_path: Path) -> None:
     for package in PACKAGES:
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -59,6 +61,7 @@ def test_the_contract_catches_an_upward_import(tmp_path: Path) -> None:
     assert "mmrl.producers -> pretext_tasks.diagnostic" in out.stdout
 
 
+@pytest.mark.slow
 def test_the_training_path_does_not_import_the_dataset_writers_or_any_plugin() -> None:
     """Training imports the trainer and the producers; dataset exporters, `mmrl generate` and the plugins load
     only when something asks for them (a task by name, `mmrl generate`)."""

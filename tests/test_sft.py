@@ -35,6 +35,7 @@ def test_task_examples_are_deterministic_and_shuffling_only_permutes_the_answers
 
 
 @pytest.mark.parametrize("recipe", [QUICKSTART, SPY], ids=["task", "spy"])
+@pytest.mark.slow
 def test_resumed_cold_start_ends_with_the_uninterrupted_model(tmp_path, recipe) -> None:
     def run(out: Path, steps: int, *extra: str) -> dict[str, torch.Tensor]:
         overrides = [f"sft.out_dir={out}", f"sft.steps={steps}", "sft.batch_size=4", "train.save_every=2",

@@ -48,6 +48,7 @@ def mmrl_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mmrl.cli", *args], capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_quickstart_writes_metrics_events_plot_checkpoint(tmp_path):
     out = mmrl_cli(
         "train", "--config", str(QUICKSTART), f"train.out_dir={tmp_path / 'run'}", f"sft.out_dir={tmp_path / 'sft'}",
@@ -83,6 +84,7 @@ def test_quickstart_writes_metrics_events_plot_checkpoint(tmp_path):
     assert "dominant_color" in config
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_same_data_and_weights(tmp_path):
     common = [
         # A random-init policy earns reward 0 everywhere; the entropy bonus makes every update move the weights.
@@ -143,6 +145,7 @@ def test_reference_model_only_with_kl(tmp_path):
     assert not any(p.requires_grad for p in policy.ref_model.parameters())
 
 
+@pytest.mark.slow
 def test_training_with_kl_logs_it_and_keeps_reference_fixed(tmp_path):
     # Rewards of a random-init policy are all 0; the entropy bonus moves it away from the reference.
     cfg = quick_config(
@@ -167,6 +170,7 @@ def test_freeze_vision_and_projector(tmp_path):
     assert any(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_lora_run_trains_adapter_and_saves_merged_model(tmp_path):
     cfg = quick_config(tmp_path, "train.cold_start=false", "train.lora_rank=4", "train.steps=2")
     train(cfg)

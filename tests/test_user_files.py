@@ -50,6 +50,7 @@ def digest(folder: Path) -> dict[str, str]:
 # build-tiny
 
 
+@pytest.mark.slow
 def test_build_tiny_refuses_a_folder_with_other_files_and_keeps_them(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
@@ -116,6 +117,7 @@ def quick(tmp_path: Path, *overrides: str) -> RunConfig:
     )
 
 
+@pytest.mark.slow
 def test_a_fresh_run_never_replaces_an_earlier_one_without_being_told(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(quick(tmp_path))
@@ -144,6 +146,7 @@ def test_a_fresh_run_never_replaces_an_earlier_one_without_being_told(tmp_path: 
     assert steps == [1]
 
 
+@pytest.mark.slow
 def test_cold_start_reuses_only_a_model_made_with_the_same_settings(tmp_path: Path, capsys) -> None:
     base = ("train.cold_start=true", "sft.steps=1", "sft.batch_size=2")
     warm = cold_start(quick(tmp_path, *base))
@@ -176,6 +179,7 @@ def test_cold_start_reuses_only_a_model_made_with_the_same_settings(tmp_path: Pa
 
 @pytest.mark.parametrize("media_path", ["../outside.png", "OUTSIDE_ABSOLUTE", "/etc/passwd", "media/../../outside.png",
                                         "media/link.png"])  # fmt: skip
+@pytest.mark.slow
 def test_dataset_media_outside_its_folder_are_refused_with_file_and_line(tmp_path: Path, media_path: str) -> None:
     outside = tmp_path / "outside.png"
     Image.new("RGB", (8, 8), "red").save(outside)
@@ -201,6 +205,7 @@ def test_dataset_media_outside_its_folder_are_refused_with_file_and_line(tmp_pat
     assert cli.returncode == 2 and "samples.jsonl:2" in cli.stderr and "outside the dataset folder" in cli.stderr
 
 
+@pytest.mark.slow
 def test_train_and_sft_refuse_a_dataset_that_points_outside(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -245,6 +250,7 @@ def local_hub():
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_a_hub_id_is_never_fetched_unless_allowed(tmp_path: Path, local_hub) -> None:
     endpoint, requests = local_hub
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf"), "MMRL_CACHE": str(tmp_path / "c")}

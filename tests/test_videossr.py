@@ -220,6 +220,7 @@ def kind_of(region) -> str:
     return "circle" if ratio > 2.55 else "square" if ratio > 1.62 else "triangle"
 
 
+@pytest.mark.slow
 def test_counting_answer_is_the_connected_components_of_the_drawn_masks(tmp_path: Path, videos: Path) -> None:
     samples = round_trip(make_many("object_counting", videos), tmp_path / "ds")
     assert len(samples) == len(SEEDS)
@@ -277,6 +278,7 @@ def test_counting_reward_and_parameters(videos: Path) -> None:
 
 
 @pytest.mark.parametrize("clips", [6, 8])
+@pytest.mark.slow
 def test_reordering_clips_by_the_answer_restores_the_source_order(tmp_path: Path, videos: Path, clips: int) -> None:
     samples = round_trip(make_many("temporal_jigsaw", videos, clips=clips), tmp_path / "ds")
     for sample in samples:
