@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,11 +31,12 @@ def run(*args: str, site: Path, cwd: Path) -> subprocess.CompletedProcess:
 def site(tmp_path_factory) -> Path:
     """The example plugin, installed from its own pyproject.toml into a folder of its own."""
     site = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
+    source = tmp_path_factory.mktemp("source") / EXAMPLE.name
+    shutil.copytree(EXAMPLE, source)  # setuptools builds inside the source folder: never in the repository
     out = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(site), str(EXAMPLE)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(build)},
+         "--disable-pip-version-check", "--target", str(site), str(source)],
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     (entry_points,) = site.glob("mmrl_brightest_quadrant-*.dist-info/entry_points.txt")
