@@ -351,15 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser(
         "eval",
-        help="score a model on a generated dataset, with a random-guess baseline",
+        help="score a model on a generated dataset, next to random-guess and best-constant baselines",
         description="Evaluate a model on a dataset written by `mmrl generate` (jsonl format): one completion per "
         "sample, generated in batches with the hf engine, scored with the sample's own task reward. Prints, per "
         "task (and, when samples carry meta.split, per task and split, per split, and per grounding perturbation "
         "and split: the `mmrl generate --suite viu` table), the count, exact accuracy (the reward's `exact` part = 1, "
-        "else its `accuracy` part = 1, else reward >= 1) and mean reward (mean IoU for grounding), next to a "
-        "`random` row that scores random answers of the right "
-        "form (a random permutation for ordering tasks, else the task's random_answer or shuffled reference "
-        "answers). Prompts over --max-prompt-tokens are skipped and counted. Results go to --out as JSON "
+        "else its `accuracy` part = 1, else reward >= 1), mean reward (mean IoU for grounding), the answer spread "
+        "(distinct answers / samples) and the top share (share of the most common answer), for the model and two "
+        "baselines: `random` (random answers of the right form: the task's random_answer, e.g. a random "
+        "permutation, else shuffled reference answers) and `constant` (the one reply with the best mean reward on "
+        "the dataset, per task). A model has learnt from the input only where it beats both. Prompts over "
+        "--max-prompt-tokens are skipped and counted. Results go to --out as JSON "
         "(default <data>/eval-<model>.json).\n\nexamples:\n  mmrl eval --model tiny:qwen2.5-vl --data data/dc --n 32"
         "\n  mmrl generate --suite viu --n 20 --out data/viu"
         "\n  mmrl eval --model runs/videossr_tiny/final --data data/viu",

@@ -198,6 +198,9 @@ class DataConfig:
     """Prompts per optimiser step (each sampled `rollout.n` times)."""
     eval_samples: Annotated[int, ">= 0"] = 32
     """Held-out Samples scored before and after training (0: no evaluation)."""
+    eval_k: Annotated[int, ">= 0"] = 4
+    """Held-out evaluation also samples k completions per Sample at `rollout.temperature` (`eval/*_sampled`,
+    the mean over them) next to the greedy ones (`eval/*`); 0: greedy only."""
     seed: Annotated[int, ">= 0"] = 0
     """Seed of data order and live generation."""
 

@@ -1,4 +1,4 @@
-"""`mmrl eval`: score a model on a generated dataset, next to a random-guess baseline.
+"""`mmrl eval`: score a model on a generated dataset, next to the random-guess and best-constant baselines.
 
 For each Sample the model's completion (one per sample, batched through the hf engine) is scored by
 its own task's reward: `registry.get_task(sample.task, **sample.meta["params"]).reward` (the parameters it
@@ -10,12 +10,16 @@ when samples carry one) we report:
 - `accuracy`: fraction of exact answers (`Reward.is_exact`: the reward's `exact` part equals 1 when it
   has one (the ordering rewards), else its `accuracy` part equals 1 (partial credit, e.g. Visual
   Jigsaw's γ·fraction, never counts), else `score >= 1`);
-- `mean_reward`: mean of `Reward.score`.
+- `mean_reward`: mean of `Reward.score`;
+- `spread` and `top share`: distinct answers ÷ samples, and the share of the most common answer
+  (`mmrl.task.answer_spread`): a policy that gives one reply to every prompt shows top share 1.
 
 The `random` row scores, for the same samples, answers of the right form drawn at random (mean over
 `baseline_draws` draws per sample): the task's own `random_answer(sample, rng)` (the ordering tasks: a
 uniformly random permutation) when it gives one; else a shuffle of the reference answers of the task's
-samples in the dataset (a guess from the dataset's answer distribution).
+samples in the dataset (a guess from the dataset's answer distribution). The `constant` row gives every
+sample of a task the one reply with the highest mean reward on the dataset (`constant_completions`).
+A model has learnt something about the input only where it beats both rows.
 
 `score(samples, completions)` scores any completions (e.g. `reference_completions(samples)`, which
 must reach accuracy 1.0: a check of the scoring path without a model).
@@ -43,7 +47,7 @@ from mmrl.errors import MediaError, MMRLError
 from mmrl.models import load_policy
 from mmrl.rollout import encode_prompt, make_engine
 from mmrl.sample import SAMPLES_FILE, Sample, read_dataset
-from mmrl.task import Task, score_completion
+from mmrl.task import Task, answer_key, answer_spread, score_completion
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,10 @@ DEFAULT_GROUPS: GroupBy = {
 }
 """Result groupings: name -> key of a sample (None leaves the sample out of that grouping). `task/split`
 is the per-task, per-split table of a suite; `perturbation/split` the grounding columns of `viu`."""
-POLICIES = ("model", "random")
+POLICIES = ("model", "random", "constant")
+MAX_CONSTANT_CANDIDATES = 64
+"""The best constant answer of a task is searched among this many of its most common reference answers
+(plus the task's own `constant_answer`)."""
 
 
 @dataclass
@@ -71,6 +78,8 @@ class Scored:
     reward: float
     accuracy: float
     """1.0 for an exact answer, else 0.0 (a mean over draws for the random baseline)."""
+    answer: str = ""
+    """The answer the completion gives (`mmrl.task.answer_key`), for the answer spread."""
     parts: dict[str, float] = field(default_factory=dict)
 
 
@@ -143,7 +152,10 @@ def score(samples: Sequence[Sample], completions: Sequence[str], tasks: _Tasks |
         if error is not None:
             log.warning("reward of task %s raised %s on sample %s; scored 0", sample.task, error, sample.id)
         parts = {k: float(v) for k, v in reward.parts.items()}
-        scored.append(Scored(sample.id, sample.task, completion, float(reward.score), float(reward.is_exact), parts))
+        answer = answer_key(tasks.of(sample), completion, sample)
+        scored.append(
+            Scored(sample.id, sample.task, completion, float(reward.score), float(reward.is_exact), answer, parts)
+        )
     return scored
 
 
@@ -161,27 +173,58 @@ def _baseline(samples: Sequence[Sample], draws: int, seed: int, tasks: _Tasks) -
                 row[0].completion,
                 float(np.mean([r.reward for r in row])),
                 float(np.mean([r.accuracy for r in row])),
+                row[0].answer,
             )
         )
     return merged
 
 
+def constant_completions(samples: Sequence[Sample], tasks: _Tasks | None = None) -> list[str]:
+    """Per sample, the best constant completion of its task: the one reply that, given to every sample of the
+    task in `samples`, has the highest mean reward. Searched among the `MAX_CONSTANT_CANDIDATES` most common
+    reference completions of the task and the task's own `constant_answer`; ties go to the more common one.
+
+    It is the bar a policy must clear to show it reads the input: a constant interval covering the middle of
+    most videos, or the most common count vector, already earns partial credit without looking.
+    """
+    tasks = _Tasks() if tasks is None else tasks
+    by_task: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_task.setdefault(s.task, []).append(i)
+    out = [""] * len(samples)
+    for _, indices in sorted(by_task.items()):
+        group = [samples[i] for i in indices]
+        references = Counter(tasks.of(s).reference_completion(s) for s in group)
+        candidates = [c for c, _ in references.most_common(MAX_CONSTANT_CANDIDATES)]
+        proposed = tasks.of(group[0]).constant_answer(group[0])
+        if proposed is not None and proposed not in candidates:
+            candidates.append(proposed)
+        means = [float(np.mean([r.reward for r in score(group, [c] * len(group), tasks)])) for c in candidates]
+        best = candidates[int(np.argmax(means))]
+        for i in indices:
+            out[i] = best
+    return out
+
+
 def summarize(samples: Sequence[Sample], scored: dict[str, list[Scored]], group_by: GroupBy) -> dict[str, Any]:
-    """`{grouping: {key: {policy: {count, accuracy, mean_reward}}}}`; groupings without keys are left out."""
+    """`{grouping: {key: {policy: {count, accuracy, mean_reward, spread, top_share}}}}`; groupings without keys
+    are left out. `spread` and `top_share` are `mmrl.task.answer_spread` of the policy's answers."""
     groups: dict[str, Any] = {}
     for name, key_of in group_by.items():
         keys = [key_of(s) for s in samples]
         table: dict[str, Any] = {}
         for key in sorted({k for k in keys if k is not None}, key=str):
             idx = [i for i, k in enumerate(keys) if k == key]
-            table[str(key)] = {
-                policy: {
+            table[str(key)] = {}
+            for policy, rows in scored.items():
+                spread, top_share = answer_spread([rows[i].answer for i in idx])
+                table[str(key)][policy] = {
                     "count": len(idx),
                     "accuracy": float(np.mean([rows[i].accuracy for i in idx])),
                     "mean_reward": float(np.mean([rows[i].reward for i in idx])),
+                    "spread": spread,
+                    "top_share": top_share,
                 }
-                for policy, rows in scored.items()
-            }
         if table:
             groups[name] = table
     return groups
@@ -306,6 +349,7 @@ def evaluate_dataset(
     scored = {"model": score(used, [completions[i] for i in kept], tasks)}
     if baseline_draws > 0:
         scored["random"] = _baseline(used, baseline_draws, seed, tasks)
+        scored["constant"] = score(used, constant_completions(used, tasks), tasks)
     return {
         "samples": len(samples),
         "evaluated": len(used),
@@ -319,16 +363,17 @@ def format_table(result: dict[str, Any]) -> str:
     """The result as plain-text tables, one per grouping (task first), with the skip counts."""
     lines = []
     for name, table in result["groups"].items():
-        rows = [(name, "policy", "count", "accuracy", "mean reward")]
+        rows = [(name, "policy", "count", "accuracy", "mean reward", "spread", "top share")]
         for key, policies in table.items():
             for policy in POLICIES:
                 if policy in policies:
                     p = policies[policy]
-                    rows.append((key, policy, str(p["count"]), f"{p['accuracy']:.3f}", f"{p['mean_reward']:.3f}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+                    numbers = (p["accuracy"], p["mean_reward"], p["spread"], p["top_share"])
+                    rows.append((key, policy, str(p["count"]), *(f"{x:.3f}" for x in numbers)))
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         for r in rows:
             left = [r[c].ljust(widths[c]) for c in range(2)]
-            right = [r[c].rjust(widths[c]) for c in range(2, 5)]
+            right = [r[c].rjust(widths[c]) for c in range(2, len(r))]
             lines.append("  ".join(left + right).rstrip())
         lines.append("")
     skipped = result.get("skipped") or {}
@@ -382,6 +427,7 @@ __all__ = [
     "DEFAULT_GROUPS",
     "Scored",
     "answer_completion",
+    "constant_completions",
     "default_out",
     "evaluate",
     "evaluate_dataset",

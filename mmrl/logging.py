@@ -32,7 +32,10 @@ Metric names the trainer logs (anything else is logged the same way):
     lr, grad_norm                      learning rate, gradient norm before clipping
     logprob_diff                       mean |logp_engine - logp_trainer| (R6: stale engine weights)
     mem/host_peak_gb, mem/gpu_peak_gb  peak host RSS and peak CUDA allocation, GiB (R1; see peak_memory)
-    eval/reward, eval/accuracy         held-out evaluation
+    spread/<task>, top_share/<task>    distinct answers / completions, share of the most common answer (collapse)
+    nonfinite_skipped                  optimiser steps skipped for a NaN/inf loss or gradient
+    eval/reward, eval/accuracy         held-out evaluation, greedy (+ eval/spread, eval/top_share)
+    eval/reward_sampled, ...           the same over `data.eval_k` completions sampled at rollout.temperature
 """
 
 from __future__ import annotations
@@ -220,6 +223,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """First/last/best reward, mean phase times, throughput, eval and peak memory of a run (None: not logged)."""
     rewards = _series(records, "reward/mean")
     evals = _series(records, "eval/reward")
+    sampled = _series(records, "eval/reward_sampled")
     sft_loss = _series(records, "loss/sft")
     best_step, best = max(rewards, key=lambda p: p[1]) if rewards else (None, None)
     return {
@@ -237,6 +241,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens_per_s": _mean(records, "tokens_per_s"),
         "eval_reward_first": evals[0][1] if evals else None,
         "eval_reward_last": evals[-1][1] if evals else None,
+        "eval_sampled_first": sampled[0][1] if sampled else None,
+        "eval_sampled_last": sampled[-1][1] if sampled else None,
         "host_peak_gb": _max(records, "mem/host_peak_gb"),
         "gpu_peak_gb": _max(records, "mem/gpu_peak_gb"),
     }
@@ -255,6 +261,8 @@ def format_summary(summary: dict[str, Any], run_dir: str | Path = "") -> str:
         ("sft loss", f"first {f(s['sft_loss_first'])}  last {f(s['sft_loss_last'])}", s["sft_loss_first"]),
         ("reward", f"first {f(s['reward_first'])}  last {f(s['reward_last'])}{best}", s["reward_first"]),
         ("eval reward", f"first {f(s['eval_reward_first'])}  last {f(s['eval_reward_last'])}", s["eval_reward_first"]),
+        ("eval sampled", f"first {f(s['eval_sampled_first'])}  last {f(s['eval_sampled_last'])}",
+         s["eval_sampled_first"]),
         ("step time (s)", f(s["time_step"], 2) + (f" ({', '.join(phases)})" if phases else ""), s["time_step"]),
         ("tokens/s", f(s["tokens_per_s"], 1), s["tokens_per_s"]),
         ("peak memory (GiB)", f"host {f(s['host_peak_gb'], 2)}  gpu {f(s['gpu_peak_gb'], 2)}",

@@ -36,7 +36,7 @@ from mmrl.grpo.replay import select_replay
 from mmrl.rollout import sampling_params
 from mmrl.rollout.encode import encode_prompt
 from mmrl.sample import Sample, read_dataset
-from mmrl.task import Task, score_completion
+from mmrl.task import Task, answer_key, answer_spread, score_completion
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,7 @@ class TaskProducer:
                     sample_id=prepared.sample.id,
                     task=prepared.sample.task,
                     reward_parts=dict(reward.parts),
+                    meta={"answer": answer_key(prepared.task, completion.text, prepared.sample)},
                 )
             )
         return rollouts
@@ -296,6 +297,9 @@ class TaskProducer:
             m[f"reward/{task}"] = float(np.mean([r.reward for r in rs]))
             for part in sorted({p for r in rs for p in r.reward_parts}):
                 m[f"reward/{task}/{part}"] = float(np.mean([r.reward_parts.get(part, 0.0) for r in rs]))
+        for task in sorted({r.task for r in generated}):  # collapse onto one reply shows here before in the reward
+            spread, top_share = answer_spread([r.meta["answer"] for r in generated if r.task == task])
+            m[f"spread/{task}"], m[f"top_share/{task}"] = spread, top_share
         return m
 
     def heldout(self, count: int) -> list[Prepared]:
@@ -311,18 +315,34 @@ class TaskProducer:
             self.sources, self.stats = saved
 
     def evaluate(self, engine: Engine) -> dict[str, float]:
-        """Greedy completions of the `data.eval_samples` held-out Samples (drawn once, on first use):
-        `eval/reward` (mean score) and `eval/accuracy` (mean `accuracy` part, when every task has one)."""
+        """The `data.eval_samples` held-out Samples (drawn once, on first use), answered greedily and, with
+        `data.eval_k > 0`, k times sampled at `rollout.temperature`.
+
+        Greedy: `eval/reward`, `eval/accuracy` (the mean `accuracy` part, when every task has one), `eval/spread`
+        and `eval/top_share` (`mmrl.task.answer_spread`). Sampled: the same names with `_sampled`, means over
+        all k·n completions. Both are needed: greedy decoding answers with the per-position mode, which can sit
+        still (e.g. "2, 1, 1, 1", not a permutation, for every jigsaw) while the sampled policy improves.
+        """
         if self._heldout is None:
             self._heldout = self.heldout(self.cfg.data.eval_samples)
         if not self._heldout:
             return {}
-        sampling = SamplingParams(max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=0.0, seed=0)
-        completions = engine.generate([p.prompt for p in self._heldout], 1, sampling)
-        rewards = [self._reward(p, c[0].text) for p, c in zip(self._heldout, completions)]
-        out = {"eval/reward": float(np.mean([r.score for r in rewards]))}
-        if all("accuracy" in r.parts for r in rewards):
-            out["eval/accuracy"] = float(np.mean([r.parts["accuracy"] for r in rewards]))
+        rollout = self.cfg.rollout
+        prompts = [p.prompt for p in self._heldout]
+        runs = {"": (1, SamplingParams(max_new_tokens=rollout.max_new_tokens, temperature=0.0, seed=0))}
+        if self.cfg.data.eval_k > 0:
+            runs["_sampled"] = (self.cfg.data.eval_k, sampling_params(rollout, seed=1))
+        out: dict[str, float] = {}
+        for suffix, (k, sampling) in runs.items():
+            rewards, answers = [], []
+            for p, group in zip(self._heldout, engine.generate(prompts, k, sampling)):
+                for completion in group:
+                    rewards.append(self._reward(p, completion.text))
+                    answers.append(answer_key(p.task, completion.text, p.sample))
+            out[f"eval/reward{suffix}"] = float(np.mean([r.score for r in rewards]))
+            if all("accuracy" in r.parts for r in rewards):
+                out[f"eval/accuracy{suffix}"] = float(np.mean([r.parts["accuracy"] for r in rewards]))
+            out[f"eval/spread{suffix}"], out[f"eval/top_share{suffix}"] = answer_spread(answers)
         return out
 
     # -- checkpoint state -------------------------------------------------------------------------

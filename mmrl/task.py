@@ -27,6 +27,7 @@ Reward part names with a meaning outside the task (`format`, `accuracy`, `exact`
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,7 +36,8 @@ import numpy as np
 from mmrl.contracts import Reward
 from mmrl.errors import MMRLError
 from mmrl.sample import Sample
-from rewards.extract import AnswerMode, answer_payload, wrap_answer
+from rewards.extract import AnswerMode, answer_payload, extract_answer, wrap_answer
+from rewards.match import normalize_answer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -79,6 +81,25 @@ class Task:
         return None
 
 
+def answer_key(task: Task, completion: str, sample: Sample) -> str:
+    """The answer a completion gives, normalised (`rewards.match.normalize_answer`), for counting how many
+    different answers a policy gives: the text inside the sample's answer format, else the whole reply."""
+    extracted = extract_answer(completion, task.answer_mode(sample)) if isinstance(completion, str) else None
+    return normalize_answer(extracted if extracted is not None else str(completion).strip())
+
+
+def answer_spread(keys: Sequence[str]) -> tuple[float, float]:
+    """(spread, top share) of a list of answers: distinct answers / answers, and the share of the most common one.
+
+    A policy that collapsed onto one reply (the same interval for every grounding prompt) has a spread near
+    1/n and a top share near 1, whatever its reward; a varied policy has a spread near the task's own.
+    """
+    if not keys:
+        return 0.0, 0.0
+    counts = Counter(keys)
+    return len(counts) / len(keys), max(counts.values()) / len(keys)
+
+
 def score_completion(task: Task, completion: str, sample: Sample) -> tuple[Reward, str | None]:
     """`task.reward(completion, sample)`, the one place a task's reward is called by the engine.
 
@@ -94,4 +115,4 @@ def score_completion(task: Task, completion: str, sample: Sample) -> tuple[Rewar
         return Reward(0.0, {}), f"{type(e).__name__}: {e}"
 
 
-__all__ = ["Task", "score_completion"]
+__all__ = ["Task", "answer_key", "answer_spread", "score_completion"]

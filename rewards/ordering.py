@@ -111,17 +111,15 @@ def footrule_distance(answer: Sequence[int], truth: Sequence[int]) -> int:
 def has_repeated_lines(text: str, *, min_words: int = REPEAT_MIN_WORDS, max_run: int = REPEAT_MAX_RUN) -> bool:
     """Whether `text` has more than `max_run` consecutive identical lines of ≥ `min_words` words.
 
-    Lines are stripped and compared case-insensitively; blank lines are ignored (they neither
-    count nor break a run) and a shorter line breaks the run, as in the released reward. Linear
-    in the length of `text`.
+    Lines are stripped and compared case-insensitively. Blank lines and lines shorter than
+    `min_words` words are ignored: they neither count nor break a run. (The released reward lets a
+    short line break the run, so one short line between copies escaped the penalty.) Linear in the
+    length of `text`.
     """
     previous, run = None, 0
     for raw in text.splitlines():
         line = raw.strip()
-        if not line:
-            continue
         if len(line.split()) < min_words:
-            previous, run = None, 0
             continue
         key = line.casefold()
         run = run + 1 if key == previous else 1
@@ -298,9 +296,12 @@ def _gate(completion: str, mode: AnswerMode, require_think: bool) -> bool:
     if not format_ok(completion, mode):
         return False
     if require_think:
-        # format_ok already allows think tags only as one leading block; here it must be present.
+        # format_ok already allows think tags only as one leading block; here it must be present and say
+        # something: an empty <think></think> is not reasoning.
         stripped = completion.lstrip()
-        return stripped.startswith(THINK_OPEN) and THINK_CLOSE in stripped
+        if not (stripped.startswith(THINK_OPEN) and THINK_CLOSE in stripped):
+            return False
+        return bool(stripped[len(THINK_OPEN) : stripped.index(THINK_CLOSE)].strip())
     return True
 
 

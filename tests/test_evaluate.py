@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from mmrl.cli import main
 from mmrl.config import ModelConfig
 from mmrl.evaluate import (
+    constant_completions,
     evaluate_dataset,
     format_table,
     random_completions,
@@ -61,9 +63,36 @@ def test_reference_answers_score_accuracy_one(colours: Path) -> None:
     samples = read_dataset(colours)
     result = evaluate_dataset(None, None, samples, completions=reference_completions(samples))
     row = result["groups"]["task"]["dominant_color"]
-    assert row["model"] == {"count": 6, "accuracy": 1.0, "mean_reward": 1.0}
+    answers = [s.answer for s in samples]
+    top = max(answers.count(a) for a in answers)
+    assert row["model"] == {
+        "count": 6,
+        "accuracy": 1.0,
+        "mean_reward": 1.0,
+        "spread": len(set(answers)) / 6,  # the reference answers are as varied as the dataset
+        "top_share": top / 6,
+    }
     assert row["random"]["count"] == 6 and row["random"]["accuracy"] < 1.0
+    # The best constant answers the most common colour for every sample: right exactly as often as it occurs.
+    assert row["constant"]["accuracy"] == pytest.approx(top / 6) and row["constant"]["top_share"] == 1.0
+    assert row["constant"]["spread"] == pytest.approx(1 / 6)
     assert result["evaluated"] == 6 and result["skipped"] == {} and "split" not in result["groups"]
+
+
+def test_best_constant_is_the_single_reply_with_the_best_mean_reward(colours: Path) -> None:
+    """On a skewed dataset (4 of 6 samples answer the same colour), the constant row answers that colour for
+    all: accuracy 4/6, above a random guess drawn from the answers, and its spread shows one answer."""
+    samples = read_dataset(colours)
+    skewed = [dataclasses.replace(s, answer="green" if i < 4 else s.answer) for i, s in enumerate(samples)]
+    constant = constant_completions(skewed)
+    assert constant == ["<answer>green</answer>"] * 6
+    result = evaluate_dataset(None, None, skewed, completions=constant, baseline_draws=8)
+    row = result["groups"]["task"]["dominant_color"]
+    assert row["constant"]["mean_reward"] == pytest.approx(row["model"]["mean_reward"])
+    assert row["constant"]["mean_reward"] >= max(4 / 6 * 1.0 + 2 / 6 * 0.1 - 1e-9, row["random"]["mean_reward"])
+    assert row["model"]["top_share"] == 1.0  # the collapsed policy is visible as such
+    table = format_table(result)
+    assert "constant" in table and "spread" in table and "top share" in table
 
 
 def test_wrong_answers_score_zero_accuracy(colours: Path) -> None:
@@ -130,10 +159,11 @@ def test_cli_eval_tiny_model_writes_table_and_json(colours: Path, tmp_path: Path
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines()]
-    assert ["task", "policy", "count", "accuracy", "mean", "reward"] in rows
+    assert ["task", "policy", "count", "accuracy", "mean", "reward", "spread", "top", "share"] in rows
     model_row = next(r for r in rows if r[:2] == ["dominant_color", "model"])
     random_row = next(r for r in rows if r[:2] == ["dominant_color", "random"])
-    assert model_row[2] == random_row[2] == "4"
+    constant_row = next(r for r in rows if r[:2] == ["dominant_color", "constant"])
+    assert model_row[2] == random_row[2] == constant_row[2] == "4" and float(constant_row[6]) == 1.0
     result = json.loads(out.read_text())
     assert result["model"] == "tiny:qwen2.5-vl" and result["evaluated"] == 4 and len(result["per_sample"]) == 4
     assert result["groups"]["task"]["dominant_color"]["model"]["count"] == 4

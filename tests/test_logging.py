@@ -143,6 +143,8 @@ def test_close_writes_the_reward_curve_and_returns_the_summary(tmp_path: Path, c
         "tokens_per_s": pytest.approx(300.0),
         "eval_reward_first": 0.2,
         "eval_reward_last": 0.7,
+        "eval_sampled_first": None,
+        "eval_sampled_last": None,
         "host_peak_gb": pytest.approx(1.5),
         "gpu_peak_gb": None,
     }

@@ -200,7 +200,11 @@ def test_repetition_detector() -> None:
     assert has_repeated_lines(four)
     assert not has_repeated_lines("\n".join([LONG_LINE] * 3))  # a run of 3 is allowed
     assert has_repeated_lines("\n\n".join([LONG_LINE, LONG_LINE.upper(), LONG_LINE, LONG_LINE.lower()]))
-    assert not has_repeated_lines("\n".join([LONG_LINE, LONG_LINE, "short line", LONG_LINE, LONG_LINE]))
+    # A short line between copies does not break the run (the released reward's loophole, closed).
+    assert has_repeated_lines("\n".join([LONG_LINE, LONG_LINE, "short line", LONG_LINE, LONG_LINE]))
+    assert has_repeated_lines("\n".join([LONG_LINE, "ok", LONG_LINE, "ok", LONG_LINE, "ok", LONG_LINE]))
+    assert not has_repeated_lines("\n".join([LONG_LINE, LONG_LINE, "short line", LONG_LINE]))  # still 3
+    assert not has_repeated_lines("\n".join([LONG_LINE, LONG_LINE, "another long line of seven words here", LONG_LINE]))
     assert not has_repeated_lines("\n".join(["one two three four five six"] * 10))  # 6 words: too short
     assert has_repeated_lines("\n".join(["one two three four five six seven"] * 4))  # 7 words
 
@@ -241,7 +245,9 @@ def test_think_requirement() -> None:
     assert ordering_reward(thought, G4).score == 1.0
     assert ordering_reward(plain, G4, require_think=True) == ZERO
     assert ordering_reward(thought, G4, require_think=True).score == 1.0
-    assert ordering_reward("<think></think>" + plain, G4, require_think=True).score == 1.0  # empty think allowed
+    assert ordering_reward("<think></think>" + plain, G4, require_think=True) == ZERO  # an empty think is no reasoning
+    assert ordering_reward("<think> \n </think>\n" + plain, G4, require_think=True) == ZERO
+    assert ordering_reward("<think>4 before 1</think>" + plain, G4, require_think=True).score == 1.0
     assert ordering_reward("<think>a</think><think>b</think>" + plain, G4, require_think=True) == ZERO
     with pytest.raises(ConfigError):
         ordering_reward("2, 4, 1, 3", G4, mode="raw", require_think=True)

@@ -160,3 +160,23 @@ def test_unusable_source_items_are_counted_in_metrics_and_warned_once(policy, ca
     assert skips >= 2 and second["skipped/item_unusable"] == skips >= first["skipped/item_unusable"] >= 1
     levels = [r.levelname for r in caplog.records if "skipping a source item" in r.getMessage()]
     assert levels.count("WARNING") == 1 and len(levels) == skips
+
+
+def test_answer_spread_is_logged_per_task_and_heldout_eval_is_greedy_and_sampled(policy):
+    cfg = config("data.eval_samples=4", "data.eval_k=3", "rollout.max_new_tokens=8")
+    producer = TaskProducer(cfg, policy[1])
+    engine = make_engine(cfg.rollout, policy[0], policy[1], seed=0)
+    rollouts, metrics = producer.produce(engine, 0)
+    answers = [r.meta["answer"] for r in rollouts]
+    assert metrics["spread/dominant_color"] == pytest.approx(len(set(answers)) / len(answers))
+    assert metrics["top_share/dominant_color"] == pytest.approx(max(Counter(answers).values()) / len(answers))
+
+    ev = producer.evaluate(engine)
+    for name in ("reward", "accuracy", "spread", "top_share"):
+        assert 0.0 <= ev[f"eval/{name}"] <= 1.0 and 0.0 <= ev[f"eval/{name}_sampled"] <= 1.0
+    # Greedy answers one completion per prompt (4 answers): its spread is a multiple of 1/4; sampled has 12.
+    assert (ev["eval/spread"] * 4) == pytest.approx(round(ev["eval/spread"] * 4))
+    assert (ev["eval/spread_sampled"] * 12) == pytest.approx(round(ev["eval/spread_sampled"] * 12))
+    assert producer.evaluate(engine) == ev  # the same held-out Samples and seeds every time
+    assert "eval/reward_sampled" not in TaskProducer(config("data.eval_samples=4", "data.eval_k=0"),
+                                                      policy[1]).evaluate(engine)  # fmt: skip
