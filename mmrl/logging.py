@@ -36,6 +36,7 @@ Metric names the trainer logs (anything else is logged the same way):
     nonfinite_skipped                  optimiser steps skipped for a NaN/inf loss or gradient
     eval/reward, eval/accuracy         held-out evaluation, greedy (+ eval/spread, eval/top_share)
     eval/reward_sampled, ...           the same over `data.eval_k` completions sampled at rollout.temperature
+    eval/random_reward, eval/constant_reward   the baselines on the held-out Samples (mmrl.baselines)
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mmrl import registry
+from mmrl.baselines import TaskCache, constant_completions, random_baseline, score
 from mmrl.config import CorpusConfig, DataSource, RunConfig
 from mmrl.contracts import Completion, EncodedPrompt, Engine, Producer, Reward, Rollout, SamplingParams
 from mmrl.corpus import LazyCorpus
@@ -126,6 +127,7 @@ class TaskProducer:
     sources: list[SampleSource] = field(init=False)
     stats: Counter = field(default_factory=Counter)
     _heldout: list[Prepared] | None = field(default=None, init=False)
+    _baselines: dict[str, float] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         specs = self.cfg.data.sources
@@ -343,7 +345,24 @@ class TaskProducer:
             if all("accuracy" in r.parts for r in rewards):
                 out[f"eval/accuracy{suffix}"] = float(np.mean([r.parts["accuracy"] for r in rewards]))
             out[f"eval/spread{suffix}"], out[f"eval/top_share{suffix}"] = answer_spread(answers)
-        return out
+        return out | self._heldout_baselines()
+
+    def _heldout_baselines(self) -> dict[str, float]:
+        """What the held-out reward must beat to mean anything, computed once: the random-guess baseline
+        (`eval/random_reward`) and the best constant reply per task (`eval/constant_reward`, with its accuracy
+        and its spread, 1/n: one answer), as `mmrl eval` reports them (`mmrl.baselines`)."""
+        if self._baselines is None:
+            samples, tasks = [p.sample for p in self._heldout or []], TaskCache()
+            random = random_baseline(samples, draws=8, seed=self.cfg.data.seed, tasks=tasks)
+            constant = score(samples, constant_completions(samples, tasks), tasks)
+            self._baselines = {
+                "eval/random_reward": float(np.mean([r.reward for r in random])),
+                "eval/random_accuracy": float(np.mean([r.accuracy for r in random])),
+                "eval/constant_reward": float(np.mean([r.reward for r in constant])),
+                "eval/constant_accuracy": float(np.mean([r.accuracy for r in constant])),
+                "eval/constant_spread": answer_spread([r.answer for r in constant])[0],
+            }
+        return self._baselines
 
     # -- checkpoint state -------------------------------------------------------------------------
 

@@ -11,16 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mmrl.baselines import constant_completions, random_completions, reference_completions, score
 from mmrl.cli import main
 from mmrl.config import ModelConfig
-from mmrl.evaluate import (
-    constant_completions,
-    evaluate_dataset,
-    format_table,
-    random_completions,
-    reference_completions,
-    score,
-)
+from mmrl.evaluate import evaluate_dataset, format_table
 from mmrl.generate import generate
 from mmrl.models import load_policy
 from mmrl.registry import get_task, task_names

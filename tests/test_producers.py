@@ -178,5 +178,6 @@ def test_answer_spread_is_logged_per_task_and_heldout_eval_is_greedy_and_sampled
     assert (ev["eval/spread"] * 4) == pytest.approx(round(ev["eval/spread"] * 4))
     assert (ev["eval/spread_sampled"] * 12) == pytest.approx(round(ev["eval/spread_sampled"] * 12))
     assert producer.evaluate(engine) == ev  # the same held-out Samples and seeds every time
+    assert 0.0 <= ev["eval/random_reward"] <= ev["eval/constant_reward"] + 0.5 and ev["eval/constant_spread"] == 0.25
     assert "eval/reward_sampled" not in TaskProducer(config("data.eval_samples=4", "data.eval_k=0"),
                                                       policy[1]).evaluate(engine)  # fmt: skip

@@ -14,9 +14,10 @@ from PIL import Image
 from skimage.measure import label, regionprops
 
 from mmrl import media
+from mmrl.baselines import reference_completions
 from mmrl.corpus import camera_motion_frames
 from mmrl.errors import ConfigError, MediaError, SkipItem
-from mmrl.evaluate import evaluate_dataset, format_table, reference_completions
+from mmrl.evaluate import evaluate_dataset, format_table
 from mmrl.generate import generate, generate_suite
 from mmrl.registry import get_task
 from mmrl.sample import Sample, read_dataset, write_dataset
