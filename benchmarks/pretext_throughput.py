@@ -6,7 +6,7 @@ For each task, on the default corpus (built into $MMRL_CACHE or ~/.cache/mmrl on
 `--corpus-root` opens another built corpus):
 
 - `image_jigsaw` (3x3 grid) on the corpus photos; decode = `mmrl.media.load_image` of the same file;
-- `video_jigsaw` (6 clips) on the corpus videos; decode = `mmrl.media.read_frames(path, indices)` of
+- `video_jigsaw` (6 clips) on the corpus videos; decode = `mmrl.video.read_frames(path, indices)` of
   exactly the frames the task samples (`Sample.meta["frame_indices"]`, learnt from one untimed `make`
   per video before timing, and checked against every timed Sample);
 - `depth_jigsaw` (K = 6 points) on the corpus RGB-D scenes; decode = `RGBDItem.load()` (RGB PNG +
@@ -39,7 +39,7 @@ load), with the same ratio of CPU times next to it.
 
 One core: OMP/MKL/OpenBLAS/numexpr/OpenCV threads are set to 1 through the environment before numpy is
 imported, and `torch.set_num_threads(1)` (torch is not used by these tasks); decord is opened with
-`num_threads=1` by `mmrl.media`. The script warns when a phase's CPU time exceeds its wall time (more
+`num_threads=1` by `mmrl.video`. The script warns when a phase's CPU time exceeds its wall time (more
 than one busy thread). `--profile` prints cProfile of make and of write per task after the timed run.
 """
 
@@ -103,9 +103,9 @@ def _decode_image(item: Any, plan: dict[str, Any]) -> Any:
 
 
 def _decode_video(item: Any, plan: dict[str, Any]) -> Any:
-    from mmrl import media
+    from mmrl.video import read_frames
 
-    return media.read_frames(item.path, plan["frame_indices"][str(item.path)]).frames
+    return read_frames(item.path, plan["frame_indices"][str(item.path)]).frames
 
 
 def _decode_rgbd(item: Any, plan: dict[str, Any]) -> Any:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from mmrl import media
 from mmrl.config import CorpusConfig, default_cache_dir, to_dict
 from mmrl.errors import MMRLError
+from mmrl.video import VideoInfo, video_info, write_video
 
 MANIFEST = "manifest.json"
 CORPUS_VERSION = 1
@@ -62,8 +63,8 @@ class VideoItem:
     id: str
     path: Path
 
-    def info(self) -> media.VideoInfo:
-        return media.video_info(self.path)
+    def info(self) -> VideoInfo:
+        return video_info(self.path)
 
 
 @dataclass(frozen=True)
@@ -388,7 +389,7 @@ def _make_scene_video(cfg: CorpusConfig, rng: np.random.Generator, tmp: Path) ->
 def _write_video_with_meta(tmp: Path, frames: list[np.ndarray], fps: float, meta: dict) -> None:
     # PyAV picks the container from the suffix, so encode under a .mp4 name inside the temp name.
     encoded = tmp.with_name(tmp.name + ".mp4")
-    media.write_video(encoded, frames, fps)
+    write_video(encoded, frames, fps)
     meta_path = tmp.with_name(tmp.name.removeprefix(".tmp-")).with_suffix(".json")
     _atomic_write_text(meta_path, json.dumps(meta | {"frames": len(frames), "fps": fps}, indent=2))
     encoded.rename(tmp)

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mmrl import media
 from mmrl.sample import Sample, content_items
+from mmrl.video import read_video, video_info
 from rewards.extract import answer_payload
 
 SHEET_WIDTH = 1100
@@ -119,8 +120,8 @@ def _media_tile(item: dict[str, Any], caption: str, font: Any, max_width: int) -
     else:
         value = item["video"]
         if isinstance(value, (str, Path)):
-            clip = media.read_video(value, max_frames=MAX_FRAMES)
-            frames, total = [Image.fromarray(f) for f in clip.frames], media.video_info(value).num_frames
+            clip = read_video(value, max_frames=MAX_FRAMES)
+            frames, total = [Image.fromarray(f) for f in clip.frames], video_info(value).num_frames
         else:
             frames, total = list(value), len(value)
         first = _as_image(frames[0])

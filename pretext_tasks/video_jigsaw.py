@@ -41,6 +41,7 @@ from mmrl import media
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
+from mmrl.video import read_frames, video_info
 from pretext_tasks.base import OrderingTask, answer_instruction, item_path, shuffle_and_label, video_sources
 from rewards.ordering import OrderingParams
 
@@ -196,7 +197,7 @@ class VideoJigsaw(OrderingTask):
         """
         source_id, path = item_path(source_item)
         p = self.params
-        info = media.video_info(path)  # MediaError naming the file when unreadable
+        info = video_info(path)  # MediaError naming the file when unreadable
         num_frames, source_fps = info.num_frames, info.fps
         split = split_clips(num_frames, p.clips, p.trim_ratio)
         clip_frames = split.length - 2 * split.trim
@@ -208,7 +209,7 @@ class VideoJigsaw(OrderingTask):
             )
         n = frames_per_clip(clip_frames, source_fps, p.fps, p.max_frames_per_clip)
         indices = [clip_indices(start, end, n) for start, end in split.ranges]
-        decoded = media.read_frames(path, np.ravel(indices)).frames  # only the sampled frames
+        decoded = read_frames(path, np.ravel(indices)).frames  # only the sampled frames
         resized = resize_frames(decoded, p.frame_max_pixels)
         frames = resized.reshape(p.clips, n, *resized.shape[1:])  # (K, n, H, W, 3), clips in true order
         clip_fps = n / clip_frames * source_fps

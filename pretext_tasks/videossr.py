@@ -33,6 +33,7 @@ import numpy as np
 
 from mmrl import media
 from mmrl.errors import ConfigError, SkipItem
+from mmrl.video import read_frames, video_info
 from pretext_tasks.video_jigsaw import resize_frames
 from rewards.extract import AnswerMode, check_mode, wrap_answer
 
@@ -107,7 +108,7 @@ def sample_video(path: str | Path, params: VideoSSRParams, source_id: str | None
     Raises `MediaError` (naming the file) when it cannot be read, `SkipItem("video_too_short")` when
     its middle window holds fewer than F frames.
     """
-    info = media.video_info(path)
+    info = video_info(path)
     indices = window_indices(info.num_frames, params.frames, params.margin)
     if indices is None:
         raise SkipItem(
@@ -115,7 +116,7 @@ def sample_video(path: str | Path, params: VideoSSRParams, source_id: str | None
             f"{path}: {info.num_frames} frames leave fewer than {params.frames} in the middle "
             f"{100 * (1 - 2 * params.margin):.0f} %",
         )
-    decoded = media.read_frames(path, indices).frames
+    decoded = read_frames(path, indices).frames
     frames = resize_frames(decoded, params.frame_max_pixels)
     return SampledVideo(
         source=source_id or Path(path).stem,

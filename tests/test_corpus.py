@@ -25,6 +25,7 @@ from mmrl.corpus import (
 )
 from mmrl.errors import MMRLError
 from mmrl.scenes import Camera
+from mmrl.video import read_video, write_video
 
 SMALL = dict(max_photos=2, videos_per_photo=1, scene_videos=2, rgbd_scenes=3, video_frames=8)
 
@@ -63,7 +64,7 @@ def test_default_corpus_videos_decode_with_stated_frames(corpus):
         info = item.info()
         assert info.num_frames == stated, item.path
         assert (info.width, info.height) == (256, 192)
-        clip = media.read_video(item.path)
+        clip = read_video(item.path)
         assert clip.frames.shape == (stated, 192, 256, 3)
         # Every clip moves: consecutive frames differ somewhere.
         assert np.abs(clip.frames[-1].astype(int) - clip.frames[0].astype(int)).mean() > 2.0, item.path
@@ -76,7 +77,7 @@ def test_photo_pan_moves_the_view_monotonically(corpus):
     """A pan's crop window moves one way: frame k is closer to frame k+1 than to frame k+2 (no reversal)."""
     pans = [v for v in corpus.videos if "pan" in json.loads(v.path.with_suffix(".json").read_text())["motion"]]
     assert pans
-    clip = media.read_video(pans[0].path, num_frames=6).frames.astype(float)
+    clip = read_video(pans[0].path, num_frames=6).frames.astype(float)
     near = [np.abs(clip[k] - clip[k + 1]).mean() for k in range(4)]
     far = [np.abs(clip[k] - clip[k + 2]).mean() for k in range(4)]
     assert all(n < f for n, f in zip(near, far))
@@ -174,7 +175,7 @@ def test_image_and_video_folders(tmp_path):
     with pytest.raises(MMRLError, match=f"no video files .* found under {tmp_path / 'empty'}"):
         video_folder(tmp_path / "empty")
     frames = np.zeros((4, 16, 32, 3), np.uint8)
-    media.write_video(tmp_path / "vids" / "clip.mp4", frames, fps=4)
+    write_video(tmp_path / "vids" / "clip.mp4", frames, fps=4)
     assert [v.info().num_frames for v in video_folder(tmp_path / "vids")] == [4]
 
 

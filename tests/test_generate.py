@@ -373,6 +373,7 @@ def test_cli_refuses_a_non_empty_output_unless_overwrite(tmp_path: Path, capsys)
 def test_real_tasks_skip_bad_sources_in_the_generation_loop(tmp_path: Path) -> None:
     """Unreadable image, too-short video, all-zero depth map: skipped, counted by reason, reported."""
     from mmrl import media, scene_render, scenes
+    from mmrl.video import write_video
 
     rng = np.random.default_rng(0)
     images = tmp_path / "images"
@@ -384,8 +385,8 @@ def test_real_tasks_skip_bad_sources_in_the_generation_loop(tmp_path: Path) -> N
 
     videos = tmp_path / "videos"
     ramp = np.stack([np.full((48, 64, 3), 2 * i, np.uint8) for i in range(120)])
-    media.write_video(videos / "long.mp4", ramp, fps=8)
-    media.write_video(videos / "short.mp4", ramp[:10], fps=8)
+    write_video(videos / "long.mp4", ramp, fps=8)
+    write_video(videos / "short.mp4", ramp[:10], fps=8)
     report = generate("video_jigsaw", source=videos, n=4, seed=0, out=tmp_path / "vid", progress=False)
     assert report.written == 4 and report.skipped.get("video_too_short", 0) > 0
 

@@ -30,6 +30,7 @@ from mmrl.contracts import Reward
 from mmrl.corpus import camera_motion_frames
 from mmrl.registry import get_task, task_class, task_names
 from mmrl.sample import Sample
+from mmrl.video import write_video
 from rewards import match, ordering, temporal
 from rewards.extract import BOXED_OPEN, MAX_INT_DIGITS, boxed_span, extract_answer, format_ok, parse_int
 
@@ -223,7 +224,7 @@ def _source(task: str, video: Path) -> Any:
 def targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Target]:
     """The pure targets plus each task's `reward(completion, sample)` on a real Sample from its `make`."""
     frames = camera_motion_frames(media.load_image(CHELSEA), "pan_right", 120, (160, 120), np.random.default_rng(0))
-    video = media.write_video(tmp_path_factory.mktemp("videos") / "cat.mp4", list(frames), 8.0)
+    video = write_video(tmp_path_factory.mktemp("videos") / "cat.mp4", list(frames), 8.0)
     out = dict(PURE)
     for variant, (name, params) in TASK_VARIANTS.items():
         task = get_task(name, **params)

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrl import media
 from mmrl.config import ModelConfig, RolloutConfig
 from mmrl.contracts import EncodedPrompt, SamplingParams
 from mmrl.errors import MediaError, MMRLError
@@ -26,6 +25,7 @@ from mmrl.rollout import (
 )
 from mmrl.rollout.forward import shares_vision, suppressed_token_ids, unwrap_model
 from mmrl.tiny import build_tiny
+from mmrl.video import write_video
 
 BUDGET = 4096
 
@@ -46,7 +46,7 @@ def tiny_models(tmp_path_factory):
 def clip(tmp_path_factory) -> Path:
     """A 3 s, 8 fps, 64x48 mp4 of random frames."""
     frames = np.random.default_rng(7).integers(0, 256, (24, 48, 64, 3), dtype=np.uint8)
-    return media.write_video(tmp_path_factory.mktemp("video") / "clip.mp4", frames, 8.0)
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", frames, 8.0)
 
 
 def _image(w: int, h: int, seed: int = 0) -> Image.Image:

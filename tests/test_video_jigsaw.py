@@ -19,6 +19,7 @@ from mmrl.models import load_policy
 from mmrl.registry import get_task, task_class
 from mmrl.rollout import HFEngine, encode_prompt
 from mmrl.sample import Sample, read_dataset, write_dataset
+from mmrl.video import read_video, write_video
 from pretext_tasks.video_jigsaw import (
     VideoJigsaw,
     VideoJigsawParams,
@@ -36,7 +37,7 @@ def pan_video(path: Path, n_frames: int, size: tuple[int, int] = (128, 96), seed
     """A camera pan over a real photo (as in the default corpus): every frame differs from its neighbours."""
     image = media.load_image(CHELSEA)
     frames = list(camera_motion_frames(image, "pan_right", n_frames, size, np.random.default_rng(seed)))
-    return media.write_video(path, frames, FPS)
+    return write_video(path, frames, FPS)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_frames_per_clip_and_indices() -> None:
 @pytest.mark.parametrize("trim_ratio", [0.1, 0.05])
 def test_answer_restores_chronological_order(videos: dict[str, Path], trim_ratio: float) -> None:
     path = videos["pan130"]
-    decoded = media.read_video(path).frames  # every frame, decoded independently of the task
+    decoded = read_video(path).frames  # every frame, decoded independently of the task
     n_frames, k = len(decoded), 6
     q = round(1 / trim_ratio)
     skip = n_frames % (k * q)  # Visual Jigsaw's formula (docs/visual_jigsaw.md), written out again

@@ -22,6 +22,7 @@ from mmrl.generate import generate, generate_suite
 from mmrl.registry import get_task
 from mmrl.sample import Sample, read_dataset, write_dataset
 from mmrl.suites import suite_entries
+from mmrl.video import read_frames, write_video
 from pretext_tasks.anomaly_grounding import answer_decimals
 from pretext_tasks.perturbations import PERTURBATIONS
 from pretext_tasks.videossr import VideoSSRParams, sample_video, window_indices
@@ -38,7 +39,7 @@ def pan_video(path: Path, photo: Path, n_frames: int, size=(160, 120), seed: int
     frames = list(
         camera_motion_frames(media.load_image(photo), "pan_right", n_frames, size, np.random.default_rng(seed))
     )
-    return media.write_video(path, frames, FPS)
+    return write_video(path, frames, FPS)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def videos(tmp_path_factory) -> Path:
 
 def decoded_source(folder: Path, sample: Sample) -> np.ndarray:
     """The shown frames decoded independently from the source video (the test videos need no resize)."""
-    return media.read_frames(folder / f"{sample.meta['source']}.mp4", sample.meta["frame_indices"]).frames
+    return read_frames(folder / f"{sample.meta['source']}.mp4", sample.meta["frame_indices"]).frames
 
 
 def written_videos(sample: Sample) -> list[np.ndarray]:
@@ -103,7 +104,7 @@ def test_sample_video_clock_and_frames(videos: Path) -> None:
     assert video.indices == [6 + 2 * i for i in range(48)]
     assert video.sample_fps == pytest.approx(48 / (120 / FPS))  # 3.2 frames per second of the whole video
     assert video.timestamps()[:3] == pytest.approx([0.0, 1 / 3.2, 2 / 3.2])
-    np.testing.assert_array_equal(video.frames, media.read_frames(videos / "cat.mp4", video.indices).frames)
+    np.testing.assert_array_equal(video.frames, read_frames(videos / "cat.mp4", video.indices).frames)
 
 
 def test_frames_over_the_pixel_budget_are_downscaled(videos: Path) -> None:
@@ -183,7 +184,7 @@ def test_invisible_perturbations_are_skipped(tmp_path: Path) -> None:
     grey = tmp_path / "grey"
     grey.mkdir()
     frames = [np.full((96, 128, 3), 90 + (i % 5), dtype=np.uint8) for i in range(120)]
-    media.write_video(grey / "grey.mp4", frames, FPS)
+    write_video(grey / "grey.mp4", frames, FPS)
     task = get_task("anomaly_grounding", perturbations=["channel_swap"])
     with pytest.raises(SkipItem) as info:
         task.make(task.sources(grey)[0], np.random.default_rng(0))

@@ -7,7 +7,7 @@ a prompt over `max_prompt_tokens` is rejected with a message saying what to chan
 never truncated: cutting inside a visual span is what produces "image features and image tokens do
 not match" in other frameworks.
 
-Videos given as files are decoded here with decord (`mmrl.media.read_video` at `model.video_fps`,
+Videos given as files are decoded here with decord (`mmrl.video.read_video` at `model.video_fps`,
 at most `model.video_max_frames` frames): transformers 5 can only decode files with torchcodec. The
 frames then reach the processor with `do_sample_frames=False` (set by `mmrl.models.load_processor`)
 and a `video_metadata` entry whose `fps` / `frames_indices` / `total_num_frames` describe the frames
@@ -28,6 +28,7 @@ from PIL import Image
 from mmrl import media
 from mmrl.contracts import EncodedPrompt
 from mmrl.errors import MMRLError
+from mmrl.video import read_video, video_info
 
 if TYPE_CHECKING:
     from transformers import ProcessorMixin
@@ -147,8 +148,8 @@ def _image(value: Any) -> Image.Image:
 
 def _video_file(path: str | Path, cfg: ModelConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode at cfg.video_fps; metadata in source-frame units so timestamps are the decoded ones."""
-    clip = media.read_video(path, fps=cfg.video_fps, max_frames=cfg.video_max_frames)
-    total = media.video_info(path).num_frames
+    clip = read_video(path, fps=cfg.video_fps, max_frames=cfg.video_max_frames)
+    total = video_info(path).num_frames
     frames, indices = clip.frames, [int(i) for i in clip.indices]
     frames, indices = _at_least_two(frames, indices)
     meta = {"fps": float(clip.source_fps), "frames_indices": indices, "total_num_frames": int(total)}
