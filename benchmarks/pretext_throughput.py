@@ -24,7 +24,8 @@ Three things are timed per item:
 
 - **decode**: the bare decode of the task's inputs (above);
 - **make**: `task.make(item, rng)`, what `mmrl generate` does per sample (item and rng drawn as
-  `mmrl.generate.iter_samples` draws them: `rng = default_rng([seed, i])`, `items[rng.integers(n)]`),
+  `mmrl.generate.iter_samples` draws them, with its own `draw_rng`: `rng = default_rng([seed, task_key, i])`,
+  `items[rng.integers(n)]`),
   in memory, nothing written. The issue's target applies to this one: make <= 2x decode;
 - **make + write**: make plus serialising that Sample with `mmrl.sample.write_dataset` into a temporary
   folder (PNG encoding of every tile / frame at compress_level 6, the JSONL line): what a user pays
@@ -190,7 +191,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a built default corpus to open; default: build / reuse mmrl.corpus.default_corpus(CorpusConfig())",
     )
-    p.add_argument("--seed", type=int, default=0, help="as `mmrl generate --seed`: item i uses default_rng([seed, i])")
+    p.add_argument(
+        "--seed", type=int, default=0, help="as `mmrl generate --seed`: item i uses default_rng([seed, task_key, i])"
+    )
     p.add_argument("--profile", action="store_true", help="after timing, cProfile make and write of each task")
     p.add_argument("--profile-lines", type=int, default=25, help="functions listed per profile")
     args = p.parse_args(argv)
@@ -235,9 +238,12 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.perf_counter() - w0, time.process_time() - c0
 
 
-def draw(items: Any, seed: int, i: int, attempt: int) -> tuple[Any, np.random.Generator]:
-    """Item and generator of draw attempt `attempt` of sample i, exactly as `mmrl.generate.iter_samples`."""
-    rng = np.random.default_rng([seed, i] if attempt == 0 else [seed, i, attempt])
+def draw(task: Any, items: Any, seed: int, i: int, attempt: int) -> tuple[Any, np.random.Generator]:
+    """Item and generator of draw attempt `attempt` of sample i, exactly as `mmrl.generate.iter_samples`
+    (the same `draw_rng`, which mixes the task name into the key)."""
+    from mmrl.generate import draw_rng
+
+    rng = draw_rng(task.name, seed, i, attempt)
     return items[int(rng.integers(len(items)))], rng
 
 
@@ -254,7 +260,7 @@ def plan_task(bench: TaskBench, task: Any, items: Any, args: argparse.Namespace)
     seen: dict[str, Any] = {}
     for i in range(args.warmup + args.items):
         for attempt in range(3):  # the items a skip would move on to, too
-            item, _ = draw(items, args.seed, i, attempt)
+            item, _ = draw(task, items, args.seed, i, attempt)
             seen.setdefault(item_key(item), item)
     for item in seen.values():
         for path in bench.files(item):
@@ -280,7 +286,7 @@ def run_task(bench: TaskBench, items: Any, args: argparse.Namespace, out_dir: Pa
     for i in range(args.warmup + args.items):
         keep = i >= args.warmup
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
-            item, rng = draw(items, args.seed, i, attempt)
+            item, rng = draw(task, items, args.seed, i, attempt)
             phases: dict[str, tuple[float, float]] = {}
             sample = None
             order = ("decode", "make") if i % 2 == 0 else ("make", "decode")
@@ -396,7 +402,7 @@ def profile_task(bench: TaskBench, task: Any, items: Any, args: argparse.Namespa
 
     make_prof, write_prof = cProfile.Profile(), cProfile.Profile()
     for i in range(args.warmup, args.warmup + args.items):
-        item, rng = draw(items, args.seed, i, 0)
+        item, rng = draw(task, items, args.seed, i, 0)
         try:
             sample = make_prof.runcall(task.make, item, rng)
         except SkipItem:  # a skipped draw: its cost is in the profile, nothing to write

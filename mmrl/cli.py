@@ -304,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         "generate",
         help="write a dataset of Samples from a pretext task (jsonl, Hugging Face or verl format)",
         description="Generate N Samples of a pretext task into a folder. Sample i is drawn from a source item "
-        "picked by numpy.random.default_rng([seed, i]), the same generator then making the Sample, so the same "
-        "seed gives byte-identical output. Source items a task cannot use (image too small, video too short, "
+        "picked by numpy.random.default_rng([seed, crc32(task), i]), the same generator then making the Sample, so "
+        "the same seed gives byte-identical output (and other tasks draw other items). Source items a task "
+        "cannot use (image too small, video too short, "
         "unreadable file) are skipped, counted by reason and reported at the end (also in generation.json); "
         "after 50 unusable items in a row the run stops with an error. Formats: `jsonl` (samples.jsonl + "
         "media/, read by `mmrl train` and `mmrl eval`), `hf` (datasets.load_from_disk; the columns TRL's "

@@ -1,11 +1,13 @@
 """`mmrl generate`: write a dataset of Samples from a pretext task, with exports and preview sheets.
 
 Determinism: sample i (0-based) comes from draw attempt a = 0, 1, ... with the generator
-`default_rng([seed, i])` for a = 0 and `default_rng([seed, i, a])` after a failed draw. That one
-generator first picks the source item (`items[rng.integers(len(items))]`, with replacement) and is
-then handed to `task.make(item, rng)`. The Sample's id is rewritten to `<task>-<i:06d>` (a source
-item may be drawn twice). So the same task parameters, source and seed give the same dataset, byte
-for byte, in every format, and sample i does not depend on how many samples are asked for.
+`default_rng([seed, key, i])` for a = 0 and `default_rng([seed, key, i, a])` after a failed draw
+(`draw_rng`), where key = `mmrl.task.task_key(task name)` (CRC-32 of the name), so two tasks given the
+same seed draw different source items and shuffles. That one generator first picks the source item
+(`items[rng.integers(len(items))]`, with replacement) and is then handed to `task.make(item, rng)`.
+The Sample's id is rewritten to `<task>-<i:06d>` (a source item may be drawn twice). So the same task,
+parameters, source and seed give the same dataset, byte for byte, in every format, and sample i does
+not depend on how many samples are asked for.
 
 Source items a task cannot use (`SkipItem`, counted under its reason) or cannot read (`MediaError`,
 counted as `unreadable_media`) are skipped and the next attempt draws another item; after
@@ -41,6 +43,7 @@ from mmrl.exporters import HF_FILES, VERL_FILE, write_hf, write_verl
 from mmrl.preview import preview_sheet
 from mmrl.sample import MEDIA_DIR, SAMPLES_FILE, Sample, write_dataset
 from mmrl.suites import suite_entries
+from mmrl.task import task_key
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,12 @@ def source_items(task: Any, source: str | Path, corpus_cfg: CorpusConfig | None 
     return items
 
 
+def draw_rng(task_name: str, seed: int, i: int, attempt: int = 0) -> np.random.Generator:
+    """The generator of draw attempt `attempt` of sample `i` of task `task_name` (see the module docstring)."""
+    key = task_key(task_name)
+    return np.random.default_rng([seed, key, i] if attempt == 0 else [seed, key, i, attempt])
+
+
 def iter_samples(
     task: Any, items: Sequence[Any], n: int, seed: int, skipped: Counter | None = None
 ) -> Iterator[tuple[Sample, int]]:
@@ -118,7 +127,7 @@ def iter_samples(
     for i in range(n):
         reasons: Counter = Counter()
         for attempt in range(MAX_CONSECUTIVE_FAILURES):
-            rng = np.random.default_rng([seed, i] if attempt == 0 else [seed, i, attempt])
+            rng = draw_rng(task.name, seed, i, attempt)
             item = items[int(rng.integers(len(items)))]
             try:
                 sample = task.make(item, rng)
@@ -294,6 +303,7 @@ __all__ = [
     "FORMATS",
     "GenerationReport",
     "MAX_CONSECUTIVE_FAILURES",
+    "draw_rng",
     "generate",
     "iter_samples",
     "parse_params",

@@ -7,7 +7,9 @@ disk and live generators). One step:
         ->  task.reward per completion  ->  group advantages  ->  [dynamic sampling] -> [replay]
 
 Determinism: every random choice is a pure function of (seed, step, round, slot) or of a
-source's own counter, so a resumed run draws exactly the Samples an uninterrupted run would.
+source's own counter, so a resumed run draws exactly the Samples an uninterrupted run would. A source's
+draws are keyed by (seed, source index, kind, task key, counter or epoch), the task key being
+`mmrl.task.task_key(name)`: two tasks with the same seed draw different items and shuffles.
 The producer's state (source counters, dataset epoch orders) goes into checkpoints.
 
 `make_producer` is what the trainer calls: `TaskProducer`, or the producer of the self-play game
@@ -37,7 +39,7 @@ from mmrl.grpo.replay import select_replay
 from mmrl.rollout import sampling_params
 from mmrl.rollout.encode import encode_prompt
 from mmrl.sample import Sample, read_dataset
-from mmrl.task import Task, answer_key, answer_spread, score_completion
+from mmrl.task import Task, answer_key, answer_spread, score_completion, task_key
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +68,19 @@ class SampleSource:
         return self._task
 
     def draw(self) -> Sample:
-        """The next Sample of this source (deterministic in (seed, index, counter))."""
+        """The next Sample of this source, deterministic in (seed, index, task name, counter): a dataset is read
+        in the order `default_rng([seed, index, 1, key, epoch]).permutation(n)`, a live task draws sample k with
+        `default_rng([seed, index, 2, key, k])`, key = `task_key(spec.task)`."""
         k = self.counter
         self.counter += 1
+        key = task_key(self.spec.task)
         if self.spec.path:
             dataset = self._load_dataset()
             epoch, pos = divmod(k, len(dataset))
-            order = np.random.default_rng([self.seed, self.index, 1, epoch]).permutation(len(dataset))
+            order = np.random.default_rng([self.seed, self.index, 1, key, epoch]).permutation(len(dataset))
             return dataset[int(order[pos])]
         items = self._source_items()
-        rng = np.random.default_rng([self.seed, self.index, 2, k])
+        rng = np.random.default_rng([self.seed, self.index, 2, key, k])
         item = items[int(rng.integers(len(items)))]
         sample = self.task.make(item, rng)
         sample.id = f"{self.spec.task}-{self.index}-{k}"

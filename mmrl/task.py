@@ -23,10 +23,14 @@ Optional hooks, with the defaults below:
 
 Reward part names with a meaning outside the task (`format`, `accuracy`, `exact`) are listed in
 `mmrl.contracts.REWARD_PARTS`.
+
+Random keys: the engine seeds every draw of a task's Samples with a key that holds `task_key(name)`, so two
+tasks given the same seed do not pick the same source item with the same generator state.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -100,6 +104,18 @@ def answer_spread(keys: Sequence[str]) -> tuple[float, float]:
     return len(counts) / len(keys), max(counts.values()) / len(keys)
 
 
+def task_key(name: str) -> int:
+    """A stable integer of a task name, mixed into the random keys of its draws (`mmrl generate`, live sources).
+
+    CRC-32 of the UTF-8 name: the same on every machine, Python version and process (Python's `hash` of a
+    string is salted per process, so it must never be used for this).
+
+    >>> task_key("video_jigsaw") == task_key("video_jigsaw") != task_key("temporal_jigsaw")
+    True
+    """
+    return zlib.crc32(name.encode("utf-8"))
+
+
 def score_completion(task: Task, completion: str, sample: Sample) -> tuple[Reward, str | None]:
     """`task.reward(completion, sample)`, the one place a task's reward is called by the engine.
 
@@ -115,4 +131,4 @@ def score_completion(task: Task, completion: str, sample: Sample) -> tuple[Rewar
         return Reward(0.0, {}), f"{type(e).__name__}: {e}"
 
 
-__all__ = ["Task", "answer_key", "answer_spread", "score_completion"]
+__all__ = ["Task", "answer_key", "answer_spread", "score_completion", "task_key"]

@@ -307,13 +307,15 @@ def test_only_bad_sources_stop_with_a_clear_error(tmp_path: Path) -> None:
         generate("test_folder_thumb", source=src, n=2, seed=0, out=tmp_path / "out", progress=False)
 
 
-def test_iter_samples_keys_draws_by_seed_and_index() -> None:
+def test_iter_samples_keys_draws_by_seed_task_and_index() -> None:
+    import zlib
+
     from mmrl.registry import get_task
 
     task = get_task("dominant_color")
     first = [s.meta["seed"] for s, _ in iter_samples(task, range(1000), 3, seed=5)]
     again = [s.meta["seed"] for s, _ in iter_samples(task, range(1000), 3, seed=5)]
-    rng = np.random.default_rng([5, 1])
+    rng = np.random.default_rng([5, zlib.crc32(b"dominant_color"), 1])  # the key data/README.md states
     item = int(rng.integers(1000))
     assert first == again and task.make(item, rng).meta["seed"] == first[1]
 
@@ -387,8 +389,8 @@ def test_real_tasks_skip_bad_sources_in_the_generation_loop(tmp_path: Path) -> N
     ramp = np.stack([np.full((48, 64, 3), 2 * i, np.uint8) for i in range(120)])
     write_video(videos / "long.mp4", ramp, fps=8)
     write_video(videos / "short.mp4", ramp[:10], fps=8)
-    report = generate("video_jigsaw", source=videos, n=4, seed=0, out=tmp_path / "vid", progress=False)
-    assert report.written == 4 and report.skipped.get("video_too_short", 0) > 0
+    report = generate("video_jigsaw", source=videos, n=8, seed=0, out=tmp_path / "vid", progress=False)
+    assert report.written == 8 and report.skipped.get("video_too_short", 0) > 0
 
     rgbd = tmp_path / "rgbd"
     rendering = scene_render.render(scenes.random_scene(np.random.default_rng(1)))
@@ -400,3 +402,30 @@ def test_real_tasks_skip_bad_sources_in_the_generation_loop(tmp_path: Path) -> N
     assert report.written == 4 and report.skipped.get("no_valid_depth", 0) > 0
     saved = json.loads((tmp_path / "depth" / "generation.json").read_text())
     assert saved["skipped"] == report.skipped
+
+
+def test_two_tasks_with_one_seed_draw_different_sources_or_shuffles(tmp_path: Path) -> None:
+    """Issue 12: sample i was drawn with `default_rng([seed, i])` whatever the task, so video_jigsaw and
+    temporal_jigsaw sample 0 at one seed came from the same video with the same shuffle (both draw the item,
+    then the shuffle's seed, first). The key now holds the task name; each task stays byte-identical per seed."""
+    from mmrl.corpus import camera_motion_frames
+    from mmrl.video import write_video
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    videos = tmp_path / "videos"
+    for v in range(5):
+        frames = list(camera_motion_frames(photo, "pan_right", 120, (128, 96), np.random.default_rng(v)))
+        write_video(videos / f"v{v}.mp4", frames, 8.0)
+    runs = {}
+    for task in ("video_jigsaw", "temporal_jigsaw"):
+        for run in range(2):
+            out = tmp_path / f"{task}-{run}"
+            generate(task, source=videos, n=3, seed=0, out=out, progress=False)
+            runs[task, run] = out
+        assert tree_hashes(runs[task, 0]) == tree_hashes(runs[task, 1])
+
+    def drawn(task: str) -> list[tuple[str, tuple[int, ...]]]:
+        return [(s.meta["source"], tuple(s.answer)) for s in read_dataset(runs[task, 0])]
+
+    jigsaw, temporal = drawn("video_jigsaw"), drawn("temporal_jigsaw")
+    assert jigsaw[0] != temporal[0] and jigsaw != temporal  # before: equal sample for sample

@@ -17,6 +17,7 @@ from mmrl.registry import get_task, register
 from mmrl.rollout import make_engine
 from mmrl.sample import Sample, write_dataset
 from mmrl.task import Task
+from mmrl.video import write_video
 
 
 @register("test_parity")
@@ -140,10 +141,10 @@ def test_replay_trains_on_nonzero_advantages_only(policy):
 
 @register("test_sometimes_unusable")
 class SometimesUnusableTask(ParityTask):
-    """Test task: every third source item is unusable (SkipItem), like a too-short video."""
+    """Test task: every second source item is unusable (SkipItem), like a too-short video."""
 
     def make(self, index, rng):
-        if index % 3 == 0:
+        if index % 2 == 0:
             raise SkipItem("item_unusable", f"item {index}")
         return super().make(index, rng)
 
@@ -181,3 +182,40 @@ def test_answer_spread_is_logged_per_task_and_heldout_eval_is_greedy_and_sampled
     assert 0.0 <= ev["eval/random_reward"] <= ev["eval/constant_reward"] + 0.5 and ev["eval/constant_spread"] == 0.25
     assert "eval/reward_sampled" not in TaskProducer(config("data.eval_samples=4", "data.eval_k=0"),
                                                       policy[1]).evaluate(engine)  # fmt: skip
+
+
+def test_two_tasks_with_one_seed_draw_different_items_shuffles_and_dataset_orders(tmp_path):
+    """Issue 12: the live key was `default_rng([seed, index, 2, k])` and the dataset order
+    `default_rng([seed, index, 1, epoch])`, the same for every task: source 0 of a video_jigsaw run and of a
+    temporal_jigsaw run drew the same video with the same shuffle, and two datasets of one size were read in
+    the same order. The task name is now in both keys; each source still repeats itself exactly."""
+    from mmrl.corpus import camera_motion_frames
+    from mmrl.producers import SampleSource
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8))
+    videos = tmp_path / "videos"
+    for v in range(5):
+        frames = list(camera_motion_frames(photo, "pan_right", 120, (128, 96), np.random.default_rng(v)))
+        write_video(videos / f"v{v}.mp4", frames, 8.0)
+    corpus = load_config(RunConfig).corpus
+
+    def first_draws(task: str) -> list[tuple[str, tuple[int, ...]]]:
+        source = SampleSource(DataSource(task=task, source=str(videos)), 0, 0, corpus)
+        return [(s.meta["source"], tuple(s.answer)) for s in (source.draw() for _ in range(3))]
+
+    jigsaw, temporal = first_draws("video_jigsaw"), first_draws("temporal_jigsaw")
+    assert jigsaw != temporal  # before: identical (same video, same labels) at every k
+    assert first_draws("video_jigsaw") == jigsaw and first_draws("temporal_jigsaw") == temporal
+
+    for name, task in (("a", get_task("dominant_color")), ("b", ParityTask(ParityTask.Params()))):
+        samples = [task.make(i, np.random.default_rng(i)) for i in range(8)]
+        for i, s in enumerate(samples):
+            s.id = f"s{i}"
+        write_dataset(samples, tmp_path / name)
+
+    def order(task: str, path: str) -> list[str]:
+        source = SampleSource(DataSource(task=task, path=str(tmp_path / path)), 0, 0, corpus)
+        return [source.draw().id for _ in range(8)]
+
+    assert order("dominant_color", "a") != order("test_parity", "b")  # before: the same permutation
+    assert order("dominant_color", "a") == order("dominant_color", "a")
