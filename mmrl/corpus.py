@@ -2,7 +2,10 @@
 
 Sources are folders a user points at: images, videos, meshes / point clouds, RGB-D pairs. Each
 yields small frozen items (an id and paths) that load on demand, in sorted order so every run
-sees the same sequence.
+sees the same sequence. A file's id is its path relative to the folder, extension included
+(`clips/b.mp4`), so files that differ only by extension (`b.mp4` / `b.avi`, `x.off` / `x.ply`) are
+distinct items with distinct ids; an RGB-D pair's id names the pair (`<scene>/<stem>`, its folder, or
+its `<stem>` prefix), since its two files always have different names.
 
 The default corpus needs no download: the real photos scikit-image ships, videos synthesized from
 them (camera pans and zooms, so time has a direction) and from animated procedural 3D scenes, and
@@ -107,9 +110,10 @@ def _files(root: str | Path, suffixes: frozenset[str], what: str, *, allow_empty
 
 
 def _item_id(path: Path, root: Path) -> str:
+    """`path` relative to `root`, extension kept (`sub/b.mp4`): stable, readable, and unique within the folder."""
     if path == root:  # a single item stored at the folder's top level
         return root.name
-    return path.relative_to(root).with_suffix("").as_posix()
+    return path.relative_to(root).as_posix()
 
 
 def image_folder(root: str | Path) -> list[ImageItem]:

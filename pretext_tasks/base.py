@@ -58,9 +58,12 @@ def options_text(options: Sequence[str]) -> str:
 
 
 def item_path(item: Any) -> tuple[str, Path]:
-    """(source id, path) of a source item: a corpus item's `id` and `path`, or a plain path and its stem."""
+    """(source id, path) of a source item: a corpus item's `id` and `path`, or a plain path and its file name.
+
+    The file name keeps its extension, as corpus ids do (`mmrl.corpus`): `b.mp4` and `b.avi` are two sources.
+    """
     if isinstance(item, (str, Path)):
-        return Path(item).stem, Path(item)
+        return Path(item).name, Path(item)
     return item.id, Path(item.path)
 
 

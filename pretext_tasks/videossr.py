@@ -75,7 +75,7 @@ class SampledVideo:
     """The F frames a VideoSSR task shows, with the clock the model sees."""
 
     source: str
-    """Id of the source video (corpus id or file stem)."""
+    """Id of the source video (corpus id, or the file name with its extension)."""
     path: str
     frames: np.ndarray
     """(F, H, W, 3) uint8, after the pixel budget."""
@@ -119,7 +119,7 @@ def sample_video(path: str | Path, params: VideoSSRParams, source_id: str | None
     decoded = read_frames(path, indices).frames
     frames = resize_frames(decoded, params.frame_max_pixels)
     return SampledVideo(
-        source=source_id or Path(path).stem,
+        source=source_id or Path(path).name,
         path=str(path),
         frames=np.ascontiguousarray(frames),
         indices=indices,

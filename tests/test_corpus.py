@@ -17,6 +17,7 @@ from mmrl.config import CorpusConfig
 from mmrl.corpus import (
     Corpus,
     build_default_corpus,
+    camera_motion_frames,
     default_corpus,
     geometry_folder,
     image_folder,
@@ -167,7 +168,7 @@ def test_image_and_video_folders(tmp_path):
     Image.new("RGB", (8, 8), "blue").save(tmp_path / "imgs" / "sub" / "a.JPG")
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
     items = image_folder(tmp_path / "imgs")
-    assert [i.id for i in items] == ["b", "sub/a"]
+    assert [i.id for i in items] == ["b.png", "sub/a.JPG"]
     assert items[0].load().getpixel((0, 0)) == (255, 0, 0)
     with pytest.raises(MMRLError, match="does not exist"):
         image_folder(tmp_path / "missing")
@@ -213,9 +214,9 @@ def test_geometry_folder_tells_meshes_from_point_clouds(tmp_path):
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.random.default_rng(0).random((50, 3))))
     o3d.io.write_point_cloud(str(tmp_path / "cloud.ply"), cloud)
     kinds = {g.id: g.kind for g in geometry_folder(tmp_path)}
-    assert kinds == {"box": "mesh", "cloud": "point_cloud"}
+    assert kinds == {"box.ply": "mesh", "cloud.ply": "point_cloud"}
     loaded = {g.id: g.load() for g in geometry_folder(tmp_path)}
-    assert len(loaded["box"].triangles) == 12 and len(loaded["cloud"].points) == 50
+    assert len(loaded["box.ply"].triangles) == 12 and len(loaded["cloud.ply"].points) == 50
 
 
 def test_rgbd_whole_scannet_tree_and_top_level_pair(tmp_path):
@@ -238,3 +239,33 @@ def test_corpus_without_videos_opens(tmp_path):
     cfg = CorpusConfig(root=str(tmp_path), max_photos=1, videos_per_photo=0, scene_videos=0, rgbd_scenes=1)
     corpus = build_default_corpus(cfg, progress=False)
     assert (len(corpus.photos), len(corpus.videos), len(corpus.rgbd)) == (1, 0, 1)
+
+
+def test_files_that_differ_only_by_extension_get_distinct_ids(tmp_path):
+    """Issue 12: an id was the path without its extension, so `b.mp4` and `b.avi` (a re-encode of the same
+    footage) were both `b`, and so were the meshes `x.off` and `x.ply`: two sources under one name in every
+    Sample's `meta["source"]` and id. Ids now keep the extension (the path relative to the folder)."""
+    import skimage
+
+    from mmrl.registry import get_task
+    from pretext_tasks.base import item_path
+
+    photo = media.load_image(Path(skimage.__file__).parent / "data" / "chelsea.png")
+    frames = list(camera_motion_frames(photo, "pan_right", 120, (128, 96), np.random.default_rng(0)))
+    clips = tmp_path / "clips"
+    media.write_video(clips / "b.mp4", frames, 8.0)  # H.264
+    media.write_video(clips / "b.avi", frames, 8.0, codec="mpeg4")  # the same footage, another codec
+    items = video_folder(clips)
+    assert [i.id for i in items] == ["b.avi", "b.mp4"]
+    task = get_task("video_jigsaw", clips=3)
+    sources = {task.make(item, np.random.default_rng(0)).meta["source"] for item in items}
+    assert sources == {"b.avi", "b.mp4"}
+    assert [item_path(i.path)[0] for i in items] == ["b.avi", "b.mp4"]  # a bare path: its file name
+    assert item_path(str(clips / "b.mp4")) == ("b.mp4", clips / "b.mp4")
+
+    meshes = tmp_path / "meshes"
+    meshes.mkdir()
+    box = o3d.geometry.TriangleMesh.create_box()
+    o3d.io.write_triangle_mesh(str(meshes / "x.off"), box)
+    o3d.io.write_triangle_mesh(str(meshes / "x.ply"), box)
+    assert [(g.id, g.kind) for g in geometry_folder(meshes)] == [("x.off", "mesh"), ("x.ply", "mesh")]

@@ -214,7 +214,7 @@ def test_mesh_and_point_cloud_sources_render_and_agree_with_their_depth(tmp_path
     o3d.io.write_point_cloud(str(tmp_path / "cloud.ply"), mesh.sample_points_uniformly(150_000))
     task = get_task("depth_jigsaw", geometry_size=[480, 360])  # auto: no RGB-D pairs, so geometry
     items = task.sources(tmp_path)
-    assert [(i.id, i.kind) for i in items] == [("boxes", "mesh"), ("cloud", "point_cloud")]
+    assert [(i.id, i.kind) for i in items] == [("boxes.ply", "mesh"), ("cloud.ply", "point_cloud")]
     for item in items:
         geometry = item.load()
         rendering = render_geometry(geometry, default_camera_for(geometry, 480, 360), point_radius=1)

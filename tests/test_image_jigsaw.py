@@ -209,7 +209,7 @@ def test_prompt_text_does_not_depend_on_the_answer() -> None:
 def test_meta() -> None:
     sample = get_task("image_jigsaw", max_side=0).make(CHELSEA, np.random.default_rng(0))
     m = sample.meta
-    assert m["source"] == "chelsea" and m["grid"] == [3, 3] and m["image_size"] == [451, 300]
+    assert m["source"] == "chelsea.png" and m["grid"] == [3, 3] and m["image_size"] == [451, 300]
     assert sorted(m["order"]) == list(range(9)) and m["answer_mode"] == "answer_tag" and m["think"] is True
     assert m["params"]["rows"] == 3 and isinstance(m["seed"], int) and sample.task == "image_jigsaw"
     assert m["tile_boxes"][0] == [0, 0, 151, 100] and m["tile_boxes"][-1] == [301, 200, 451, 300]
@@ -254,14 +254,14 @@ def test_sources(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     noise_image(tmp_path / "sub" / "b.jpg", 90, 90)
     items = task.sources(tmp_path)
-    assert [i.id for i in items] == ["a", "sub/b"]
+    assert [i.id for i in items] == ["a.png", "sub/b.jpg"]
     assert task.sources(str(tmp_path)) == items
     corpus = Corpus(root=tmp_path, photos=items[:1], videos=[], rgbd=[], manifest={})
     assert task.sources(corpus) == items[:1]
     with pytest.raises(ConfigError, match="needs source images"):
         task.sources(None)
     sample = task.make(items[1], np.random.default_rng(0))
-    assert sample.meta["source"] == "sub/b" and sample.id.startswith("image_jigsaw-sub/b-")
+    assert sample.meta["source"] == "sub/b.jpg" and sample.id.startswith("image_jigsaw-sub/b.jpg-")
 
 
 def test_too_small_images_are_skipped(tmp_path: Path) -> None:

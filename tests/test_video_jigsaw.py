@@ -222,10 +222,10 @@ def test_prompt_states_clips_labels_and_format(videos: dict[str, Path]) -> None:
 def test_meta(videos: dict[str, Path]) -> None:
     sample = get_task("video_jigsaw").make(videos["pan130"], np.random.default_rng(0))
     m = sample.meta
-    assert (m["source"], m["clips"], m["num_frames"], m["source_fps"]) == ("pan130", 6, 130, FPS)
+    assert (m["source"], m["clips"], m["num_frames"], m["source_fps"]) == ("pan130.mp4", 6, 130, FPS)
     assert (m["skip"], m["clip_length"], m["trim"]) == (10, 20, 2) and m["clip_ranges"][0] == [12, 28]
     assert m["frame_indices"][0] == [12, 17, 22, 27] and sorted(m["order"]) == list(range(6))
-    assert sample.id.startswith("video_jigsaw-pan130-") and sample.task == "video_jigsaw"
+    assert sample.id.startswith("video_jigsaw-pan130.mp4-") and sample.task == "video_jigsaw"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,12 +264,12 @@ def test_sources(tmp_path: Path, videos: dict[str, Path]) -> None:
     folder.mkdir()
     (folder / "a.mp4").write_bytes(videos["pan48"].read_bytes())
     items = task.sources(folder)
-    assert [i.id for i in items] == ["a"] and task.sources(str(folder)) == items
+    assert [i.id for i in items] == ["a.mp4"] and task.sources(str(folder)) == items
     assert task.sources(Corpus(root=tmp_path, photos=[], videos=items, rgbd=[], manifest={})) == items
     with pytest.raises(ConfigError, match="needs source videos"):
         task.sources(None)
     sample = get_task("video_jigsaw", clips=4).make(items[0], np.random.default_rng(0))
-    assert sample.meta["source"] == "a"
+    assert sample.meta["source"] == "a.mp4"
 
 
 def write_samples(task: VideoJigsaw, path: Path, out: Path, seed: int) -> str:

@@ -52,7 +52,7 @@ def videos(tmp_path_factory) -> Path:
 
 def decoded_source(folder: Path, sample: Sample) -> np.ndarray:
     """The shown frames decoded independently from the source video (the test videos need no resize)."""
-    return read_frames(folder / f"{sample.meta['source']}.mp4", sample.meta["frame_indices"]).frames
+    return read_frames(folder / sample.meta["source"], sample.meta["frame_indices"]).frames
 
 
 def written_videos(sample: Sample) -> list[np.ndarray]:
@@ -177,7 +177,7 @@ def test_swap_uses_another_video_and_needs_one(tmp_path: Path, videos: Path) -> 
         task.make(task.sources(alone)[0], np.random.default_rng(0))
     assert info.value.reason == "no_swap_partner"
     fresh = get_task("anomaly_grounding", perturbations=["swap"])  # no sources() call: the video's folder
-    assert fresh.make(videos / "cat.mp4", np.random.default_rng(0)).meta["swap_source"] == "coffee"
+    assert fresh.make(videos / "cat.mp4", np.random.default_rng(0)).meta["swap_source"] == "coffee.mp4"
 
 
 def test_invisible_perturbations_are_skipped(tmp_path: Path) -> None:
@@ -339,7 +339,7 @@ def test_bad_videos_are_skipped_and_counted(tmp_path: Path, videos: Path, task_n
     assert report.written == 6
     assert report.skipped.get("video_too_short", 0) > 0 and report.skipped.get("unreadable_media", 0) > 0
     assert report.attempts == 6 + sum(report.skipped.values())
-    assert {s.meta["source"] for s in read_dataset(tmp_path / "out")} == {"good"}
+    assert {s.meta["source"] for s in read_dataset(tmp_path / "out")} == {"good.mp4"}
     assert json.loads((tmp_path / "out" / "generation.json").read_text())["skipped"] == report.skipped
 
 
