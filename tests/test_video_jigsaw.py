@@ -45,8 +45,8 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("videos")
     return {
         "pan130": pan_video(root / "pan130.mp4", 130),  # K=6: skip 10, L 20, trim 2, clips of 16 frames
-        "pan48": pan_video(root / "pan48.mp4", 48),  # the default corpus's length
-        "pan40": pan_video(root / "pan40.mp4", 40, (64, 48)),  # K=2: clips of 16 frames, small frames
+        "pan48": pan_video(root / "pan48.mp4", 48),  # 6 s: under min_duration, tests of it pass min_duration=0
+        "pan40": pan_video(root / "pan40.mp4", 40, (64, 48)),  # 5 s, K=2: clips of 16 frames, small frames
     }
 
 
@@ -89,6 +89,7 @@ def test_registered_with_defaults() -> None:
     assert isinstance(task, VideoJigsaw) and task_class("video_jigsaw") is VideoJigsaw
     p = task.params
     assert (p.clips, p.trim_ratio, p.fps, p.max_frames_per_clip, p.min_frames_per_clip) == (6, 0.1, 2.0, 12, 2)
+    assert p.min_duration == 12.0
     assert (p.frame_max_pixels, p.answer_mode, p.think, p.partial_min_k) == (128 * 28 * 28, "answer_tag", True, 5)
 
 
@@ -194,7 +195,7 @@ def test_frames_are_downscaled_to_the_budget(videos: dict[str, Path]) -> None:
 
 
 def test_prompt_states_clips_labels_and_format(videos: dict[str, Path]) -> None:
-    task = get_task("video_jigsaw", clips=4, think=False)
+    task = get_task("video_jigsaw", clips=4, think=False, min_duration=0)
     sample = task.make(videos["pan48"], np.random.default_rng(0))
     content = sample.messages[0]["content"]
     assert [i["type"] for i in content] == ["text"] + ["text", "video"] * 4 + ["text"]
@@ -212,7 +213,9 @@ def test_prompt_states_clips_labels_and_format(videos: dict[str, Path]) -> None:
     )
     others = [task.make(videos["pan48"], np.random.default_rng(s)) for s in range(1, 8)]
     assert len({tuple(s.answer) for s in others}) > 1 and {tuple(texts_of(s)) for s in others} == {tuple(texts)}
-    boxed = get_task("video_jigsaw", clips=4, answer_mode="boxed").make(videos["pan48"], np.random.default_rng(0))
+    boxed = get_task("video_jigsaw", clips=4, answer_mode="boxed", min_duration=0).make(
+        videos["pan48"], np.random.default_rng(0)
+    )
     assert texts_of(boxed)[-1].endswith(
         "Think inside <think></think>, then answer with \\boxed{labels}. "
         "Example of the format for 4 clips: \\boxed{2, 4, 1, 3}"
@@ -237,13 +240,38 @@ def test_too_short_videos_are_skipped(tmp_path: Path, videos: dict[str, Path]) -
     with pytest.raises(SkipItem, match="short.mp4") as info:
         get_task("video_jigsaw").make(short, np.random.default_rng(0))  # 20 mod 60 = 20: nothing left
     assert info.value.reason == "video_too_short"
-    # the default corpus's 48-frame videos: too short for 6 clips, 4 clips of 8 frames work
-    with pytest.raises(SkipItem):
-        get_task("video_jigsaw").make(videos["pan48"], np.random.default_rng(0))
-    sample = get_task("video_jigsaw", clips=4).make(videos["pan48"], np.random.default_rng(0))
+    # a 48-frame video (without the duration check): too short for 6 clips, 4 clips of 8 frames work
+    with pytest.raises(SkipItem, match="need at least 2 per clip"):
+        get_task("video_jigsaw", min_duration=0).make(videos["pan48"], np.random.default_rng(0))
+    sample = get_task("video_jigsaw", clips=4, min_duration=0).make(videos["pan48"], np.random.default_rng(0))
     assert [len(c["video"]) for c in clips_of(sample)] == [2] * 4
     with pytest.raises(SkipItem, match="need at least 9"):
-        get_task("video_jigsaw", clips=4, min_frames_per_clip=9).make(videos["pan48"], np.random.default_rng(0))
+        get_task("video_jigsaw", clips=4, min_frames_per_clip=9, min_duration=0).make(
+            videos["pan48"], np.random.default_rng(0)
+        )
+
+
+def test_videos_shorter_than_min_duration_are_skipped(tmp_path: Path, videos: dict[str, Path]) -> None:
+    """Issue 12: a 5 s video was cut into 6 clips of 2 frames each (0.67 s per clip). `min_duration` (12 s by
+    default) skips it; the default corpus's 15 s videos (120 frames at 8 fps) are kept."""
+    image = media.load_image(CHELSEA)
+    frames = list(camera_motion_frames(image, "pan_right", 150, (128, 96), np.random.default_rng(0)))
+    five = media.write_video(tmp_path / "five_seconds.mp4", frames, 30.0)  # 150 frames at 30 fps
+    task = get_task("video_jigsaw")
+    with pytest.raises(SkipItem, match=r"five_seconds.mp4: 5.00 s .* shorter than min_duration 12 s") as info:
+        task.make(five, np.random.default_rng(0))
+    assert info.value.reason == "video_too_short"
+    before = get_task("video_jigsaw", min_duration=0).make(five, np.random.default_rng(0))  # what it used to make
+    assert [len(c["video"]) for c in clips_of(before)] == [2] * 6
+    with pytest.raises(SkipItem, match="shorter than min_duration"):
+        task.make(videos["pan48"], np.random.default_rng(0))  # 6 s
+    corpus_like = pan_video(tmp_path / "fifteen_seconds.mp4", 120)  # the default corpus: 15 s at 8 fps
+    sample = task.make(corpus_like, np.random.default_rng(0))
+    assert [len(c["video"]) for c in clips_of(sample)] == [4] * 6 and sample.meta["duration"] == 15.0
+    with pytest.raises(SkipItem, match="shorter than min_duration 24 s"):
+        get_task("video_jigsaw", min_duration=24).make(corpus_like, np.random.default_rng(0))  # the paper's filter
+    with pytest.raises(ConfigError, match="min_duration"):
+        get_task("video_jigsaw", min_duration=-1)
 
 
 def test_unreadable_videos_raise_media_error_naming_them(tmp_path: Path) -> None:
@@ -268,7 +296,7 @@ def test_sources(tmp_path: Path, videos: dict[str, Path]) -> None:
     assert task.sources(Corpus(root=tmp_path, photos=[], videos=items, rgbd=[], manifest={})) == items
     with pytest.raises(ConfigError, match="needs source videos"):
         task.sources(None)
-    sample = get_task("video_jigsaw", clips=4).make(items[0], np.random.default_rng(0))
+    sample = get_task("video_jigsaw", clips=4, min_duration=0).make(items[0], np.random.default_rng(0))
     assert sample.meta["source"] == "a.mp4"
 
 
@@ -289,7 +317,7 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path: Path, videos: dic
 
 
 def test_dataset_round_trip_and_reward(tmp_path: Path, videos: dict[str, Path]) -> None:
-    task = get_task("video_jigsaw", clips=4, think=False)
+    task = get_task("video_jigsaw", clips=4, think=False, min_duration=0)
     sample = task.make(videos["pan48"], np.random.default_rng(0))
     (back,) = read_dataset(write_dataset([sample], tmp_path / "ds"))
     assert back.answer == sample.answer and back.meta == sample.meta
@@ -318,7 +346,7 @@ def test_params_dataclass_documents_every_field() -> None:
 def test_samples_encode_and_generate_with_the_tiny_model(videos: dict[str, Path]) -> None:
     cfg = ModelConfig()
     model, processor = load_policy(cfg, device="cpu")
-    task = get_task("video_jigsaw", clips=2, max_frames_per_clip=2, think=False)
+    task = get_task("video_jigsaw", clips=2, max_frames_per_clip=2, think=False, min_duration=0)
     sample = task.make(videos["pan40"], np.random.default_rng(0))
     assert [len(c["video"]) for c in clips_of(sample)] == [2, 2]
     prompt = encode_prompt(processor, sample.messages, cfg, max_prompt_tokens=4096)
