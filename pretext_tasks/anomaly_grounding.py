@@ -40,7 +40,7 @@ from mmrl.errors import ConfigError, MediaError, SkipItem
 from mmrl.sample import Sample
 from mmrl.task import Task
 from pretext_tasks import videossr
-from pretext_tasks.base import item_path, video_sources
+from pretext_tasks.base import degenerate, item_path, video_sources
 from pretext_tasks.perturbations import PERTURBATIONS, changed_mask, perturb
 from rewards.extract import wrap_answer
 from rewards.temporal import grounding_reward, parse_interval
@@ -61,7 +61,9 @@ class AnomalyGroundingParams(videossr.VideoSSRParams):
     """Perturbation types to draw from, uniformly, one per sample (all 15 by default; the released
     training mix used channel_swap, mirror, zoom_out and rotate180, one dataset each)."""
     segment_frames: tuple[int, int] = (8, 16)
-    """Range (inclusive) of the perturbed segment's length in frames (VideoSSR: 8–16 of 48)."""
+    """Range (inclusive) of the perturbed segment's length in frames (VideoSSR: 8–16 of 48). The minimum is at
+    most frames / 2: longer segments all overlap the middle, and replying "the whole video" scores IoU > 0.5
+    on every sample (a degenerate setting)."""
     per_frame_params: bool = False
     """Draw Noise / ZoomIn / ZoomOut parameters per frame (the released code) instead of per segment."""
     strength: float = 1.0
@@ -78,6 +80,15 @@ class AnomalyGroundingParams(videossr.VideoSSRParams):
         lo, hi = self.segment_frames
         if not 2 <= lo <= hi <= self.frames:
             raise ConfigError(f"{NAME}: segment_frames must satisfy 2 <= min <= max <= frames, got {lo}, {hi}")
+        if 2 * lo > self.frames:  # then "the whole video" has IoU lo / F > 1/2 with every segment
+            whole = " (the answer would always be the whole video)" if lo == self.frames else ""
+            raise degenerate(
+                NAME,
+                f"segment_frames = ({lo}, {hi}) of frames = {self.frames}",
+                "every segment covers more than half of the video, so the constant reply 'the whole video' has "
+                f"IoU above 0.5 on every sample{whole}",
+                f"use a minimum of at most {self.frames // 2} frames",
+            )
         if not self.strength > 0:
             raise ConfigError(f"{NAME}: strength must be positive, got {self.strength}")
 

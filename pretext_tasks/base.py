@@ -3,6 +3,11 @@
 The prompt helpers live here once, so every task words the answer format the same way and the wording
 always matches what `rewards.extract` parses; `OrderingTask` is the one implementation of the reward and
 hooks of the four tasks whose answer is an order (image, video, depth and temporal jigsaw).
+
+Degenerate settings. Every built-in task refuses, in its `Params` checks, a setting whose answer is
+constant or nearly so (docs/writing_a_task.md#rules-that-keep-a-task-usable): fewer than
+`MIN_ANSWERS` possible answers, one answer with probability above 1/2, or one fixed reply that scores
+above 1/2 on every sample. `degenerate` words the error.
 """
 
 from __future__ import annotations
@@ -47,6 +52,29 @@ def answer_instruction(mode: AnswerMode = "answer_tag", placeholder: str = "answ
     if think:
         return f"Think inside <think></think>, then answer with {slot}."
     return f"Answer with only {slot}."
+
+
+MIN_ANSWERS = 3
+"""Fewest possible answers a task setting may have; fewer is a degenerate setting (the answer is constant or
+a coin flip, so a model can reach the reward without looking at the input)."""
+
+
+def degenerate(task: str, setting: str, why: str, fix: str) -> ConfigError:
+    """The error a task's Params checks raise for a degenerate setting: names the parameter(s), says why, and
+    says what to change, e.g. `image_jigsaw: rows x cols = 1x2 is a degenerate setting: ...`."""
+    return ConfigError(f"{task}: {setting} is a degenerate setting: {why}; {fix} (docs/writing_a_task.md)")
+
+
+def check_order_size(task: str, setting: str, k: int) -> None:
+    """Refuse an ordering of K < `MIN_ANSWERS` elements. With K = 2 the shuffle (never the identity) is always
+    the swap, so the answer would always be `2, 1`; K = 3 has 5 equally likely answers."""
+    if k < 2:
+        raise ConfigError(f"{task}: {setting} gives {k} element(s) to order; use at least {MIN_ANSWERS}")
+    if k < MIN_ANSWERS:
+        raise degenerate(
+            task, setting, "the shuffle is never the identity, so the answer would always be 2, 1",
+            f"use at least {MIN_ANSWERS} elements",
+        )  # fmt: skip
 
 
 def options_text(options: Sequence[str]) -> str:
@@ -150,9 +178,12 @@ class OrderingTask(Task):
 
 
 __all__ = [
+    "MIN_ANSWERS",
     "OrderingTask",
     "Shuffle",
     "answer_instruction",
+    "check_order_size",
+    "degenerate",
     "item_path",
     "options_text",
     "shuffle_and_label",

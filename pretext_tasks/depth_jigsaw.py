@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, MMRLError
 from mmrl.sample import Sample
-from pretext_tasks.base import OrderingTask, answer_instruction, shuffle_and_label
+from pretext_tasks.base import OrderingTask, answer_instruction, check_order_size, shuffle_and_label
 from pretext_tasks.depth_points import draw_points, register_depth, rgbd_candidates, sample_points
 from rewards.extract import labels_text
 from rewards.ordering import OrderingParams
@@ -48,7 +48,7 @@ class DepthJigsawParams(OrderingParams):
     reward knobs (`gamma`, `partial_min_k`, ...) come from `rewards.ordering.OrderingParams`."""
 
     points: int = 6
-    """K, the number of marked points (paper: 6). At least 2."""
+    """K, the number of marked points (paper: 6). At least 3 (2 points always answer `2, 1`)."""
     min_depth: float = 0.1
     """Nearest usable depth in metres; pixels closer are never chosen (paper: 0.1)."""
     max_depth: float = 10.0
@@ -110,7 +110,7 @@ class DepthJigsawParams(OrderingParams):
             if not ok:
                 raise ConfigError(f"{NAME}: {what}")
 
-        need(self.points >= 2, f"points must be >= 2, got {self.points}")
+        check_order_size(NAME, f"points = {self.points}", self.points)
         need(
             0 < self.min_depth < self.max_depth,
             f"need 0 < min_depth < max_depth, got {self.min_depth} and {self.max_depth}",

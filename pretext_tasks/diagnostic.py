@@ -29,7 +29,7 @@ from mmrl.contracts import Reward
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
 from mmrl.task import Task
-from pretext_tasks.base import answer_instruction, options_text
+from pretext_tasks.base import MIN_ANSWERS, answer_instruction, degenerate, options_text
 from rewards.extract import AnswerMode, check_mode, wrap_answer
 from rewards.match import exact_match
 
@@ -65,7 +65,8 @@ _MAX_IMAGE_ATTEMPTS = 50
 class DominantColorParams:
     palette: tuple[str, ...] = ("red", "green", "blue", "yellow")
     """Colour names the image is painted with and the answer is drawn from (uniformly); names from
-    `COLOURS`: red, green, blue, yellow, orange, purple, pink, cyan, brown, black, white, gray."""
+    `COLOURS`: red, green, blue, yellow, orange, purple, pink, cyan, brown, black, white, gray. At least 3
+    distinct colours: with 1 the answer is constant, with 2 a coin flip (a degenerate setting)."""
     image_size: int = 112
     """Canvas width and height in pixels (112 = 4×28: 16 visual tokens after Qwen's 2×2 merge)."""
     dominant_fraction: tuple[float, float] = (0.55, 0.8)
@@ -97,8 +98,14 @@ class DominantColorParams:
         unknown = [c for c in self.palette if c not in COLOURS]
         if unknown:
             raise ConfigError(f"dominant_color: unknown palette colour(s) {unknown}; valid: {', '.join(COLOURS)}")
-        if len(self.palette) < 2 or len(set(self.palette)) != len(self.palette):
-            raise ConfigError(f"dominant_color: palette needs at least 2 distinct colours, got {list(self.palette)}")
+        if len(set(self.palette)) != len(self.palette):
+            raise ConfigError(f"dominant_color: palette colours must be distinct, got {list(self.palette)}")
+        if len(self.palette) < MIN_ANSWERS:
+            why = {
+                0: "there is no colour to answer",
+                1: f"the answer would always be {self.palette[0] if self.palette else ''}",
+            }.get(len(self.palette), "only 2 answers are possible, so a constant reply is right half the time")
+            raise degenerate(NAME, f"palette = {list(self.palette)}", why, f"name at least {MIN_ANSWERS} colours")
         if not 8 <= self.image_size <= 2048:
             raise ConfigError(f"dominant_color: image_size must be in [8, 2048], got {self.image_size}")
         if not 0.0 <= self.speckle < 0.5:

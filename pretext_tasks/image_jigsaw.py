@@ -31,7 +31,14 @@ from mmrl import media
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
-from pretext_tasks.base import OrderingTask, Shuffle, answer_instruction, item_path, shuffle_and_label
+from pretext_tasks.base import (
+    OrderingTask,
+    Shuffle,
+    answer_instruction,
+    check_order_size,
+    item_path,
+    shuffle_and_label,
+)
 from rewards.ordering import OrderingParams
 
 if TYPE_CHECKING:
@@ -56,7 +63,7 @@ class ImageJigsawParams(OrderingParams):
     rows: int = 3
     """m, rows of the grid (the paper: 3; its ablation: 2)."""
     cols: int = 3
-    """n, columns of the grid. Any m, n ≥ 1 with K = m·n ≥ 2."""
+    """n, columns of the grid. Any m, n ≥ 1 with K = m·n ≥ 3 (a 1×2 grid always has the answer `2, 1`)."""
     min_tile_side: int = 28
     """Smallest tile side in pixels: images with width // cols or height // rows below it are
     skipped (`image_too_small`). 28 reproduces the paper's filter (short side ≥ 84 for 3×3)."""
@@ -69,8 +76,9 @@ class ImageJigsawParams(OrderingParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rows < 1 or self.cols < 1 or self.rows * self.cols < 2:
-            raise ConfigError(f"image_jigsaw: need rows, cols >= 1 and rows*cols >= 2, got {self.rows}x{self.cols}")
+        if self.rows < 1 or self.cols < 1:
+            raise ConfigError(f"image_jigsaw: need rows, cols >= 1, got {self.rows}x{self.cols}")
+        check_order_size(NAME, f"rows x cols = {self.rows}x{self.cols}", self.rows * self.cols)
         if self.min_tile_side < 1:
             raise ConfigError(f"image_jigsaw: min_tile_side must be >= 1, got {self.min_tile_side}")
         if self.max_side < 0:

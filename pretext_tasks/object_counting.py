@@ -40,7 +40,7 @@ from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
 from mmrl.task import Task
 from pretext_tasks import videossr
-from pretext_tasks.base import item_path, video_sources
+from pretext_tasks.base import MIN_ANSWERS, degenerate, item_path, video_sources
 from rewards.extract import wrap_answer
 from rewards.temporal import counting_reward, parse_counts
 
@@ -105,6 +105,59 @@ class ObjectCountingParams(videossr.VideoSSRParams):
                 f"{NAME}: {len(self.shapes)} kinds x up to {most} frames, more than {self.min_frame_gap} apart, "
                 f"may not fit in {self.frames} frames; lower frames_per_shape or min_frame_gap, or raise frames"
             )
+        self._refuse_degenerate_counts()
+
+    def _refuse_degenerate_counts(self) -> None:
+        """Refuse count ranges whose answer is constant or nearly so (pretext_tasks.base, docs/videossr.md)."""
+        dist = count_distribution(self.frames_per_shape, self.instances_per_frame)
+        kinds = len(self.shapes)
+        counts = sorted(dist)
+        setting = (
+            f"frames_per_shape = {tuple(self.frames_per_shape)} x instances_per_frame = "
+            f"{tuple(self.instances_per_frame)} ({kinds} shape kind{'s' * (kinds > 1)})"
+        )
+        fix = "widen frames_per_shape or instances_per_frame"
+        if len(counts) == 1:
+            why = f"every count is {counts[0]}, so the answer would always be {counts_text([counts[0]] * kinds)}"
+            raise degenerate(NAME, setting, why, fix)
+        if len(counts) ** kinds < MIN_ANSWERS:
+            why = f"only {len(counts) ** kinds} answers are possible ({', '.join(map(str, counts))})"
+            raise degenerate(NAME, setting, why, fix)
+        likeliest = max(dist, key=dist.__getitem__)
+        if dist[likeliest] ** kinds > 0.5:
+            why = f"the answer {counts_text([likeliest] * kinds)} has probability {dist[likeliest] ** kinds:.2f}"
+            raise degenerate(NAME, setting, why, fix)
+        reply, worst = best_constant_count(counts)
+        if worst > 0.5:
+            why = (
+                f"every count lies in {counts[0]}..{counts[-1]}, so the constant reply "
+                f"{counts_text([reply] * kinds)} scores at least {worst:.2f} on every sample"
+            )
+            raise degenerate(NAME, setting, why, fix)
+
+
+def count_distribution(frames_per_shape: Sequence[int], instances_per_frame: Sequence[int]) -> dict[int, float]:
+    """P(count = g) for one shape kind: k ~ U{frames_per_shape} frames, each with U{instances_per_frame}
+    instances, summed (the draw of `ObjectCounting.make`)."""
+    (f0, f1), (i0, i1) = frames_per_shape, instances_per_frame
+    one = np.zeros(i1 + 1)
+    one[i0:] = 1.0 / (i1 - i0 + 1)
+    total, dist = np.zeros(f1 * i1 + 1), np.array([1.0])
+    for k in range(1, f1 + 1):
+        dist = np.convolve(dist, one)  # the sum of k frames' instances
+        if k >= f0:
+            total[: len(dist)] += dist / (f1 - f0 + 1)
+    return {int(g): float(p) for g, p in enumerate(total) if p > 0}
+
+
+def best_constant_count(counts: Sequence[int]) -> tuple[int, float]:
+    """The count p to reply always whose worst score over the possible `counts` g is highest, and that score;
+    the score is VideoSSR's 1 if p = g else max(0, 1 − |p − g| / g) (`rewards.temporal.counting_reward`)."""
+
+    def score(p: int, g: int) -> float:
+        return 1.0 if p == g else max(0.0, 1.0 - abs(p - g) / g)
+
+    return max(((p, min(score(p, g) for g in counts)) for p in range(max(counts) + 1)), key=lambda x: x[1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,7 +371,9 @@ class ObjectCounting(Task):
 __all__ = [
     "ObjectCounting",
     "ObjectCountingParams",
+    "best_constant_count",
     "choose_frames",
+    "count_distribution",
     "circumradius",
     "counts_text",
     "place_shapes",

@@ -30,7 +30,7 @@ from mmrl.config import to_dict
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
 from pretext_tasks import videossr
-from pretext_tasks.base import OrderingTask, item_path, shuffle_and_label, video_sources
+from pretext_tasks.base import OrderingTask, check_order_size, item_path, shuffle_and_label, video_sources
 from pretext_tasks.video_jigsaw import instruction_text
 from rewards.extract import AnswerMode
 from rewards.ordering import OrderingParams
@@ -54,13 +54,14 @@ class TemporalJigsawParams(videossr.VideoSSRParams, OrderingParams):
     format_score: float = 0.0
     """Added when the format gate passes; VideoSSR's reward has no format term."""
     clips: int = 6
-    """K, the number of clips (6: Easy / the training mix; 8: Hard). 2..F."""
+    """K, the number of clips (6: Easy / the training mix; 8: Hard). 3..F (2 clips always answer `2, 1`)."""
 
     def __post_init__(self) -> None:
         videossr.VideoSSRParams.__post_init__(self)
         OrderingParams.__post_init__(self)
-        if not 2 <= self.clips <= self.frames:
-            raise ConfigError(f"{NAME}: clips must be in [2, frames={self.frames}], got {self.clips}")
+        check_order_size(NAME, f"clips = {self.clips}", self.clips)
+        if self.clips > self.frames:
+            raise ConfigError(f"{NAME}: clips must be in [3, frames={self.frames}], got {self.clips}")
 
 
 def intro_text(clips: int, frames_per_clip: int) -> str:

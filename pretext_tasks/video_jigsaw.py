@@ -43,7 +43,14 @@ from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
 from mmrl.video import read_frames, video_info
-from pretext_tasks.base import OrderingTask, answer_instruction, item_path, shuffle_and_label, video_sources
+from pretext_tasks.base import (
+    OrderingTask,
+    answer_instruction,
+    check_order_size,
+    item_path,
+    shuffle_and_label,
+    video_sources,
+)
 from rewards.ordering import OrderingParams
 
 if TYPE_CHECKING:
@@ -61,7 +68,7 @@ REFERENCE_THOUGHT = "I compare what changes between the clips to find which one 
 @dataclass
 class VideoJigsawParams(OrderingParams):
     clips: int = 6
-    """K, the number of clips (the paper: 6; its ablation: 4). At least 2."""
+    """K, the number of clips (the paper: 6; its ablation: 4). At least 3 (2 clips always answer `2, 1`)."""
     trim_ratio: float = 0.1
     """Share of each clip cut at both of its ends: 0.1 as the released code trained with, 0.05 as
     the paper states. Read as the fraction p/q (denominator at most 100) of the split formula."""
@@ -83,8 +90,7 @@ class VideoJigsawParams(OrderingParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.clips < 2:
-            raise ConfigError(f"video_jigsaw: clips must be >= 2, got {self.clips}")
+        check_order_size(NAME, f"clips = {self.clips}", self.clips)
         if not 0.0 <= self.trim_ratio < 0.5:
             raise ConfigError(f"video_jigsaw: trim_ratio must be in [0, 0.5), got {self.trim_ratio}")
         if not self.fps > 0:

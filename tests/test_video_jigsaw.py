@@ -46,7 +46,7 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     return {
         "pan130": pan_video(root / "pan130.mp4", 130),  # K=6: skip 10, L 20, trim 2, clips of 16 frames
         "pan48": pan_video(root / "pan48.mp4", 48),  # 6 s: under min_duration, tests of it pass min_duration=0
-        "pan40": pan_video(root / "pan40.mp4", 40, (64, 48)),  # 5 s, K=2: clips of 16 frames, small frames
+        "pan40": pan_video(root / "pan40.mp4", 40, (64, 48)),  # 5 s, K=3: clips of 8 frames, small frames
     }
 
 
@@ -97,6 +97,7 @@ def test_registered_with_defaults() -> None:
     "params, match",
     [
         ({"clips": 1}, "clips"),
+        ({"clips": 2}, "answer would always be 2, 1"),
         ({"trim_ratio": 0.5}, "trim_ratio"),
         ({"trim_ratio": -0.1}, "trim_ratio"),
         ({"fps": 0}, "fps"),
@@ -346,11 +347,11 @@ def test_params_dataclass_documents_every_field() -> None:
 def test_samples_encode_and_generate_with_the_tiny_model(videos: dict[str, Path]) -> None:
     cfg = ModelConfig()
     model, processor = load_policy(cfg, device="cpu")
-    task = get_task("video_jigsaw", clips=2, max_frames_per_clip=2, think=False, min_duration=0)
+    task = get_task("video_jigsaw", clips=3, max_frames_per_clip=2, think=False, min_duration=0)
     sample = task.make(videos["pan40"], np.random.default_rng(0))
-    assert [len(c["video"]) for c in clips_of(sample)] == [2, 2]
+    assert [len(c["video"]) for c in clips_of(sample)] == [2, 2, 2]
     prompt = encode_prompt(processor, sample.messages, cfg, max_prompt_tokens=4096)
-    assert prompt.vision["video_grid_thw"].shape[0] == 2  # two separate videos
+    assert prompt.vision["video_grid_thw"].shape[0] == 3  # three separate videos
     assert int((prompt.input_ids == processor.video_token_id).sum()) == prompt.num_visual_tokens > 0
     assert "Clip 2: <|vision_start|><|video_pad|>" in prompt.text
     engine = HFEngine(model.eval(), processor, batch_size=4, seed=0)
