@@ -11,10 +11,12 @@ with one perturbation type of `pretext_tasks.perturbations` (drawn from `perturb
 parameters drawn once per segment (`per_frame_params` draws them per frame, as the released code
 does for Noise and the zooms), scaled by `strength` (1: VideoSSR's; below 1: subtler, the Hard knob).
 
-Ground truth from the media: every frame inside the segment must differ from its source frame, or
-the draw is repeated (a new segment and parameters, up to `MAX_DRAWS` times, then
-`SkipItem("perturbation_invisible")`: e.g. Mirror on a uniform video). Frames outside are the source
-frames untouched. `decimals` is 1 (VideoSSR) unless sample_fps ≥ 10, when one decimal can no longer
+Ground truth from the media: every frame inside the segment must differ visibly from its source
+frame, by a mean absolute difference of at least `min_frame_change` grey levels (2 of 255 by default),
+or the draw is repeated (a new segment and parameters, and for Swap a new partner video, up to
+`MAX_DRAWS` times, then `SkipItem("perturbation_invisible")`: e.g. Mirror on a uniform video, a Swap
+partner that is a re-encode of the same footage, a Shuffle of nearly still frames). Frames outside are
+the source frames untouched. `decimals` is 1 (VideoSSR) unless sample_fps ≥ 10, when one decimal can no longer
 name a frame: then the smallest number of places with 10^−d · sample_fps < 1, so rounding an answer
 time t back to the frame index round(t · sample_fps) always gives the true frame.
 
@@ -41,7 +43,7 @@ from mmrl.sample import Sample
 from mmrl.task import Task
 from pretext_tasks import videossr
 from pretext_tasks.base import degenerate, item_path, video_sources
-from pretext_tasks.perturbations import PERTURBATIONS, changed_mask, perturb
+from pretext_tasks.perturbations import PERTURBATIONS, changed_mask, frame_change, perturb
 from rewards.extract import wrap_answer
 from rewards.temporal import grounding_reward, parse_interval
 
@@ -69,6 +71,15 @@ class AnomalyGroundingParams(videossr.VideoSSRParams):
     strength: float = 1.0
     """Magnitude of the perturbations that have one (noise σ, zoom factors, blur radius, saturation):
     1 is VideoSSR's, lower is subtler (see `perturbations.perturb`)."""
+    min_frame_change: float = 2.0
+    """Visibility threshold: every perturbed frame must differ from its source frame by at least this mean
+    absolute difference (grey levels 0–255, over all pixels and channels), else the draw is redone and, after
+    `MAX_DRAWS`, the video skipped (`perturbation_invisible`); 0 only requires some pixel to change. 2 sits
+    above what re-encoding the same footage changes (0.5 in the reported b.mp4 / b.avi case; 0.9–2.0 for a
+    lossless or high-quality copy of an H.264 video, measured at the default corpus's size and on larger
+    footage shrunk to the pixel budget) and below what real perturbations change at strength 1 (at least
+    5 on camera pans over real photos; only Shuffle, StutterHold and Blur of slow, smooth footage come
+    close, and those draws are redone)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,6 +102,8 @@ class AnomalyGroundingParams(videossr.VideoSSRParams):
             )
         if not self.strength > 0:
             raise ConfigError(f"{NAME}: strength must be positive, got {self.strength}")
+        if not 0 <= self.min_frame_change <= 255:
+            raise ConfigError(f"{NAME}: min_frame_change must be in [0, 255] grey levels, got {self.min_frame_change}")
 
 
 def answer_decimals(sample_fps: float) -> int:
@@ -133,15 +146,20 @@ class AnomalyGrounding(Task):
         """The Sample for one video: F frames with one perturbed segment, and the question.
 
         Raises `SkipItem` (`video_too_short`, `perturbation_invisible`, `no_swap_partner`) or
-        `MediaError` for unusable videos.
+        `MediaError` for unusable videos. A draw whose segment has a frame changed by less than
+        `min_frame_change` is redone with a new segment, parameter and (Swap) partner.
         """
         p = self.params
         source_id, path = item_path(source_item)
         video = videossr.sample_video(path, p, source_id)
         tag = int(rng.integers(2**63))  # the Sample id; ids never carry the answer
         kind = str(p.perturbations[int(rng.integers(len(p.perturbations)))])
-        other = self._swap_partner(path, rng) if PERTURBATIONS[kind].needs_other else None
+        other: videossr.SampledVideo | None = None
+        decoded: dict[Path, videossr.SampledVideo] = {}  # Swap partners decoded so far
+        best = 0.0  # the largest smallest-frame change of a refused draw, for the skip message
         for _ in range(MAX_DRAWS):
+            if PERTURBATIONS[kind].needs_other:  # a new partner each draw: a near-copy of this video is not kept
+                other = self._swap_partner(path, rng, decoded)
             t = int(rng.integers(p.segment_frames[0], p.segment_frames[1] + 1))
             s = int(rng.integers(0, p.frames - t + 1))
             segment = video.frames[s : s + t]
@@ -153,10 +171,16 @@ class AnomalyGrounding(Task):
                 per_frame=p.per_frame_params,
                 strength=p.strength,
             )
-            if changed_mask(segment, out).all():
+            change = frame_change(segment, out)
+            if (changed_mask(segment, out) & (change >= p.min_frame_change)).all():
                 break
+            best = max(best, float(change.min()))
         else:
-            raise SkipItem("perturbation_invisible", f"{path}: {kind} leaves some segment frames unchanged")
+            raise SkipItem(
+                "perturbation_invisible",
+                f"{path}: {kind} left a segment frame changed by {best:.2f} grey levels or less on average in "
+                f"each of {MAX_DRAWS} draws (min_frame_change {p.min_frame_change:g})",
+            )
         frames = video.frames.copy()
         frames[s : s + t] = out
         decimals = answer_decimals(video.sample_fps)
@@ -177,6 +201,7 @@ class AnomalyGrounding(Task):
             "perturbation": kind,
             "start_frame_index": s,
             "perturbed_frames_count": t,
+            "smallest_frame_change": round(float(change.min()), 3),
             "interval_seconds": [start, end],
             "decimals": decimals,
             "sample_fps": video.sample_fps,
@@ -195,19 +220,25 @@ class AnomalyGrounding(Task):
             meta=meta,
         )
 
-    def _swap_partner(self, path: Path, rng: np.random.Generator) -> videossr.SampledVideo:
+    def _swap_partner(
+        self, path: Path, rng: np.random.Generator, decoded: dict[Path, videossr.SampledVideo]
+    ) -> videossr.SampledVideo:
         """The F frames of another video (Swap shows its frames at the same positions): from the list
-        `sources()` returned, or, when this task was handed a bare path, from the video's own folder."""
+        `sources()` returned, or, when this task was handed a bare path, from the video's own folder.
+        `decoded` keeps the partners decoded so far for this sample (a redraw may pick one again)."""
         pool = self._pool or video_sources(NAME, path.parent)
         others = [item for item in pool if item_path(item)[1] != path]
         if not others:
             raise SkipItem("no_swap_partner", f"{path}: swap needs another video; call sources() on a folder of 2+")
         for _ in range(MAX_SWAP_PARTNERS):
             other_id, other_path = item_path(others[int(rng.integers(len(others)))])
+            if other_path in decoded:
+                return decoded[other_path]
             try:
                 partner = videossr.sample_video(other_path, self.params, other_id)
             except (SkipItem, MediaError):
                 continue
+            decoded[other_path] = partner
             return partner
         raise SkipItem("no_swap_partner", f"{path}: {MAX_SWAP_PARTNERS} candidate partner videos were unusable")
 

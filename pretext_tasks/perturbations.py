@@ -19,6 +19,10 @@ Every perturbed frame differs from its source frame, with these documented limit
   R = B under ChannelSwap; a frame saturated at 0 or 255 may survive clipped Noise). Shuffle, Stutter
   and Swap cannot change a frame whose replacement has the same pixels (a static video). Invert always
   changes every pixel. A task that needs the guarantee checks `changed_mask(src, out)` and redraws.
+- "Differs" is not "visible": a Swap partner that is a re-encode of the same footage, or a Shuffle of
+  nearly still frames, changes a frame by a grey level or two on average. `frame_change(src, out)`
+  measures the change per frame (mean absolute difference, grey levels 0–255); `anomaly_grounding`
+  requires every perturbed frame to reach its `min_frame_change`.
 
 Importing this module has no side effects; it depends on numpy and PIL only.
 """
@@ -82,6 +86,16 @@ def changed_mask(src: np.ndarray, out: np.ndarray) -> np.ndarray:
     if src.shape != out.shape:
         raise ValueError(f"changed_mask: shapes differ, {src.shape} vs {out.shape}")
     return np.any(src.reshape(src.shape[0], -1) != out.reshape(out.shape[0], -1), axis=1)
+
+
+def frame_change(src: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Per frame, the mean absolute difference of `out` from `src` over every pixel and channel, in grey
+    levels (0–255): a `(T,)` float array. How visible a perturbation is; 0 exactly when nothing changed."""
+    src, out = np.asarray(src), np.asarray(out)
+    if src.shape != out.shape:
+        raise ValueError(f"frame_change: shapes differ, {src.shape} vs {out.shape}")
+    diff = np.abs(src.astype(np.int16) - out.astype(np.int16))
+    return diff.reshape(diff.shape[0], -1).mean(axis=1)
 
 
 def draw_params(rng: np.random.Generator, low: float, high: float, t: int, per_frame: bool) -> np.ndarray:

@@ -14,6 +14,7 @@ from pretext_tasks.perturbations import (
     changed_mask,
     channel_swap,
     derangement,
+    frame_change,
     grayscale,
     invert,
     mirror,
@@ -288,3 +289,15 @@ def test_bad_input_and_unknown_name_raise() -> None:
         perturb(textured().astype(np.float32), "invert", rng())
     with pytest.raises(ValueError):
         perturb(textured()[0], "mirror", rng())
+
+
+def test_frame_change_is_the_mean_absolute_difference_per_frame() -> None:
+    src = np.zeros((3, 4, 5, 3), dtype=np.uint8)
+    out = src.copy()
+    out[1, 0, 0, 0] = 60  # one channel of one pixel of 60 values: 60 / 60 = 1 grey level on average
+    out[2] = 255
+    np.testing.assert_allclose(frame_change(src, out), [0.0, 1.0, 255.0])
+    np.testing.assert_allclose(frame_change(out, src), [0.0, 1.0, 255.0])  # symmetric, no uint8 wrap-around
+    assert (frame_change(src, out) > 0).tolist() == changed_mask(src, out).tolist()
+    with pytest.raises(ValueError, match="shapes differ"):
+        frame_change(src, out[:2])

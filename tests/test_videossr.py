@@ -23,8 +23,8 @@ from mmrl.registry import get_task
 from mmrl.sample import Sample, read_dataset, write_dataset
 from mmrl.suites import suite_entries
 from mmrl.video import read_frames, write_video
-from pretext_tasks.anomaly_grounding import answer_decimals
-from pretext_tasks.perturbations import PERTURBATIONS
+from pretext_tasks.anomaly_grounding import AnomalyGroundingParams, answer_decimals
+from pretext_tasks.perturbations import PERTURBATIONS, frame_change, perturb
 from pretext_tasks.videossr import VideoSSRParams, sample_video, window_indices
 from pretext_tasks.viu import VIU_GROUNDING_TYPES
 
@@ -34,12 +34,28 @@ FPS = 8.0
 SEEDS = range(12)
 
 
+def pan_frames(photo: Path, n_frames: int, size=(160, 120), seed: int = 0) -> list[np.ndarray]:
+    """Frames of a camera pan over a real photo, as the default corpus makes them."""
+    return list(camera_motion_frames(media.load_image(photo), "pan_right", n_frames, size, np.random.default_rng(seed)))
+
+
 def pan_video(path: Path, photo: Path, n_frames: int, size=(160, 120), seed: int = 0) -> Path:
     """A camera pan over a real photo: every frame differs from its neighbours."""
-    frames = list(
-        camera_motion_frames(media.load_image(photo), "pan_right", n_frames, size, np.random.default_rng(seed))
-    )
-    return write_video(path, frames, FPS)
+    return write_video(path, pan_frames(photo, n_frames, size, seed), FPS)
+
+
+def write_mjpeg_avi(path: Path, frames: list[np.ndarray], fps: float) -> Path:
+    """The same footage in another container and codec: Motion JPEG at quality 2 (of 31) in an .avi, with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuvj420p"
+        stream.options = {"flags": "+qscale", "global_quality": str(2 * 118)}  # ffmpeg's -q:v 2
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +159,9 @@ def test_grounding_answer_interval_is_exactly_the_changed_frames(tmp_path: Path,
         changed = np.any(shown.reshape(len(shown), -1) != source.reshape(len(source), -1), axis=1)
         np.testing.assert_array_equal(changed, inside, err_msg=f"{kind}: {sample.answer}")
         assert 8 <= inside.sum() <= 16
+        visible = frame_change(source[inside], shown[inside])  # every changed frame clears the threshold
+        assert visible.min() >= AnomalyGroundingParams().min_frame_change == 2.0, (kind, visible.min())
+        assert sample.meta["smallest_frame_change"] == pytest.approx(visible.min(), abs=1e-3)
         assert PERTURBATIONS[kind].description in sample.messages[-1]["content"][2]["text"]
 
 
@@ -191,6 +210,54 @@ def test_invisible_perturbations_are_skipped(tmp_path: Path) -> None:
     assert info.value.reason == "perturbation_invisible"
 
 
+@pytest.mark.parametrize("kind", list(PERTURBATIONS))
+def test_every_perturbation_at_default_strength_clears_the_visibility_threshold(videos: Path, kind: str) -> None:
+    """Each of the 15 types at strength 1, on the 48 shown frames of camera pans over real photos (the default
+    corpus's kind of video), changes every frame of every segment by at least `min_frame_change`, no redraw."""
+    threshold = AnomalyGroundingParams().min_frame_change
+    cat, coffee = (sample_video(videos / name, VideoSSRParams()).frames for name in ("cat.mp4", "coffee.mp4"))
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        frames, other = (cat, coffee) if seed % 2 else (coffee, cat)
+        t = int(rng.integers(8, 17))
+        s = int(rng.integers(0, 48 - t + 1))
+        out = perturb(frames[s : s + t], kind, rng, other=other[s : s + t])
+        assert frame_change(frames[s : s + t], out).min() >= threshold, (kind, seed)
+
+
+def test_a_reencode_of_the_same_footage_is_not_an_anomaly(tmp_path: Path) -> None:
+    """Issue 12: a frame counted as changed when any pixel differed, so a Swap partner that was a re-encode of
+    the same footage (b.mp4 vs b.avi, a mean difference of 0.5/255) was labelled an anomaly. A perturbed frame
+    must now change by `min_frame_change` grey levels on average; the twin is redrawn or the video skipped."""
+    frames = pan_frames(CHELSEA, 120, size=(512, 384))  # shrunk to the 256·256 pixel budget when sampled
+    twins = tmp_path / "twins"
+    media.write_video(twins / "b.mp4", frames, FPS)  # H.264, crf 18
+    write_mjpeg_avi(twins / "b.avi", frames, FPS)  # Motion JPEG
+    mp4, avi = (sample_video(twins / name, VideoSSRParams()).frames for name in ("b.mp4", "b.avi"))
+    change = frame_change(mp4, avi)
+    assert 0.5 < change.min() and change.max() < 2.0  # not the same pixels, but the same footage
+
+    swap = get_task("anomaly_grounding", perturbations=["swap"])
+    for item in swap.sources(twins):
+        for seed in range(3):
+            with pytest.raises(SkipItem, match=r"swap left a segment frame changed by 1\.\d\d grey levels") as info:
+                swap.make(item, np.random.default_rng(seed))
+            assert info.value.reason == "perturbation_invisible"
+    any_pixel = get_task("anomaly_grounding", perturbations=["swap"], min_frame_change=0)  # the old rule
+    assert any_pixel.make(twins / "b.mp4", np.random.default_rng(0)).meta["swap_source"] == "b.avi"
+    report = generate("anomaly_grounding", params={"perturbations": ["swap", "mirror"]}, source=twins, n=6,
+                      seed=0, out=tmp_path / "out", progress=False)  # fmt: skip
+    assert report.written == 6 and report.skipped.get("perturbation_invisible", 0) > 0  # counted by reason
+    assert {s.meta["perturbation"] for s in read_dataset(tmp_path / "out")} == {"mirror"}
+
+    media.write_video(twins / "c.mp4", pan_frames(COFFEE, 120, size=(512, 384)), FPS)  # other footage
+    items = swap.sources(twins)
+    b_mp4 = next(i for i in items if i.id == "b.mp4")
+    for seed in range(6):  # the twin is drawn about half the time and then redrawn: the partner is always c
+        sample = swap.make(b_mp4, np.random.default_rng(seed))
+        assert sample.meta["swap_source"] == "c.mp4" and sample.meta["smallest_frame_change"] >= 2.0
+
+
 def test_grounding_params_are_checked() -> None:
     with pytest.raises(ConfigError, match="unknown or no perturbations"):
         get_task("anomaly_grounding", perturbations=["sepia"])
@@ -198,12 +265,12 @@ def test_grounding_params_are_checked() -> None:
         get_task("anomaly_grounding", segment_frames=[8, 60])
     with pytest.raises(ConfigError, match="strength"):
         get_task("anomaly_grounding", strength=0)
+    with pytest.raises(ConfigError, match="min_frame_change"):
+        get_task("anomaly_grounding", min_frame_change=-1)
 
 
 def test_subtle_strength_changes_less(videos: Path) -> None:
     video = sample_video(videos / "cat.mp4", VideoSSRParams())
-    from pretext_tasks.perturbations import perturb
-
     segment = video.frames[:8].astype(float)
     for kind in ("noise", "zoom_in", "zoom_out", "blur", "saturation"):
         full = perturb(video.frames[:8], kind, np.random.default_rng(0)).astype(float)
