@@ -253,8 +253,8 @@ def test_files_that_differ_only_by_extension_get_distinct_ids(tmp_path):
     photo = media.load_image(Path(skimage.__file__).parent / "data" / "chelsea.png")
     frames = list(camera_motion_frames(photo, "pan_right", 120, (128, 96), np.random.default_rng(0)))
     clips = tmp_path / "clips"
-    media.write_video(clips / "b.mp4", frames, 8.0)  # H.264
-    media.write_video(clips / "b.avi", frames, 8.0, codec="mpeg4")  # the same footage, another codec
+    write_video(clips / "b.mp4", frames, 8.0)  # H.264
+    write_video(clips / "b.avi", frames, 8.0, codec="mpeg4")  # the same footage, another codec
     items = video_folder(clips)
     assert [i.id for i in items] == ["b.avi", "b.mp4"]
     task = get_task("video_jigsaw", clips=3)

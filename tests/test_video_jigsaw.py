@@ -257,7 +257,7 @@ def test_videos_shorter_than_min_duration_are_skipped(tmp_path: Path, videos: di
     default) skips it; the default corpus's 15 s videos (120 frames at 8 fps) are kept."""
     image = media.load_image(CHELSEA)
     frames = list(camera_motion_frames(image, "pan_right", 150, (128, 96), np.random.default_rng(0)))
-    five = media.write_video(tmp_path / "five_seconds.mp4", frames, 30.0)  # 150 frames at 30 fps
+    five = write_video(tmp_path / "five_seconds.mp4", frames, 30.0)  # 150 frames at 30 fps
     task = get_task("video_jigsaw")
     with pytest.raises(SkipItem, match=r"five_seconds.mp4: 5.00 s .* shorter than min_duration 12 s") as info:
         task.make(five, np.random.default_rng(0))

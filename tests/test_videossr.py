@@ -231,7 +231,7 @@ def test_a_reencode_of_the_same_footage_is_not_an_anomaly(tmp_path: Path) -> Non
     must now change by `min_frame_change` grey levels on average; the twin is redrawn or the video skipped."""
     frames = pan_frames(CHELSEA, 120, size=(512, 384))  # shrunk to the 256·256 pixel budget when sampled
     twins = tmp_path / "twins"
-    media.write_video(twins / "b.mp4", frames, FPS)  # H.264, crf 18
+    write_video(twins / "b.mp4", frames, FPS)  # H.264, crf 18
     write_mjpeg_avi(twins / "b.avi", frames, FPS)  # Motion JPEG
     mp4, avi = (sample_video(twins / name, VideoSSRParams()).frames for name in ("b.mp4", "b.avi"))
     change = frame_change(mp4, avi)
@@ -250,7 +250,7 @@ def test_a_reencode_of_the_same_footage_is_not_an_anomaly(tmp_path: Path) -> Non
     assert report.written == 6 and report.skipped.get("perturbation_invisible", 0) > 0  # counted by reason
     assert {s.meta["perturbation"] for s in read_dataset(tmp_path / "out")} == {"mirror"}
 
-    media.write_video(twins / "c.mp4", pan_frames(COFFEE, 120, size=(512, 384)), FPS)  # other footage
+    write_video(twins / "c.mp4", pan_frames(COFFEE, 120, size=(512, 384)), FPS)  # other footage
     items = swap.sources(twins)
     b_mp4 = next(i for i in items if i.id == "b.mp4")
     for seed in range(6):  # the twin is drawn about half the time and then redrawn: the partner is always c
