@@ -266,15 +266,95 @@ def _read_o3d(path: str | Path, kind: str, extensions: frozenset[str], reader: s
     return geometry
 
 
-def load_mesh(path: str | Path) -> open3d.geometry.TriangleMesh:
-    """Load a triangle mesh (.ply/.obj/.stl/.off/.gltf/.glb) with Open3D.
+# Formats read through Open3D's model reader (assimp), which keeps materials: base colour and base-colour texture.
+_MATERIAL_MESH_EXTENSIONS = frozenset({".obj", ".gltf", ".glb"})
+# A texture image that cannot be read (a path of the exporter's machine, a missing file) leaves its material
+# untextured; the geometry is still good.
+_TEXTURE_FAILURE = re.compile(r"geometry::Image|texture", re.IGNORECASE)
 
-    Raises MediaError if the file is missing, unreadable, or has no triangles.
+
+def load_mesh(path: str | Path) -> open3d.geometry.TriangleMesh:
+    """Load a triangle mesh (.ply/.obj/.stl/.off/.gltf/.glb) with Open3D, keeping the colours the file has.
+
+    * PLY, OFF: vertex colours, if any, as `vertex_colors`.
+    * OBJ, glTF, GLB (read with their materials): one texture per material in `textures`, the material's
+      base colour (OBJ `Kd`, glTF `baseColorFactor`) times its base-colour texture (OBJ `map_Kd`, glTF
+      `baseColorTexture`), or a 1×1 image of the base colour when it has no texture; `triangle_material_ids`
+      index `textures`, `triangle_uvs` hold each triangle corner's (u, v) with v up the image (OBJ's
+      convention; glTF's is flipped on reading); file vertex colours stay in `vertex_colors` (glTF `COLOR_0`
+      multiplies the base colour). A texture file that cannot be read leaves its material untextured; a
+      file the model reader cannot read is read as plain geometry.
+    * STL: geometry only.
+
+    Vertices stay in the file's units and axes (see `mmrl.geometry_render.place_geometry`). Raises
+    MediaError if the file is missing, unreadable, or has no triangles.
     """
-    mesh = _read_o3d(path, "mesh", MESH_EXTENSIONS, "read_triangle_mesh")
+    p = _require_file(path, "mesh")
+    mesh = _read_mesh_with_materials(p) if p.suffix.lower() in _MATERIAL_MESH_EXTENSIONS else None
+    if mesh is None:
+        mesh = _read_o3d(path, "mesh", MESH_EXTENSIONS, "read_triangle_mesh")
     if len(mesh.triangles) == 0 or len(mesh.vertices) == 0:
         raise MediaError(f"cannot read mesh {path}: no triangles (corrupt, or not a mesh)")
     return mesh
+
+
+def _read_mesh_with_materials(p: Path) -> open3d.geometry.TriangleMesh | None:
+    """The meshes of an OBJ/glTF/GLB model merged into one mesh carrying its materials as textures (see
+    `load_mesh`), or None when Open3D's model reader fails or finds no triangles."""
+    import open3d as o3d
+
+    def _read() -> Any:
+        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Warning):
+            return o3d.io.read_triangle_model(str(p))
+
+    try:
+        model, log = _native_call(_read, f"cannot read mesh {p}")
+    except MediaError:
+        return None
+    parts = [m for m in model.meshes if len(m.mesh.triangles) and len(m.mesh.vertices)]
+    problems = [line for line in log.splitlines() if _O3D_FAILURE.search(line) and not _TEXTURE_FAILURE.search(line)]
+    if not parts or problems:
+        return None
+    textures = [_material_texture(material) for material in model.materials]
+    if any(not 0 <= m.material_idx < len(textures) for m in parts):
+        textures.append(np.ones((1, 1, 3), np.uint8) * 255)  # a mesh without a material: white
+    coloured = any(m.mesh.has_vertex_colors() for m in parts)
+    vertices, triangles, uvs, material_ids, colours, offset = [], [], [], [], [], 0
+    for part in parts:
+        mesh = part.mesh
+        v, t = np.asarray(mesh.vertices, np.float64), np.asarray(mesh.triangles, np.int64)
+        vertices.append(v)
+        triangles.append(t + offset)
+        offset += len(v)
+        uv = np.asarray(mesh.triangle_uvs, np.float64)
+        uvs.append(uv if mesh.has_triangle_uvs() and len(uv) == 3 * len(t) else np.zeros((3 * len(t), 2)))
+        index = part.material_idx if 0 <= part.material_idx < len(model.materials) else len(textures) - 1
+        material_ids.append(np.full(len(t), index, np.int32))
+        if coloured:
+            colours.append(np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else np.ones((len(v), 3)))
+    merged = o3d.geometry.TriangleMesh(
+        o3d.utility.Vector3dVector(np.concatenate(vertices)), o3d.utility.Vector3iVector(np.concatenate(triangles))
+    )
+    merged.triangle_uvs = o3d.utility.Vector2dVector(np.concatenate(uvs))
+    merged.triangle_material_ids = o3d.utility.IntVector(np.concatenate(material_ids).tolist())
+    merged.textures = [o3d.geometry.Image(np.ascontiguousarray(image)) for image in textures]
+    if coloured:
+        merged.vertex_colors = o3d.utility.Vector3dVector(np.concatenate(colours))
+    return merged
+
+
+def _material_texture(material: Any) -> np.ndarray:
+    """(H, W, 3) uint8: a material's base-colour texture times its base colour, or 1×1 of the base colour."""
+    base = np.clip(np.asarray(material.base_color, np.float64)[:3], 0.0, 1.0)
+    if material.albedo_img is None:
+        return np.rint(base * 255).astype(np.uint8).reshape(1, 1, 3)
+    image = np.asarray(material.albedo_img)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    image = image[:, :, :3].astype(np.float64)
+    if image.max(initial=0) > 255:  # 16-bit texture
+        image = image / 257.0
+    return np.rint(np.clip(image * base, 0, 255)).astype(np.uint8)
 
 
 def load_point_cloud(path: str | Path) -> open3d.geometry.PointCloud:

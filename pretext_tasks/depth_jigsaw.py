@@ -18,6 +18,7 @@ centred number) are alpha-composited at native resolution, then the image is opt
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 NAME = "depth_jigsaw"
 
 SourceKind = Literal["auto", "rgbd", "geometry"]
+UpAxis = Literal["auto", "y", "z"]
 
 
 @dataclass
@@ -92,6 +94,15 @@ class DepthJigsawParams(OrderingParams):
     """Depth PNG units per metre in a user's RGB-D folder (1000: millimetres, ScanNet/NYU; 5000: TUM)."""
     geometry_size: tuple[int, int] = (640, 480)
     """(width, height) of the RGB-D rendering of a mesh or point cloud (camera: `default_camera_for`)."""
+    mesh_scale: float | Literal["auto"] = "auto"
+    """Meshes and point clouds: metres per file unit (1.0: the file is in metres, 0.01: centimetres, 0.001:
+    millimetres), or `auto`: scale every file to a room-sized bounding box, diagonal 5 m
+    (`mmrl.geometry_render.AUTO_DIAGONAL`), whatever its units. With a number, a file whose rendering puts
+    no surface within [`min_depth`, `max_depth`], or too little depth for the gaps, is skipped."""
+    up_axis: UpAxis = "auto"
+    """Meshes and point clouds: the file's axis that points up, `y` or `z`, or `auto`: y for glTF/GLB (their
+    specification), else the axis the geometry stands on, else the one it is thinner along
+    (`mmrl.geometry_render.guess_up_axis`)."""
     point_radius: int = 1
     """Point clouds only: each point covers the pixels within this radius (holes become invalid depth)."""
     system_prompt: str | None = None
@@ -137,6 +148,15 @@ class DepthJigsawParams(OrderingParams):
         )
         need(self.depth_scale > 0, f"depth_scale must be > 0, got {self.depth_scale}")
         need(min(self.geometry_size) >= 1, f"geometry_size must be positive (w, h), got {self.geometry_size}")
+        if isinstance(self.mesh_scale, str):
+            need(self.mesh_scale == "auto", f"mesh_scale must be 'auto' or a number > 0, got {self.mesh_scale!r}")
+        else:
+            need(
+                not isinstance(self.mesh_scale, bool) and math.isfinite(self.mesh_scale) and self.mesh_scale > 0,
+                f"mesh_scale must be 'auto' or a number > 0 (metres per file unit), got {self.mesh_scale!r}",
+            )
+            self.mesh_scale = float(self.mesh_scale)
+        need(self.up_axis in ("auto", "y", "z"), f"up_axis must be 'auto', 'y' or 'z', got {self.up_axis!r}")
         need(self.point_radius >= 0, f"point_radius must be >= 0, got {self.point_radius}")
 
 
@@ -189,8 +209,8 @@ def load_rgbd(item: Any, params: DepthJigsawParams) -> tuple[Image.Image, np.nda
     """RGB image and registered depth (metres, 0 = invalid) of a source item.
 
     Items: `mmrl.corpus.RGBDItem` (RGB + depth files), `mmrl.corpus.GeometryItem` (a mesh or point cloud,
-    rendered with `mmrl.geometry_render.default_camera_for` at `geometry_size`) or an `mmrl.scenes.Scene`
-    (ray-cast directly).
+    placed by `mmrl.geometry_render.place_geometry` with `mesh_scale` and `up_axis`, rendered with
+    `mmrl.geometry_render.default_camera_for` at `geometry_size`) or an `mmrl.scenes.Scene` (ray-cast directly).
     """
     from mmrl.corpus import GeometryItem, RGBDItem
     from mmrl.scenes import Scene
@@ -198,9 +218,7 @@ def load_rgbd(item: Any, params: DepthJigsawParams) -> tuple[Image.Image, np.nda
     if isinstance(item, RGBDItem):
         image, depth = item.load()
     elif isinstance(item, GeometryItem):
-        path = Path(item.path)
-        stamp = path.stat().st_mtime_ns if path.is_file() else -1  # a rewritten file is rendered again
-        rgb, depth = _render_geometry(str(path), stamp, item.kind, params.geometry_size, params.point_radius)
+        rgb, depth, _ = _geometry_rendering(item, params)
         image = Image.fromarray(rgb)
     elif isinstance(item, Scene):
         from mmrl.scene_render import render
@@ -213,21 +231,37 @@ def load_rgbd(item: Any, params: DepthJigsawParams) -> tuple[Image.Image, np.nda
     return image, register_depth(depth, image.size)
 
 
+def _geometry_rendering(item: Any, params: DepthJigsawParams) -> tuple[np.ndarray, np.ndarray, Any]:
+    """RGB, depth and `mmrl.geometry_render.Placement` of a `GeometryItem` (cached per file and parameters)."""
+    path = Path(item.path)
+    stamp = path.stat().st_mtime_ns if path.is_file() else -1  # a rewritten file is rendered again
+    return _render_geometry(
+        str(path), stamp, item.kind, params.geometry_size, params.point_radius, params.mesh_scale, params.up_axis
+    )
+
+
 @functools.lru_cache(maxsize=8)
 def _render_geometry(
-    path: str, stamp: int, kind: str, size: tuple[int, int], point_radius: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """RGB and depth of one mesh / point cloud file (cached: the same file always renders the same)."""
+    path: str,
+    stamp: int,
+    kind: str,
+    size: tuple[int, int],
+    point_radius: int,
+    mesh_scale: float | Literal["auto"],
+    up_axis: UpAxis,
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """RGB, depth and placement of one mesh / point cloud file (cached: the same file always renders the same)."""
     from mmrl import media
-    from mmrl.geometry_render import default_camera_for, render_geometry
+    from mmrl.geometry_render import default_camera_for, place_geometry, render_geometry
 
     geometry = media.load_mesh(path) if kind == "mesh" else media.load_point_cloud(path)
+    geometry, placement = place_geometry(geometry, scale=mesh_scale, up_axis=up_axis, file_format=Path(path).suffix)
     camera = default_camera_for(geometry, *size)
     rendering = render_geometry(geometry, camera, point_radius=point_radius)
     rgb, depth = rendering.rgb, np.where(rendering.valid, rendering.depth, 0).astype(np.float32)
     rgb.setflags(write=False)
     depth.setflags(write=False)
-    return rgb, depth
+    return rgb, depth, placement
 
 
 def source_id(item: Any) -> str:
@@ -299,7 +333,7 @@ class DepthJigsaw(OrderingTask):
         p = self.params
         seed = int(rng.integers(2**63))
         sub = np.random.default_rng(seed)
-        from mmrl.corpus import RGBDItem
+        from mmrl.corpus import GeometryItem, RGBDItem
 
         if isinstance(source_item, RGBDItem):  # the depth's candidates are cached per file
             from mmrl import media
@@ -332,6 +366,9 @@ class DepthJigsaw(OrderingTask):
             "think": p.think,
             "params": to_dict(p),
         }
+        if isinstance(source_item, GeometryItem):  # how the file was put into metres, z up (cached)
+            placement = _geometry_rendering(source_item, p)[2]
+            meta["geometry"] = {"scale": placement.scale, "up_axis": placement.up_axis, "up": placement.up_reason}
         return Sample(
             id=f"{NAME}-{sid}-{seed % 10**8:08d}",
             task=NAME,

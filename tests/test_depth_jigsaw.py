@@ -27,7 +27,7 @@ from mmrl import media, scene_render, scenes
 from mmrl.config import CorpusConfig, ModelConfig, RolloutConfig
 from mmrl.corpus import Corpus, GeometryItem, RGBDItem, build_default_corpus
 from mmrl.errors import ConfigError, MediaError, MMRLError, SkipItem
-from mmrl.geometry_render import default_camera_for, render_geometry
+from mmrl.geometry_render import default_camera_for, place_geometry, render_geometry
 from mmrl.models import load_policy
 from mmrl.registry import get_task, task_class
 from mmrl.rollout import encode_prompt, make_engine, sampling_params
@@ -142,9 +142,18 @@ def test_registered_with_checked_params() -> None:
         {"answer_mode": "raw"},  # think is on by default
         {"source_kind": "mesh"},
         {"marker_fill": [255, 0, 0]},
+        {"mesh_scale": 0},
+        {"mesh_scale": -0.001},
+        {"mesh_scale": float("nan")},
+        {"mesh_scale": "big"},
+        {"mesh_scale": True},
+        {"up_axis": "x"},
     ):
         with pytest.raises(ConfigError):
             get_task("depth_jigsaw", **bad)
+    assert (task.params.mesh_scale, task.params.up_axis) == ("auto", "auto")
+    for given, scale in ((1, 1.0), ("0.001", 0.001), (0.01, 0.01)):  # a string as `--param mesh_scale=...` gives it
+        assert get_task("depth_jigsaw", mesh_scale=given, up_axis="y").params.mesh_scale == scale
 
 
 def test_prompt_text_is_exact_and_the_same_for_every_sample(corpus: Corpus) -> None:
@@ -212,17 +221,27 @@ def test_mesh_and_point_cloud_sources_render_and_agree_with_their_depth(tmp_path
         mesh += box
     o3d.io.write_triangle_mesh(str(tmp_path / "boxes.ply"), mesh)
     o3d.io.write_point_cloud(str(tmp_path / "cloud.ply"), mesh.sample_points_uniformly(150_000))
-    task = get_task("depth_jigsaw", geometry_size=[480, 360])  # auto: no RGB-D pairs, so geometry
-    items = task.sources(tmp_path)
-    assert [(i.id, i.kind) for i in items] == [("boxes.ply", "mesh"), ("cloud.ply", "point_cloud")]
-    for item in items:
-        geometry = item.load()
-        rendering = render_geometry(geometry, default_camera_for(geometry, 480, 360), point_radius=1)
-        source = Image.fromarray(rendering.rgb)
-        for seed in range(3):
-            sample = task.make(item, np.random.default_rng(seed))
-            assert image_of(sample).size == (480, 360)
-            check_truth_and_constraints(sample, source, np.where(rendering.valid, rendering.depth, 0.0))
+    # The scene is in metres with z up: mesh_scale 1 and up_axis z render it as it is; the defaults scale it
+    # to a 5 m diagonal and find z up themselves (place_geometry).
+    for params in ({"mesh_scale": 1.0, "up_axis": "z"}, {}):
+        task = get_task("depth_jigsaw", geometry_size=[480, 360], **params)  # auto: no RGB-D pairs, so geometry
+        items = task.sources(tmp_path)
+        assert [(i.id, i.kind) for i in items] == [("boxes.ply", "mesh"), ("cloud.ply", "point_cloud")]
+        for item in items:
+            geometry = item.load()
+            if not params:
+                geometry, placement = place_geometry(geometry, file_format=".ply")
+                assert placement.up_axis == "z" and placement.scale == pytest.approx(
+                    5.0 / np.sqrt(4**2 + 4**2 + 0.72**2)
+                )
+            rendering = render_geometry(geometry, default_camera_for(geometry, 480, 360), point_radius=1)
+            source = Image.fromarray(rendering.rgb)
+            for seed in range(3):
+                sample = task.make(item, np.random.default_rng(seed))
+                assert image_of(sample).size == (480, 360)
+                check_truth_and_constraints(sample, source, np.where(rendering.valid, rendering.depth, 0.0))
+                placed = sample.meta["geometry"]
+                assert placed["up_axis"] == "z" and placed["scale"] == (1.0 if params else placement.scale)
 
 
 # --------------------------------------------------------------------------------------------------
