@@ -41,7 +41,7 @@ ATTEMPTS = 8
 
 def test_the_fixture_set_is_mixed() -> None:
     items = geometry_folder(FIXTURES)
-    assert {i.id: (i.path.suffix, i.kind) for i in items} == {k: (v[0], "mesh") for k, v in MESHES.items()}
+    assert {i.id: (i.path.suffix, i.kind) for i in items} == {k + v[0]: (v[0], "mesh") for k, v in MESHES.items()}
     formats, units, ups = (set(v[i] for v in MESHES.values()) for i in range(3))
     assert formats == {".obj", ".ply", ".stl", ".glb", ".gltf", ".off"}
     assert units == {"mm", "cm", "m"} and ups == {"y", "z"}
@@ -52,14 +52,15 @@ def test_default_parameters_make_samples_from_at_least_10_of_the_12_real_meshes(
     made: dict[str, int] = {}
     up: dict[str, str] = {}
     for item in task.sources(FIXTURES):
-        made[item.id] = 0
+        name = Path(item.id).stem  # ids keep the extension
+        made[name] = 0
         for seed in range(ATTEMPTS):
             try:
                 sample = task.make(item, np.random.default_rng(seed))
             except SkipItem:
                 continue
-            made[item.id] += 1
-            up[item.id] = sample.meta.get("geometry", {}).get("up_axis")
+            made[name] += 1
+            up[name] = sample.meta.get("geometry", {}).get("up_axis")
     for name, count in made.items():
         fmt, units, axis = MESHES[name]
         print(f"{name:20s} {fmt:5s} {units:2s} {axis}-up: {count}/{ATTEMPTS} samples, up axis chosen {up.get(name)}")
@@ -77,7 +78,7 @@ def _height_coded_copy(name: str, suffix: str, folder: Path) -> GeometryItem:
     mesh.vertex_colors = o3d.utility.Vector3dVector(np.c_[height, np.ones_like(height), np.zeros_like(height)])
     path = folder / (Path(name).stem + suffix)
     assert o3d.io.write_triangle_mesh(str(path), mesh, write_vertex_colors=True)
-    return GeometryItem(path.stem, path, "mesh")
+    return GeometryItem(path.name, path, "mesh")
 
 
 @pytest.mark.parametrize(
