@@ -1,8 +1,12 @@
-"""Preview sheets: one PNG per Sample showing its inputs as the model sees them, for people.
+"""Preview sheets: one PNG per Sample showing its inputs as the model sees them, and the evidence for its answer.
 
 Each message's text and media in prompt order (a short text right before an image or video is its
-caption, e.g. "Tile 3:"), video clips as strips of evenly spaced frames, and the ground truth at
-the bottom. Written by `mmrl generate --preview K`.
+caption, e.g. "Tile 3:"), video clips as strips of evenly spaced frames, the ground truth, and under it
+the task's evidence panels (`mmrl.task.Task.evidence`: the grounded segment marked on a frame timeline,
+a jigsaw reassembled, ...), each under its title. The task is found by the sample's `task` name in the
+registry, built with the sample's `meta["params"]` (the defaults when they no longer validate); a task
+that is not installed gives no panels, and one whose `evidence` fails gets its error written on the sheet.
+Written by `mmrl generate --preview K`; the same sample gives the same PNG bytes.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mmrl import media
+from mmrl import media, registry
+from mmrl.errors import MMRLError
 from mmrl.sample import Sample, content_items
+from mmrl.task import Panel
 from mmrl.video import read_video, video_info
 from rewards.extract import answer_payload
 
@@ -28,16 +34,18 @@ FRAME_HEIGHT = 90  # height of one video frame in a strip
 MAX_FRAMES = 8  # frames shown per video (evenly spaced)
 CAPTION_MAX = 40  # a text item at most this long right before a media item becomes its caption
 INK, MUTED, BACKGROUND, RULE = (20, 20, 20), (110, 110, 110), (255, 255, 255), (200, 200, 200)
+ERROR = (180, 0, 0)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def preview_sheet(sample: Sample) -> Image.Image:
+def preview_sheet(sample: Sample, *, evidence: bool = True) -> Image.Image:
     """A PNG-ready sheet of `sample` as the model sees it: each message's text and media in prompt
     order (a short text right before a media item, e.g. `Tile 3`, is drawn as its caption; a video
-    as a strip of up to 8 evenly spaced frames), then the ground truth. For people, not for models."""
+    as a strip of up to 8 evenly spaced frames), then the ground truth, then (with `evidence`) the
+    task's evidence panels, left to right and wrapping, each titled. For people, not for models."""
     body, small, title = _font(15), _font(13), _font(18)
     width = SHEET_WIDTH - 2 * MARGIN
     blocks: list[Image.Image] = [_text_block(f"{sample.id}   (task {sample.task})", title, width, INK)]
@@ -68,6 +76,15 @@ def preview_sheet(sample: Sample) -> Image.Image:
     blocks.append(_text_block(f"ground truth: {answer_payload(sample.answer)}", title, width, (0, 110, 0)))
     answer_field = json.dumps(sample.answer, ensure_ascii=False, sort_keys=True)
     blocks.append(_text_block(f"answer field: {answer_field}", small, width, MUTED))
+    if evidence:
+        panels, error = sample_evidence(sample)
+        if panels or error:
+            blocks.append(_rule(width))
+            blocks.append(_text_block("evidence", title, width, INK))
+        if error:
+            blocks.append(_text_block(f"evidence unavailable: {error}", small, width, ERROR))
+        if panels:
+            blocks.append(_flow([panel_tile(panel, width) for panel in panels], width))
     height = MARGIN * 2 + sum(b.height for b in blocks) + GAP * (len(blocks) - 1)
     sheet = Image.new("RGB", (SHEET_WIDTH, height), BACKGROUND)
     y = MARGIN
@@ -75,6 +92,61 @@ def preview_sheet(sample: Sample) -> Image.Image:
         sheet.paste(block, (MARGIN, y))
         y += block.height + GAP
     return sheet
+
+
+def sample_evidence(sample: Sample) -> tuple[list[Panel], str | None]:
+    """(panels, error) of `sample`: its task's `evidence(sample)`, the task built with `meta["params"]`
+    (the defaults when they no longer validate). No panels for a task that is not installed; the error's
+    text when the task cannot be loaded or its `evidence` raises (a preview never stops a generation)."""
+    if sample.task not in registry.task_names():
+        return [], None
+    try:
+        params = sample.meta.get("params") if isinstance(sample.meta, dict) else None
+        try:
+            task = registry.get_task(sample.task, **(params if isinstance(params, dict) else {}))
+        except MMRLError:
+            task = registry.get_task(sample.task)
+        panels = list(task.evidence(sample))
+    except Exception as e:
+        return [], f"{type(e).__name__}: {e}"
+    return panels, None
+
+
+def panel_tile(panel: Panel, max_width: int = SHEET_WIDTH - 2 * MARGIN) -> Image.Image:
+    """One evidence panel as drawn on the sheet: its title (wrapped) above its picture in a thin frame;
+    a picture wider than `max_width` is scaled down to fit, a narrower one is drawn at its own size."""
+    font = _font(14)
+    picture = panel.image.convert("RGB")
+    if picture.width + 2 > max_width:
+        picture = _fit(picture, max_width - 2, max(1, round(picture.height * (max_width - 2) / picture.width)))
+    # A title longer than the picture is wide widens the tile up to half the sheet, then wraps.
+    width = max(picture.width + 2, min(int(font.getlength(panel.title)) + 2, max_width // 2))
+    lines = _wrap(panel.title, font, width)
+    line_h = int(font.size * 1.35)
+    title = Image.new("RGB", (width, line_h * len(lines)), BACKGROUND)
+    for k, line in enumerate(lines):
+        ImageDraw.Draw(title).text((0, k * line_h), line, font=font, fill=INK)
+    tile = Image.new("RGB", (width, title.height + 2 + picture.height + 2), BACKGROUND)
+    tile.paste(title, (0, 0))
+    top = title.height + 2
+    ImageDraw.Draw(tile).rectangle([0, top, picture.width + 1, top + picture.height + 1], outline=RULE)
+    tile.paste(picture, (1, top + 1))
+    return tile
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """`text` broken into lines at spaces so that each fits `width` px (a single longer word stays whole)."""
+    lines: list[str] = []
+    for para in text.splitlines() or [""]:
+        line = ""
+        for word in para.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and font.getlength(candidate) > width:
+                lines.append(line)
+                candidate = word
+            line = candidate
+        lines.append(line)
+    return lines
 
 
 def _text_block(text: str, font: Any, width: int, colour: tuple[int, int, int]) -> Image.Image:

@@ -38,7 +38,7 @@ GROUPS = {"task": "mmrl.tasks", "game": "mmrl.games", "suite": "mmrl.suites"}
 _IN_PROCESS: dict[str, dict[str, Any]] = {kind: {} for kind in GROUPS}
 _LOADED: dict[str, dict[str, Any]] = {kind: {} for kind in GROUPS}
 _REQUIRED = {
-    "task": ("sources", "make", "reward", "reference_completion", "random_answer", "constant_answer"),
+    "task": ("sources", "make", "reward", "reference_completion", "random_answer", "constant_answer", "evidence"),
     "game": ("Config", "producer", "play"),
     "suite": ("blocks",),
 }

@@ -20,6 +20,11 @@ Optional hooks, with the defaults below:
                                  `mmrl eval` (None: eval shuffles the dataset's reference answers instead)
     constant_answer(sample)      the one reply that scores best when given to every sample: the
                                  best-constant baseline (None: the task names none)
+    evidence(sample)             the proof of the answer for people, as titled pictures (`Panel`s) that
+                                 `mmrl generate --preview` draws under the prompt and the answer (the
+                                 grounded segment marked on a frame timeline, a jigsaw reassembled);
+                                 made from the sample's own media and meta only, never by redoing the
+                                 random draw, so a sheet shows what the model was shown ([]: none)
 
 Reward part names with a meaning outside the task (`format`, `accuracy`, `exact`) are listed in
 `mmrl.contracts.REWARD_PARTS`.
@@ -33,6 +38,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -46,7 +52,22 @@ from rewards.match import normalize_answer
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from PIL import Image
+
     from mmrl.corpus import Corpus
+
+PANEL_MAX_WIDTH = 1060
+"""Widest evidence picture drawn at its own size on a preview sheet; wider ones are scaled down to it."""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One piece of a sample's evidence on its preview sheet: a picture under a short title."""
+
+    title: str
+    """What the picture shows, in a line or two (`Clips in the answer's order`)."""
+    image: Image.Image
+    """The picture, RGB, at most `PANEL_MAX_WIDTH` px wide to be drawn unscaled."""
 
 
 class Task:
@@ -83,6 +104,10 @@ class Task:
     def constant_answer(self, sample: Sample) -> str | None:
         """Default: None (no best-constant baseline)."""
         return None
+
+    def evidence(self, sample: Sample) -> list[Panel]:
+        """Default: no panels (the preview sheet shows the prompt and the answer only)."""
+        return []
 
 
 def answer_key(task: Task, completion: str, sample: Sample) -> str:
@@ -131,4 +156,4 @@ def score_completion(task: Task, completion: str, sample: Sample) -> tuple[Rewar
         return Reward(0.0, {}), f"{type(e).__name__}: {e}"
 
 
-__all__ = ["Task", "answer_key", "answer_spread", "score_completion", "task_key"]
+__all__ = ["PANEL_MAX_WIDTH", "Panel", "Task", "answer_key", "answer_spread", "score_completion", "task_key"]
