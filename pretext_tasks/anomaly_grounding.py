@@ -40,8 +40,8 @@ from mmrl.config import to_dict
 from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, MediaError, SkipItem
 from mmrl.sample import Sample
-from mmrl.task import Task
-from pretext_tasks import videossr
+from mmrl.task import Panel, Task
+from pretext_tasks import evidence, videossr
 from pretext_tasks.base import degenerate, item_path, video_sources
 from pretext_tasks.perturbations import PERTURBATIONS, changed_mask, frame_change, perturb
 from rewards.extract import wrap_answer
@@ -253,6 +253,34 @@ class AnomalyGrounding(Task):
     def reference_completion(self, sample: Sample) -> str:
         """The SFT target: the interval in the asked format."""
         return wrap_answer(str(sample.answer), sample.meta.get("answer_mode", self.params.answer_mode))
+
+    def evidence(self, sample: Sample) -> list[Panel]:
+        """The frame timeline with the perturbed segment [start, end) marked, and the segment's frames (up to
+        6, first and last included) between the unperturbed frames just before and after it. The sample keeps
+        only the shown frames, not the source ones: the neighbours are the comparison."""
+        (frames,) = evidence.videos(sample)
+        meta = sample.meta
+        s, t, kind = int(meta["start_frame_index"]), int(meta["perturbed_frames_count"]), str(meta["perturbation"])
+        fps, decimals = float(meta["sample_fps"]), int(meta.get("decimals", 1))
+        segment = range(s, s + t)
+        marks = dict.fromkeys(segment, evidence.MARK)
+        line = evidence.timeline(frames, marks, lambda i: f"{i}  {i / fps:.{decimals}f}s")
+        picks = [s + j for j in evidence.spread(t, 6)]
+        picks = ([s - 1] if s > 0 else []) + picks + ([s + t] if s + t < len(frames) else [])
+        closeups = []
+        for i in picks:
+            inside = i in segment
+            thumb = evidence.outlined(evidence.fit(frames[i], 336, 84), evidence.MARK if inside else evidence.RULE, 3)
+            note = "" if inside else (" before" if i < s else " after")
+            closeups.append(evidence.captioned(thumb, f"{i} ({i / fps:.{decimals}f}s){note}"))
+        perturbation = PERTURBATIONS.get(kind)
+        what = f"{kind}: {perturbation.description}" if perturbation else kind
+        if meta.get("swap_source"):
+            what += f" (frames of {meta['swap_source']})"
+        return [
+            Panel(f"All {len(frames)} frames; marked: the perturbed frames {s}-{s + t - 1} = {sample.answer} s", line),
+            Panel(f"The segment ({what}) between the unperturbed frames before and after it", evidence.flow(closeups)),
+        ]
 
     def random_answer(self, sample: Sample, rng: np.random.Generator) -> str:
         """A random guess: two uniform times over the video, sorted (mean IoU ≈ 0.25 for these segments)."""

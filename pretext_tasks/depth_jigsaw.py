@@ -30,6 +30,8 @@ from PIL import Image, ImageDraw, ImageFont
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, MMRLError
 from mmrl.sample import Sample
+from mmrl.task import Panel
+from pretext_tasks import evidence
 from pretext_tasks.base import OrderingTask, answer_instruction, check_order_size, shuffle_and_label
 from pretext_tasks.depth_points import draw_points, register_depth, rgbd_candidates, sample_points
 from rewards.extract import labels_text
@@ -380,6 +382,30 @@ class DepthJigsaw(OrderingTask):
     def thought(self, sample: Sample) -> str:
         """The reasoning sentence of the SFT reference: the order itself, closest point first."""
         return f"From the closest point to the farthest: {labels_text(sample.answer)}."
+
+    def evidence(self, sample: Sample) -> list[Panel]:
+        """The marked image with a tag `rank: depth` beside each point (rank 1 = nearest), and the points
+        listed nearest to farthest with their labels, depths and pixels: `meta["points"]` (nearest first,
+        native pixels) and the answer (the label of each, nearest first)."""
+        image = evidence.images(sample)[0]
+        points = sample.meta["points"]
+        native_w, native_h = sample.meta.get("native_size", image.size)
+        picture = evidence.fit(image, 640, 480, 2.0)
+        sx, sy = picture.width / native_w, picture.height / native_h
+        reach = (self.params.marker_radius + self.params.marker_outline_width) * sx + 3
+        lines = []
+        for rank, ((row, col, depth), label) in enumerate(zip(points, sample.answer), start=1):
+            tag = evidence.tag(f"{rank}: {depth:.2f} m")
+            x, y = round(col * sx + reach), round(row * sy) - tag.height // 2
+            if x + tag.width > picture.width:  # no room on the right: left of the marker
+                x = round(col * sx - reach) - tag.width
+            picture.paste(tag, (max(0, x), min(max(0, y), picture.height - tag.height)))
+            lines.append(f"{rank}. label {label}: {depth:.3f} m  (row {row}, col {col})")
+        listing = evidence.text_image("\n".join(lines))
+        return [
+            Panel("Each point's depth rank and depth (1 = nearest)", picture),
+            Panel(f"Nearest to farthest: {labels_text(sample.answer)}", listing),
+        ]
 
 
 __all__ = [

@@ -28,7 +28,8 @@ from mmrl.config import to_dict
 from mmrl.contracts import Reward
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
-from mmrl.task import Task
+from mmrl.task import Panel, Task
+from pretext_tasks import evidence
 from pretext_tasks.base import MIN_ANSWERS, answer_instruction, degenerate, options_text
 from rewards.extract import AnswerMode, check_mode, wrap_answer
 from rewards.match import exact_match
@@ -259,6 +260,16 @@ class DominantColorTask(Task):
         """The palette's first colour: the dominant colour is drawn uniformly, so every constant is right 1/K
         of the time and the first is as good as any."""
         return wrap_answer(self.params.palette[0], self.answer_mode(sample))
+
+    def evidence(self, sample: Sample) -> list[Panel]:
+        """The colour shares measured on the drawn image (`meta["colour_fractions"]`) as one bar, largest first."""
+        shares = sample.meta.get("colour_fractions") or {}
+        if not shares:
+            return []
+        bar = evidence.share_bar(shares, {name: COLOURS.get(name, (0, 0, 0)) for name in shares})
+        margin = sample.meta.get("margin")
+        lead = f", {100 * margin:.1f} points ahead of the next" if margin is not None else ""
+        return [Panel(f"Share of the image in each colour: {sample.answer} covers the most{lead}", bar)]
 
 
 __all__ = ["COLOURS", "DominantColorParams", "DominantColorTask", "draw_image", "prompt_text"]

@@ -31,6 +31,8 @@ from mmrl import media
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
+from mmrl.task import Panel
+from pretext_tasks import evidence
 from pretext_tasks.base import (
     OrderingTask,
     Shuffle,
@@ -248,6 +250,34 @@ class ImageJigsaw(OrderingTask):
             answer=list(shuffle.labels),
             meta=meta,
         )
+
+    def evidence(self, sample: Sample) -> list[Panel]:
+        """The tiles as shown, in their labelled slots, beside the picture reassembled by the answer: grid
+        position i (raster order) gets the tile shown under label `answer[i]`, pasted at `meta["tile_boxes"][i]`,
+        so a right answer gives back the source picture pixel for pixel."""
+        rows, cols = sample.meta["grid"]
+        boxes = [tuple(int(v) for v in box) for box in sample.meta["tile_boxes"]]
+        shown = evidence.images(sample)
+        if len(shown) == 1:  # composed: cut each tile back out of its slot (its size is its true box's)
+            cell = (max(b[2] - b[0] for b in boxes), max(b[3] - b[1] for b in boxes))
+            tiles = []
+            for slot, true_index in enumerate(sample.meta["order"]):
+                x, y = slot_origin(slot, cols, cell)
+                left, top, right, bottom = boxes[true_index]
+                tiles.append(shown[0].crop((x, y, x + right - left, y + bottom - top)))
+            grid = shown[0]
+        else:
+            tiles, grid = shown, compose(shown, rows, cols)
+        picture = Image.new("RGB", tuple(sample.meta["image_size"]), BACKGROUND)
+        for position, label in enumerate(sample.answer):
+            picture.paste(tiles[int(label) - 1], boxes[position][:2])
+        half = 520  # the two side by side on a sheet
+        answer = ", ".join(str(label) for label in sample.answer)
+        grid, picture = evidence.fit(grid, half, half, 2.0), evidence.fit(picture, half, half, 2.0)
+        return [
+            Panel(f"The {len(tiles)} tiles as shown, in label order (raster slots)", grid),
+            Panel(f"Reassembled by the answer {answer}", picture),
+        ]
 
 
 __all__ = [

@@ -13,6 +13,8 @@ frames of `pretext_tasks.videossr.sample_video`, for each shape kind in `shapes`
 
 The answer is the counts in the order of `shapes`, e.g. `3,1,4`. Reward: VideoSSR's mean over kinds of
 max(0, 1 − |p − g| / g); a reply with a wrong number of counts scores 0 (`rewards.temporal.counting_reward`).
+`meta["drawn"]` lists each frame with shapes: its kind, its number of instances and each instance's pixel
+box `[left, top, right, bottom)` (the preview's evidence boxes them).
 
 Placement [ours, stricter than the released code]: a centre lies in the central `center_box` share of
 the frame and the whole shape inside the frame; shapes of one frame never touch (their masks, grown by
@@ -38,8 +40,8 @@ from mmrl.config import to_dict
 from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
-from mmrl.task import Task
-from pretext_tasks import videossr
+from mmrl.task import Panel, Task
+from pretext_tasks import evidence, videossr
 from pretext_tasks.base import MIN_ANSWERS, degenerate, item_path, video_sources
 from rewards.extract import wrap_answer
 from rewards.temporal import counting_reward, parse_counts
@@ -268,6 +270,12 @@ def choose_frames(params: ObjectCountingParams, rng: np.random.Generator) -> dic
     return chosen
 
 
+def mask_box(mask: np.ndarray) -> list[int]:
+    """[left, top, right, bottom] of a mask's pixels (right and bottom exclusive): where a shape was drawn."""
+    ys, xs = np.nonzero(mask)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
 # --------------------------------------------------------------------------------------------------
 # Task
 
@@ -316,10 +324,12 @@ class ObjectCounting(Task):
             total = 0
             for i in frame_ids:
                 n = int(rng.integers(p.instances_per_frame[0], p.instances_per_frame[1] + 1))
+                boxes = []
                 for mask, color in place_shapes(kind, n, hw, p, rng):
                     frames[i][mask] = color
+                    boxes.append(mask_box(mask))
                 total += n
-                placed.append({"shape": kind, "frame": i, "instances": n})
+                placed.append({"shape": kind, "frame": i, "instances": n, "boxes": boxes})
             counts.append(total)
         example = counts_text(list(range(len(p.shapes) + 1, 1, -1))[: len(p.shapes)])
         content = [
@@ -358,6 +368,38 @@ class ObjectCounting(Task):
     def reference_completion(self, sample: Sample) -> str:
         """The SFT target: the counts in the asked format."""
         return wrap_answer(str(sample.answer), sample.meta.get("answer_mode", self.params.answer_mode))
+
+    def evidence(self, sample: Sample) -> list[Panel]:
+        """The frame timeline with the frames that received shapes marked in their kind's colour, and each of
+        those frames enlarged with every drawn shape boxed and named (`meta["drawn"]`: frame, kind, boxes)."""
+        (frames,) = evidence.videos(sample)
+        shapes = list(sample.meta.get("shapes", self.params.shapes))
+        colours = {kind: evidence.KIND_COLOURS[k % len(evidence.KIND_COLOURS)] for k, kind in enumerate(shapes)}
+        drawn = sample.meta.get("drawn", [])
+        marks = {int(d["frame"]): colours[d["shape"]] for d in drawn}
+        line = evidence.timeline(frames, marks)
+        closeups = []
+        for d in drawn:
+            frame, kind = frames[int(d["frame"])], d["shape"]
+            big = evidence.fit(frame, 480, 120)
+            scale = big.width / frame.width
+            draw = ImageDraw.Draw(big)
+            boxes = [[a * scale - 2, b * scale - 2, c * scale + 1, e * scale + 1] for a, b, c, e in d.get("boxes", [])]
+            for box in boxes:
+                draw.rectangle(box, outline=colours[kind], width=2)
+            for k, box in enumerate(boxes, start=1):  # names last: over every box
+                name = evidence.tag(f"{kind} {k}", colours[kind], (255, 255, 255))
+                big.paste(name, (max(0, round(box[0])), max(0, round(box[1]) - name.height)))
+            n = int(d["instances"])
+            closeups.append(evidence.captioned(big, f"frame {d['frame']}: {n} {PLURALS[kind] if n != 1 else kind}"))
+        counts = sample.meta.get("counts", [])
+        total = ", ".join(f"{c} {PLURALS[s] if c != 1 else s}" for s, c in zip(shapes, counts))
+        names = evidence.KIND_COLOUR_NAMES
+        legend = ", ".join(f"{kind} {names[k % len(names)]}" for k, kind in enumerate(shapes))
+        panels = [Panel(f"All {len(frames)} frames; marked: the {len(drawn)} frames with shapes ({legend})", line)]
+        if closeups:
+            panels.append(Panel(f"The drawn shapes: {total} = answer {sample.answer}", evidence.flow(closeups)))
+        return panels
 
     def random_answer(self, sample: Sample, rng: np.random.Generator) -> str:
         """A random guess: each count uniform over its possible range (frames × instances)."""

@@ -29,7 +29,8 @@ import numpy as np
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
-from pretext_tasks import videossr
+from mmrl.task import Panel
+from pretext_tasks import evidence, videossr
 from pretext_tasks.base import OrderingTask, check_order_size, item_path, shuffle_and_label, video_sources
 from pretext_tasks.video_jigsaw import instruction_text
 from rewards.extract import AnswerMode
@@ -122,6 +123,13 @@ class TemporalJigsaw(OrderingTask):
             answer=list(shuffle.labels),
             meta=meta,
         )
+
+    def evidence(self, sample: Sample) -> list[Panel]:
+        """Each clip as shown under its label, and the clips reordered by the answer, earliest first, each with
+        the frames of the sampled video it holds (clip r: frames r·L .. (r+1)·L − 1)."""
+        length = sample.meta.get("frames_per_clip")
+        spans = [f"frames {r * length}-{(r + 1) * length - 1}" for r in range(len(sample.answer))] if length else None
+        return evidence.clip_order_panels(sample, spans)
 
 
 __all__ = ["TemporalJigsaw", "TemporalJigsawParams", "intro_text"]

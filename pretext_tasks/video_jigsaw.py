@@ -42,7 +42,9 @@ from mmrl import media
 from mmrl.config import to_dict
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
+from mmrl.task import Panel
 from mmrl.video import read_frames, video_info
+from pretext_tasks import evidence
 from pretext_tasks.base import (
     OrderingTask,
     answer_instruction,
@@ -277,6 +279,13 @@ class VideoJigsaw(OrderingTask):
             answer=list(shuffle.labels),
             meta=meta,
         )
+
+    def evidence(self, sample: Sample) -> list[Panel]:
+        """Each clip as shown under its label, and the clips reordered by the answer, earliest first, each with
+        the source frames it was cut from (`meta["clip_ranges"]`, in time order)."""
+        ranges = sample.meta.get("clip_ranges")
+        spans = [f"source frames {a}-{b - 1}" for a, b in ranges] if ranges else None
+        return evidence.clip_order_panels(sample, spans)
 
 
 __all__ = [
