@@ -289,7 +289,7 @@ def load_mesh(path: str | Path) -> open3d.geometry.TriangleMesh:
     Vertices stay in the file's units and axes (see `mmrl.geometry_render.place_geometry`). Raises
     MediaError if the file is missing, unreadable, or has no triangles.
     """
-    p = _require_file(path, "mesh")
+    p = require_file(path, "mesh")
     mesh = _read_mesh_with_materials(p) if p.suffix.lower() in _MATERIAL_MESH_EXTENSIONS else None
     if mesh is None:
         mesh = _read_o3d(path, "mesh", MESH_EXTENSIONS, "read_triangle_mesh")
@@ -308,7 +308,7 @@ def _read_mesh_with_materials(p: Path) -> open3d.geometry.TriangleMesh | None:
             return o3d.io.read_triangle_model(str(p))
 
     try:
-        model, log = _native_call(_read, f"cannot read mesh {p}")
+        model, log = native_call(_read, f"cannot read mesh {p}")
     except MediaError:
         return None
     parts = [m for m in model.meshes if len(m.mesh.triangles) and len(m.mesh.vertices)]
