@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mmrl import media
 from mmrl.sample import Sample
 from mmrl.task import PANEL_MAX_WIDTH, Panel
+from mmrl.video import read_video
 
 Colour = tuple[int, int, int]
 
@@ -89,7 +90,7 @@ def videos(sample: Sample) -> list[list[Image.Image]]:
             continue
         value = item["video"]
         if isinstance(value, (str, Path)):  # a video file: every frame
-            out.append([Image.fromarray(f) for f in media.read_video(value).frames])
+            out.append([Image.fromarray(f) for f in read_video(value).frames])
         else:
             out.append([as_image(f) for f in value])
     return out

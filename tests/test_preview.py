@@ -25,6 +25,7 @@ from mmrl.preview import panel_tile, preview_sheet, sample_evidence
 from mmrl.registry import get_task
 from mmrl.sample import Sample, read_dataset, write_dataset
 from mmrl.task import Panel, Task
+from mmrl.video import read_frames, write_video
 from pretext_tasks import evidence
 from pretext_tasks.diagnostic import COLOURS
 from pretext_tasks.image_jigsaw import prepare_image
@@ -43,7 +44,7 @@ def videos(tmp_path_factory) -> Path:
     for name, photo, n, seed in (("cat", "chelsea.png", 120, 0), ("coffee", "coffee.png", 100, 1)):
         image = media.load_image(DATA / photo)
         frames = list(camera_motion_frames(image, "pan_right", n, (160, 120), np.random.default_rng(seed)))
-        media.write_video(root / f"{name}.mp4", frames, FPS)
+        write_video(root / f"{name}.mp4", frames, FPS)
     return root
 
 
@@ -53,7 +54,7 @@ def video_sample(name: str, folder: Path, seed: int = 1, **params) -> Sample:
 
 
 def source_frames(folder: Path, sample: Sample, indices) -> np.ndarray:
-    return media.read_frames(folder / f"{sample.meta['source']}.mp4", indices).frames
+    return read_frames(folder / sample.meta["source"], indices).frames
 
 
 def shown_video(sample: Sample) -> np.ndarray:
