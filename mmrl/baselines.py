@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,10 +144,56 @@ def random_baseline(samples: Sequence[Sample], draws: int, seed: int, tasks: Tas
     return merged
 
 
+NUMBER = re.compile(r"(\d+(?:\.\d+)?)")
+
+
+def central_answers(answers: Sequence[Any]) -> list[Any]:
+    """Per-position median and mode of answers made of the same number of numbers in the same form: number
+    lists (`[3, 1, 2]`) or texts that differ only in their numbers (counts `"3,2,3"`, intervals `"5.5-19.0"`);
+    [] for anything else. Answers keep their form: lists stay lists, texts keep their separators and each
+    position's decimals; integer positions stay integers (the median rounded half to even)."""
+    if not answers:
+        return []
+    if all(isinstance(a, str) for a in answers):
+        parts = [NUMBER.split(a) for a in answers]  # text, number, text, number, ..., text
+        if len({tuple(p[0::2]) for p in parts}) != 1:
+            return []
+        columns = [[p[i] for p in parts] for i in range(1, len(parts[0]), 2)]
+        if not columns:
+            return []
+        places = [max(len(x.partition(".")[2]) for x in c) for c in columns]
+        table = np.array([[float(x) for x in c] for c in columns]).T  # (answers, positions)
+
+        def as_answer(values: Sequence[float]) -> str:
+            out = list(parts[0])
+            for i, (v, d) in enumerate(zip(values, places)):
+                out[2 * i + 1] = f"{v:.{d}f}"
+            return "".join(out)
+
+    elif all(isinstance(a, (list, tuple)) and a for a in answers):
+        if len({len(a) for a in answers}) != 1 or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for a in answers for x in a
+        ):
+            return []
+        table = np.array(answers, dtype=float)  # (answers, positions)
+        integer = all(isinstance(x, int) for a in answers for x in a)
+
+        def as_answer(values: Sequence[float]) -> list[float | int]:
+            return [int(round(v)) for v in values] if integer else [float(v) for v in values]
+
+    else:
+        return []
+    median = np.median(table, axis=0)
+    mode = [Counter(column.tolist()).most_common(1)[0][0] for column in table.T]
+    return [as_answer(median), as_answer(mode)]
+
+
 def constant_completions(samples: Sequence[Sample], tasks: TaskCache | None = None) -> list[str]:
     """Per sample, the best constant completion of its task: the one reply that, given to every sample of the
     task in `samples`, has the highest mean reward. Searched among the `MAX_CONSTANT_CANDIDATES` most common
-    reference completions of the task and the task's own `constant_answer`; ties go to the more common one.
+    reference completions of the task, the task's own `constant_answer` and, for answers that are number
+    vectors, their per-position median and mode (`central_answers`: the best constant count vector or
+    interval is often no sample's answer); ties go to the more common one.
 
     It is the bar a policy must clear to show it reads the input: a constant interval covering the middle of
     most videos, or the most common count vector, already earns partial credit without looking.
@@ -158,11 +205,12 @@ def constant_completions(samples: Sequence[Sample], tasks: TaskCache | None = No
     out = [""] * len(samples)
     for _, indices in sorted(by_task.items()):
         group = [samples[i] for i in indices]
-        references = Counter(tasks.of(s).reference_completion(s) for s in group)
+        task = tasks.of(group[0])
+        references = Counter(task.reference_completion(s) for s in group)
         candidates = [c for c, _ in references.most_common(MAX_CONSTANT_CANDIDATES)]
-        proposed = tasks.of(group[0]).constant_answer(group[0])
-        if proposed is not None and proposed not in candidates:
-            candidates.append(proposed)
+        proposed = [task.constant_answer(group[0])]
+        proposed += [answer_completion(task, group[0], v) for v in central_answers([s.answer for s in group])]
+        candidates += [c for c in dict.fromkeys(proposed) if c is not None and c not in candidates]
         means = [float(np.mean([r.reward for r in score(group, [c] * len(group), tasks)])) for c in candidates]
         best = candidates[int(np.argmax(means))]
         for i in indices:
@@ -175,6 +223,7 @@ __all__ = [
     "Scored",
     "TaskCache",
     "answer_completion",
+    "central_answers",
     "constant_completions",
     "random_baseline",
     "random_completions",

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmrl.baselines import constant_completions, random_completions, reference_completions, score
+from mmrl.baselines import (
+    central_answers,
+    constant_completions,
+    random_completions,
+    reference_completions,
+    score,
+)
 from mmrl.cli import main
 from mmrl.config import ModelConfig
 from mmrl.evaluate import evaluate_dataset, format_table
@@ -19,7 +25,7 @@ from mmrl.generate import generate
 from mmrl.models import load_policy
 from mmrl.registry import get_task, task_names
 from mmrl.rollout import encode_prompt
-from mmrl.sample import read_dataset
+from mmrl.sample import Sample, read_dataset
 from rewards.ordering import parse_permutation
 
 HAS_JIGSAW = "image_jigsaw" in task_names()
@@ -87,6 +93,22 @@ def test_best_constant_is_the_single_reply_with_the_best_mean_reward(colours: Pa
     assert row["model"]["top_share"] == 1.0  # the collapsed policy is visible as such
     table = format_table(result)
     assert "constant" in table and "spread" in table and "top share" in table
+
+
+def test_best_constant_also_tries_the_per_position_median_of_number_answers() -> None:
+    """Issue 12: the best constant count vector is often no sample's answer. On counts 1,4,4 / 4,1,4 / 4,4,1 every
+    observed vector scores 0.611 as a constant, the per-position median 4,4,4 scores 2/3 on each sample."""
+    samples = [Sample(f"c{i}", "object_counting", [], answer, {"answer_mode": "raw"})
+               for i, answer in enumerate(["1,4,4", "4,1,4", "4,4,1"])]  # fmt: skip
+    assert central_answers([s.answer for s in samples]) == ["4,4,4", "4,4,4"]
+    constant = constant_completions(samples)
+    assert constant == ["4,4,4"] * 3
+    assert [r.reward for r in score(samples, constant)] == pytest.approx([2 / 3] * 3)
+    observed = [np.mean([r.reward for r in score(samples, [s.answer] * 3)]) for s in samples]
+    assert observed == pytest.approx([(1 + 2 * (0.25 + 1 + 0) / 3) / 3] * 3)  # 0.611 < 2/3
+    assert central_answers(["5.5-19.0", "1.0-3.5", "2.5-9.0"]) == ["2.5-9.0", "5.5-19.0"]
+    assert central_answers([[3, 1, 2], [2, 3, 1], [3, 2, 1]]) == [[3, 2, 1], [3, 1, 1]]
+    assert central_answers(["red", "blue"]) == [] and central_answers(["1, 2", "1,2,3"]) == []
 
 
 def test_wrong_answers_score_zero_accuracy(colours: Path) -> None:
