@@ -52,6 +52,7 @@ from games.scoring import (
     parse_clue,
     parse_vote,
 )
+from games.spy_eval import evaluate as heldout_evaluate
 from games.spy_game import Game, Turn
 from games.transcripts import TranscriptWriter
 from mmrl.config import RunConfig, validate_config
@@ -127,9 +128,19 @@ class SpyProducer:
         self._write_transcripts(step, played)
         return rollouts, metrics
 
-    def play(self, engine: Engine, step: int, count: int | None = None) -> tuple[list[Game], dict[str, float]]:
+    def play(
+        self,
+        engine: Engine,
+        step: int,
+        count: int | None = None,
+        *,
+        greedy: bool = False,
+        decision_samples: int | None = None,
+    ) -> tuple[list[Game], dict[str, float]]:
         """Play `count` (default `game.games_per_step`) games in lock-step and score them: clue rewards and
-        group-normalised vote rewards. Clue advantages stay None (they need the baselines: `produce`)."""
+        group-normalised vote rewards. Clue advantages stay None (they need the baselines: `produce`).
+        `greedy` decodes every turn at temperature 0; `decision_samples` overrides the judge's
+        `game.decision_samples` (held-out evaluation, `games.spy_eval`)."""
         g = self.game
         games = [self.new_game(step, i) for i in range(count or g.games_per_step)]
         timer = {"time/generate": 0.0, "time/encode": 0.0, "time/score": 0.0}
@@ -144,6 +155,7 @@ class SpyProducer:
                     seed_call=(step, calls),
                     min_new_tokens=g.clue_min_new_tokens,
                     timer=timer,
+                    greedy=greedy,
                 )
                 calls += 1
                 for game, ((prompt, completions),) in turns:
@@ -158,10 +170,11 @@ class SpyProducer:
             (lambda game: [self.judge_messages(game)])
             if judge
             else (lambda game: [self.voter_messages(game, k) for k in self._civilians(game)]),
-            n=g.decision_samples if judge else 1,
+            n=(decision_samples or g.decision_samples) if judge else 1,
             seed_call=(step, calls),
             min_new_tokens=g.decision_min_new_tokens,
             timer=timer,
+            greedy=greedy,
         )
         for game, encoded in turns:
             voters = [None] if judge else self._civilians(game)
@@ -203,6 +216,7 @@ class SpyProducer:
         seed_call: tuple[int, int],
         min_new_tokens: int,
         timer: dict[str, float],
+        greedy: bool = False,
     ) -> list[tuple[Game, list[tuple[EncodedPrompt, list[Completion]]]]]:
         """Encode every live game's prompts for this turn and generate them in ONE engine call (lock-step).
 
@@ -225,6 +239,8 @@ class SpyProducer:
         step, call = seed_call
         seed = int(np.random.default_rng([self.cfg.train.seed, self.rank, step, call]).integers(2**31))
         sampling = dataclasses.replace(sampling_params(self.cfg.rollout, seed=seed), min_new_tokens=min_new_tokens)
+        if greedy:
+            sampling = dataclasses.replace(sampling, temperature=0.0)
         t0 = time.perf_counter()
         completions = iter(engine.generate(flat, n, sampling))
         timer["time/generate"] += time.perf_counter() - t0
@@ -373,8 +389,9 @@ class SpyProducer:
         return sft_examples(self, step, count)
 
     def evaluate(self, engine: Engine) -> dict[str, float]:
-        """No held-out set: a game is scored by playing it (the `game/*` metrics of every step)."""
-        return {}
+        """Held-out play of `data.eval_samples` games, greedy and sampled, next to the random and best-constant
+        votes (`games.spy_eval.evaluate`)."""
+        return heldout_evaluate(self, engine)
 
     # -- checkpoint state -------------------------------------------------------------------------
 

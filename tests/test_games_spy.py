@@ -26,6 +26,7 @@ from PIL import Image
 from games.config import SpyConfig
 from games.scoring import RoleBaselines, parse_clue, parse_vote, role_advantages
 from games.spy import SpyProducer
+from games.spy_eval import HELDOUT_STEP
 from games.spy_prompts import NO_CLUE, SpokenClue, clue_text, history_block, judge_text, voter_text
 from games.spy_sft import GENERIC_CLUES, NA_SHARE, THINKING, chart_sentences, scripted_game
 from games.transcripts import IMAGES, TranscriptWriter, read_transcripts
@@ -401,6 +402,48 @@ def test_same_seed_same_games_with_the_real_model(policy, tmp_path) -> None:
     assert [(g["spy"], g["pair"]["id"], g["clues"][0]["completion"]) for g in other] != [
         (g["spy"], g["pair"]["id"], g["clues"][0]["completion"]) for g in first
     ]
+
+
+class OracleEngine(ScriptedEngine):
+    """Votes for the spy of each held-out game (known from `new_game`), in the order the games are played."""
+
+    def __init__(self, tokenizer, spies: list[int]):
+        super().__init__(tokenizer)
+        self.spies = spies
+
+    def generate(self, prompts: list[EncodedPrompt], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+        out = super().generate(prompts, n, sampling)
+        if re.search(r"You are Player (\d+)\. This is clue round", prompts[0].text):
+            return out
+        return [[self._completion(f"\\boxed{{{spy}}}")] * n for spy in self.spies[: len(prompts)]]
+
+
+def test_heldout_eval_plays_fixed_games_greedy_and_sampled_next_to_both_baselines(policy, tmp_path) -> None:
+    model, processor = policy
+    cfg = config(tmp_path, "data.eval_samples=6", "data.eval_k=2")
+    producer = SpyProducer(cfg, processor)
+    spies = [producer.new_game(HELDOUT_STEP, i).spy for i in range(6)]
+    training = {producer.new_game(step, i).pair.original.tobytes() for step in range(3) for i in range(2)}
+    assert not training & {producer.new_game(HELDOUT_STEP, i).pair.original.tobytes() for i in range(6)}
+
+    engine = make_engine(cfg.rollout, model, processor, seed=0)
+    calls = counting(engine)
+    ev = producer.evaluate(engine)
+    # Greedy: R·N clue calls and one judge call with one vote per game; sampled: the same with eval_k votes.
+    assert calls == [(6, 1)] * (R * N) + [(6, 1)] + [(6, 1)] * (R * N) + [(6, 2)]
+    assert ev == producer.evaluate(engine)  # the same held-out games and seeds every time
+    assert ev["eval/random_reward"] == pytest.approx(1 / N)
+    assert ev["eval/constant_reward"] == pytest.approx(Counter(spies).most_common(1)[0][1] / 6)
+    assert ev["eval/constant_spread"] == pytest.approx(1 / 6)
+    for name in ("reward", "accuracy", "spread", "top_share"):
+        assert 0.0 <= ev[f"eval/{name}"] <= 1.0 and 0.0 <= ev[f"eval/{name}_sampled"] <= 1.0
+    assert producer.schedule.state_dict() == SpyProducer(cfg, processor).schedule.state_dict()  # eval trains nothing
+
+    oracle = producer.evaluate(OracleEngine(processor.tokenizer, spies))
+    assert oracle["eval/reward"] == oracle["eval/reward_sampled"] == 1.0
+    assert oracle["eval/spread"] == pytest.approx(len(set(spies)) / 6)
+    assert oracle["eval/spread_sampled"] == pytest.approx(len(set(spies)) / 12)
+    assert SpyProducer(config(tmp_path, "data.eval_samples=0"), processor).evaluate(engine) == {}
 
 
 def test_state_dict_resume_continues_the_same_run(policy, tmp_path) -> None:
