@@ -20,22 +20,63 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+CUES = ROOT / "runs" / "ladder" / "cues"
+"""Sources with a cue made visible on purpose (`write_ramps`), written before any rung trains."""
 
 
-def run_rung(config: Path, runs: Path) -> dict:
-    """Train one rung; return its row of the table."""
+def write_ramps(folder: Path, count: int = 256, size: tuple[int, int] = (168, 56), seed: int = 0) -> Path:
+    """`count` PNGs whose brightness rises left to right: a 1x3 image jigsaw's tiles then give their column
+    away by their mean brightness alone (left third about 30-75 grey levels, middle 90-150, right 150-220),
+    a cue any model that sees the tiles can use. Each image draws its ramp's dark end in [0, 40], its bright
+    end in [215, 255], a tint in [0.85, 1] per channel and pixel noise (σ 8), from rng(seed): same seed,
+    same bytes. The folder is rewritten each time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    for i in range(count):
+        low, high = rng.uniform(0, 40), rng.uniform(215, 255)
+        ramp = np.linspace(low, high, width)[None, :, None]  # (1, W, 1)
+        tint = rng.uniform(0.85, 1.0, size=3)[None, None, :]  # (1, 1, 3)
+        pixels = ramp * tint + rng.normal(0, 8, size=(height, width, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"ramp_{i:03d}.png")
+    return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    width, height = size
+    for i in range(count):
+        low, high = rng.uniform(0, 90), rng.uniform(165, 255)
+        ramp = np.linspace(low, high, width)[None, :, None]  # (1, W, 1)
+        tint = rng.uniform(0.6, 1.0, size=3)[None, None, :]  # (1, 1, 3)
+        pixels = ramp * tint + rng.normal(0, 8, size=(height, width, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"ramp_{i:03d}.png")
+    return folder
+
+
+def run_rung(config: Path, runs: Path, overrides: list[str] | None = None) -> dict:
+    """Train one rung (cold start included) and return its row of the table, also kept as `ladder_row.json`.
+    `overrides` are `key=value` config overrides (e.g. another source folder)."""
     name = config.stem
     out = runs / name
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "mmrl.cli", "train", "--config", str(config), f"train.out_dir={out}",
-           f"sft.out_dir={out / 'sft'}", "train.overwrite=true", "log.progress=false"]  # fmt: skip
+           f"sft.out_dir={out / 'sft'}", "train.overwrite=true", "log.progress=false", *(overrides or [])]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     minutes = (time.perf_counter() - start) / 60
     if proc.returncode != 0:
         return {"name": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    row = read_row(config, out, minutes)
+    (out / "ladder_row.json").write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def read_row(config: Path, out: Path, minutes: float) -> dict:
+    """The table row of a finished run in `out`: its first and last held-out evaluations."""
+    name = config.stem
     records: dict[int, dict] = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -45,41 +86,65 @@ def run_rung(config: Path, runs: Path) -> dict:
     cfg = yaml.safe_load(config.read_text())
     return {
         "name": name,
-        "setting": ", ".join(f"{k}={v}" for k, v in (cfg["data"]["sources"][0].get("params") or {}).items()),
+        "setting": setting(cfg),
         "steps": max(records),
         "minutes": minutes,
         **{f"before_{k}": first.get(f"eval/{k}") for k in ("reward", "reward_sampled")},
-        **{f"after_{k}": last.get(f"eval/{k}") for k in ("reward", "reward_sampled", "spread_sampled")},
+        **{f"after_{k}": last.get(f"eval/{k}") for k in ("reward", "reward_sampled", "spread", "top_share_sampled")},
         "random": last.get("eval/random_reward"),
         "constant": last.get("eval/constant_reward"),
         "constant_spread": last.get("eval/constant_spread"),
     }
 
 
+def setting(cfg: dict) -> str:
+    """The rung's setting in one line: the task's params, or the game's size and pairs."""
+    if game := cfg.get("game"):
+        return f"{game['name']}: {game.get('n_players', 4)} players, {game.get('pairs', {}).get('kind', 'scene')} pairs"
+    return ", ".join(f"{k}={v}" for k, v in (cfg["data"]["sources"][0].get("params") or {}).items())
+
+
 def verdict(row: dict, margin: float) -> str:
     if "error" in row:
         return f"failed: {row['error']}"
     bar = max(row["random"], row["constant"]) + margin
-    learnt = row["after_reward_sampled"] > bar and row["after_spread_sampled"] > row["constant_spread"]
+    # Spread on the greedy answers (one per held-out prompt), like the constant's (1 / prompts): a policy that
+    # gives one reply to every prompt has the constant's spread whatever its reward.
+    learnt = row["after_reward_sampled"] > bar and row["after_spread"] > row["constant_spread"]
     return "learns" if learnt else f"below the bar ({bar:.3f})"
 
 
 def table(rows: list[dict], margin: float) -> str:
-    head = ("| rung | setting | steps | minutes | held-out reward before → after, greedy | sampled | random | "
-            "best constant | spread (constant) | verdict |\n|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    columns = ["rung", "setting", "steps", "minutes", "held-out reward before → after, greedy", "sampled", "random",
+               "best constant", "spread greedy (constant)", "top share sampled", "verdict"]  # fmt: skip
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | | | | | | | | | {verdict(r, margin)} |")
+            lines.append(f"| {r['name']} | | | | | | | | | | {verdict(r, margin)} |")
             continue
         lines.append(
             f"| {r['name']} | {r['setting']} | {r['steps']} | {r['minutes']:.1f} | "
             f"{r['before_reward']:.3f} → {r['after_reward']:.3f} | "
             f"{r['before_reward_sampled']:.3f} → {r['after_reward_sampled']:.3f} | {r['random']:.3f} | "
-            f"{r['constant']:.3f} | {r['after_spread_sampled']:.2f} ({r['constant_spread']:.2f}) | "
-            f"{verdict(r, margin)} |"
+            f"{r['constant']:.3f} | {r['after_spread']:.2f} ({r['constant_spread']:.2f}) | "
+            f"{r['after_top_share_sampled']:.2f} | {verdict(r, margin)} |"
         )
     return "\n".join(lines)
+
+
+TABLE_START, TABLE_END = "<!-- ladder table: scripts/ladder.py --out -->", "<!-- end of ladder table -->"
+
+
+def write_table(path: Path, text: str) -> None:
+    """Put the table between the two markers of an existing page (the prose around it stays), else write it."""
+    page = path.read_text() if path.is_file() else ""
+    if TABLE_START in page and TABLE_END in page:
+        before, rest = page.split(TABLE_START, 1)
+        page = f"{before}{TABLE_START}\n{text}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}"
+    else:
+        page = f"{TABLE_START}\n{text}\n{TABLE_END}\n"
+    path.write_text(page)
 
 
 def main() -> None:
@@ -87,18 +152,25 @@ def main() -> None:
     parser.add_argument("configs", nargs="*", type=Path, help="rungs (default: configs/ladder/*.yaml)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "ladder", help="run folders")
     parser.add_argument("--out", type=Path, help="write the table into this Markdown file (default: print only)")
+    parser.add_argument("--table-only", action="store_true", help="tabulate the rungs already trained, train none")
     parser.add_argument("--margin", type=float, default=0.05, help="how far above both baselines counts as learnt")
     args = parser.parse_args()
     configs = args.configs or sorted((ROOT / "configs" / "ladder").glob("*.yaml"))
+    write_ramps(CUES / "ramps")
     rows = []
     for config in configs:
+        kept = args.runs / config.stem / "ladder_row.json"
+        if args.table_only:
+            if kept.is_file():
+                rows.append(json.loads(kept.read_text()))
+            continue
         print(f"ladder: training {config.name} ...", flush=True)
         rows.append(run_rung(config, args.runs))
         print(table(rows[-1:], args.margin).splitlines()[-1], flush=True)
     text = table(rows, args.margin)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_table(args.out, text)
 
 
 if __name__ == "__main__":
