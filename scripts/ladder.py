@@ -45,16 +45,6 @@ def write_ramps(folder: Path, count: int = 256, size: tuple[int, int] = (168, 56
         pixels = ramp * tint + rng.normal(0, 8, size=(height, width, 3))
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"ramp_{i:03d}.png")
     return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    width, height = size
-    for i in range(count):
-        low, high = rng.uniform(0, 90), rng.uniform(165, 255)
-        ramp = np.linspace(low, high, width)[None, :, None]  # (1, W, 1)
-        tint = rng.uniform(0.6, 1.0, size=3)[None, None, :]  # (1, 1, 3)
-        pixels = ramp * tint + rng.normal(0, 8, size=(height, width, 3))
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"ramp_{i:03d}.png")
-    return folder
 
 
 def run_rung(config: Path, runs: Path, overrides: list[str] | None = None) -> dict:
@@ -156,7 +146,8 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.05, help="how far above both baselines counts as learnt")
     args = parser.parse_args()
     configs = args.configs or sorted((ROOT / "configs" / "ladder").glob("*.yaml"))
-    write_ramps(CUES / "ramps")
+    if not args.table_only:
+        write_ramps(CUES / "ramps")
     rows = []
     for config in configs:
         kept = args.runs / config.stem / "ladder_row.json"
