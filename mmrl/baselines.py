@@ -82,6 +82,14 @@ def answer_completion(task: Task, sample: Sample, answer: Any) -> str:
     return task.reference_completion(dataclasses.replace(sample, answer=answer))
 
 
+def indices_by_task(samples: Sequence[Sample]) -> list[list[int]]:
+    """The positions of each task's samples, one list per task, tasks in name order."""
+    by_task: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_task.setdefault(s.task, []).append(i)
+    return [by_task[task] for task in sorted(by_task)]
+
+
 def reference_completions(samples: Sequence[Sample], tasks: TaskCache | None = None) -> list[str]:
     """Each sample's ground truth as a completion (scores accuracy 1.0 when the scoring path is right)."""
     tasks = TaskCache() if tasks is None else tasks
@@ -91,11 +99,8 @@ def reference_completions(samples: Sequence[Sample], tasks: TaskCache | None = N
 def random_completions(samples: Sequence[Sample], rng: np.random.Generator, tasks: dict | None = None) -> list[str]:
     """One random-guess completion per sample, as described in the module docstring."""
     tasks = TaskCache() if tasks is None else tasks
-    by_task: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_task.setdefault(s.task, []).append(i)
     out = [""] * len(samples)
-    for _, indices in sorted(by_task.items()):
+    for indices in indices_by_task(samples):
         shuffled = [indices[j] for j in rng.permutation(len(indices))]  # the fallback: a shuffle of answers
         for i, other in zip(indices, shuffled):
             sample = samples[i]
@@ -199,11 +204,8 @@ def constant_completions(samples: Sequence[Sample], tasks: TaskCache | None = No
     most videos, or the most common count vector, already earns partial credit without looking.
     """
     tasks = TaskCache() if tasks is None else tasks
-    by_task: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_task.setdefault(s.task, []).append(i)
     out = [""] * len(samples)
-    for _, indices in sorted(by_task.items()):
+    for indices in indices_by_task(samples):
         group = [samples[i] for i in indices]
         task = tasks.of(group[0])
         references = Counter(task.reference_completion(s) for s in group)
