@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mmrl.contracts import Engine
+from mmrl.producers import HELDOUT_STEP
 from mmrl.task import answer_spread
 
 if TYPE_CHECKING:
     from games.scoring import Vote
     from games.spy import SpyProducer
     from games.spy_game import Game
-
-HELDOUT_STEP = 2**40  # as `mmrl.producers.HELDOUT_STEP`: games drawn at a step no run reaches
 
 
 def vote_key(vote: Vote) -> str:
@@ -88,4 +87,4 @@ def evaluate(producer: SpyProducer, engine: Engine) -> dict[str, float]:
     return out
 
 
-__all__ = ["HELDOUT_STEP", "evaluate", "vote_key", "vote_scores"]
+__all__ = ["evaluate", "vote_key", "vote_scores"]

@@ -26,7 +26,6 @@ from PIL import Image
 from games.config import SpyConfig
 from games.scoring import RoleBaselines, parse_clue, parse_vote, role_advantages
 from games.spy import SpyProducer
-from games.spy_eval import HELDOUT_STEP
 from games.spy_prompts import NO_CLUE, SpokenClue, clue_text, history_block, judge_text, voter_text
 from games.spy_sft import GENERIC_CLUES, NA_SHARE, THINKING, chart_sentences, scripted_game
 from games.transcripts import IMAGES, TranscriptWriter, read_transcripts
@@ -35,7 +34,7 @@ from mmrl.contracts import Completion, EncodedPrompt, SamplingParams
 from mmrl.errors import ConfigError, MMRLError
 from mmrl.logging import read_metrics
 from mmrl.models import load_policy
-from mmrl.producers import TaskProducer, make_producer
+from mmrl.producers import HELDOUT_STEP, TaskProducer, make_producer
 from mmrl.rollout import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
