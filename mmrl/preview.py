@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,8 @@ def _rule(width: int) -> Image.Image:
     return block
 
 
-def _as_image(value: Any) -> Image.Image:
+def as_image(value: Any) -> Image.Image:
+    """A prompt image or frame as RGB: a PIL image, an (H, W, 3) array, or a path (a read-back dataset)."""
     if isinstance(value, Image.Image):
         return value.convert("RGB")
     if isinstance(value, np.ndarray):
@@ -186,7 +188,7 @@ def _fit(image: Image.Image, box_w: int, box_h: int) -> Image.Image:
 def _media_tile(item: dict[str, Any], caption: str, font: Any, max_width: int) -> Image.Image:
     """One media item: caption above, the image (or frame strip) in a thin frame, its size below."""
     if item["type"] == "image":
-        original = _as_image(item["image"])
+        original = as_image(item["image"])
         picture = _fit(original, THUMB, THUMB)
         note = f"{original.width}x{original.height} px"
     else:
@@ -196,11 +198,11 @@ def _media_tile(item: dict[str, Any], caption: str, font: Any, max_width: int) -
             frames, total = [Image.fromarray(f) for f in clip.frames], video_info(value).num_frames
         else:
             frames, total = list(value), len(value)
-        first = _as_image(frames[0])
+        first = as_image(frames[0])
         fits = max(1, (max_width - 4) // (_fit(first, 4 * FRAME_HEIGHT, FRAME_HEIGHT).width + 2))
         count = min(MAX_FRAMES, len(frames), fits)
         shown = [frames[int(j)] for j in np.unique(np.round(np.linspace(0, len(frames) - 1, count)))]
-        thumbs = [_fit(_as_image(f), 4 * FRAME_HEIGHT, FRAME_HEIGHT) for f in shown]
+        thumbs = [_fit(as_image(f), 4 * FRAME_HEIGHT, FRAME_HEIGHT) for f in shown]
         picture = Image.new("RGB", (sum(t.width + 2 for t in thumbs) - 2, max(t.height for t in thumbs)), RULE)
         x = 0
         for t in thumbs:
@@ -219,16 +221,22 @@ def _media_tile(item: dict[str, Any], caption: str, font: Any, max_width: int) -
     return tile
 
 
-def _flow(tiles: list[Image.Image], width: int) -> Image.Image:
-    """Tiles left to right, wrapping to new rows when the width is used up."""
+def wrap_rows(pictures: Sequence[Image.Image], width: int, gap: int) -> list[list[Image.Image]]:
+    """Pictures left to right, `gap` px apart, in rows no wider than `width` (a wider picture gets a row alone)."""
     rows: list[list[Image.Image]] = [[]]
     used = 0
-    for tile in tiles:
-        if rows[-1] and used + GAP + tile.width > width:
+    for picture in pictures:
+        if rows[-1] and used + gap + picture.width > width:
             rows.append([])
             used = 0
-        used += (GAP if rows[-1] else 0) + tile.width
-        rows[-1].append(tile)
+        used += (gap if rows[-1] else 0) + picture.width
+        rows[-1].append(picture)
+    return rows
+
+
+def _flow(tiles: list[Image.Image], width: int) -> Image.Image:
+    """Tiles left to right, wrapping to new rows when the width is used up."""
+    rows = wrap_rows(tiles, width, GAP)
     heights = [max(t.height for t in row) for row in rows]
     block = Image.new("RGB", (width, sum(heights) + GAP * (len(rows) - 1)), BACKGROUND)
     y = 0

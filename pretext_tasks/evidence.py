@@ -13,12 +13,11 @@ import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mmrl import media
+from mmrl.preview import as_image, wrap_rows
 from mmrl.sample import Sample
 from mmrl.task import PANEL_MAX_WIDTH, Panel
 from mmrl.video import read_video
@@ -66,15 +65,6 @@ def line_height(size: int = FONT_SIZE) -> int:
 
 # --------------------------------------------------------------------------------------------------
 # The sample's media
-
-
-def as_image(value: Any) -> Image.Image:
-    """A prompt image or frame as RGB: a PIL image, an (H, W, 3) array, or a path (a read-back dataset)."""
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
-    if isinstance(value, np.ndarray):
-        return Image.fromarray(value).convert("RGB")
-    return media.load_image(value)
 
 
 def images(sample: Sample) -> list[Image.Image]:
@@ -171,15 +161,7 @@ def column(pictures: Sequence[Image.Image], gap: int = GAP) -> Image.Image:
 
 def flow(pictures: Sequence[Image.Image], width: int = PANEL_MAX_WIDTH, gap: int = GAP) -> Image.Image:
     """Pictures left to right, wrapping to a new row when `width` is used up."""
-    rows: list[list[Image.Image]] = [[]]
-    used = 0
-    for p in pictures:
-        if rows[-1] and used + gap + p.width > width:
-            rows.append([])
-            used = 0
-        used += (gap if rows[-1] else 0) + p.width
-        rows[-1].append(p)
-    return column([row(r, gap) for r in rows], gap)
+    return column([row(r, gap) for r in wrap_rows(pictures, width, gap)], gap)
 
 
 def spread(count: int, most: int) -> list[int]:
