@@ -93,8 +93,9 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
     if args.out is not None:
         _check_out(args.out, "--out")
     from mmrl.config import default_cache_dir
-    from mmrl.tiny import build_tiny
+    from mmrl.tiny import build_tiny, parse_spec
 
+    spec = parse_spec(args.spec)
     families = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"] if args.family == "all" else [args.family]
     for family in families:
         if args.out is None:
@@ -102,7 +103,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> None:
         else:
             out = args.out if len(families) == 1 else args.out / f"tiny-{family}"
         start = time.perf_counter()
-        path = build_tiny(family, out, seed=args.seed, overwrite=args.overwrite)
+        path = build_tiny(family, out, seed=args.seed, spec=spec, overwrite=args.overwrite)
         print(f"built tiny {family} in {time.perf_counter() - start:.1f}s: {path}")
 
 
@@ -239,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace --out even when it holds files other than an earlier tiny build (they are deleted)",
+    )
+    p.add_argument(
+        "--spec",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a size other than the default, repeatable (e.g. --spec hidden_size=128 --spec num_layers=4); keys: "
+        "the fields of mmrl.tiny.TinySpec. Train on it with model.path=<--out>",
     )
     p.set_defaults(func=cmd_build_tiny)
 

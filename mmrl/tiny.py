@@ -76,6 +76,34 @@ class TinySpec:
     """Vision attention heads."""
 
 
+def parse_spec(pairs: list[str]) -> TinySpec:
+    """A `TinySpec` from `key=value` strings (`["hidden_size=128", "num_layers=4"]`), the rest at their defaults.
+
+    >>> parse_spec(["hidden_size=128"]).hidden_size
+    128
+    """
+    fields = {f.name for f in dataclasses.fields(TinySpec)}
+    values: dict[str, int] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in fields:
+            raise MMRLError(f"tiny spec '{pair}': expected key=value with key one of {', '.join(sorted(fields))}")
+        try:
+            values[key] = int(value)
+        except ValueError:
+            raise MMRLError(f"tiny spec '{pair}': {key} must be a positive integer") from None
+        if values[key] < 1:
+            raise MMRLError(f"tiny spec '{pair}': {key} must be a positive integer")
+    spec = TinySpec(**values)
+    if spec.hidden_size % spec.num_heads or spec.num_heads % spec.num_kv_heads:
+        raise MMRLError(f"tiny spec: hidden_size ({spec.hidden_size}) must divide by num_heads ({spec.num_heads}), "
+                        f"and num_heads by num_kv_heads ({spec.num_kv_heads})")  # fmt: skip
+    if spec.vision_hidden_size % spec.vision_heads:
+        raise MMRLError(f"tiny spec: vision_hidden_size ({spec.vision_hidden_size}) must divide by vision_heads "
+                        f"({spec.vision_heads})")  # fmt: skip
+    return spec
+
+
 TINY_MARKER = "mmrl_tiny.json"
 """File in every tiny build (family, seed, sizes): tells a folder that a rebuild may replace."""
 

@@ -54,12 +54,13 @@ def test_unknown_config_key_is_one_clear_line(tmp_path):
 
 @pytest.mark.slow
 def test_build_tiny_writes_a_loadable_checkpoint(tmp_path):
-    out = mmrl("build-tiny", "--family", "qwen2-vl", "--out", str(tmp_path / "tiny"))
+    out = mmrl("build-tiny", "--family", "qwen2-vl", "--out", str(tmp_path / "tiny"), "--spec", "num_layers=3")
     assert out.returncode == 0, out.stderr
     assert str(tmp_path / "tiny") in out.stdout
     processor = AutoProcessor.from_pretrained(tmp_path / "tiny")
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "tiny")
     assert type(model).__name__ == "Qwen2VLForConditionalGeneration"
+    assert model.config.get_text_config().num_hidden_layers == 3  # --spec sizes the build
     assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == model.config.image_token_id
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import av
@@ -16,7 +17,7 @@ from transformers.video_utils import load_video
 from mmrl.config import ModelConfig
 from mmrl.errors import ConfigError, MMRLError
 from mmrl.models import image_factor, load_policy, load_processor, resolve_model_path
-from mmrl.tiny import FAMILIES, TinySpec, build_tiny
+from mmrl.tiny import FAMILIES, TinySpec, build_tiny, parse_spec
 
 MODEL_CLASSES = {
     "qwen2-vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
@@ -211,3 +212,23 @@ def test_resolve_model_path(tmp_path, monkeypatch):
     stamp = (Path(first) / "model.safetensors").stat().st_mtime_ns
     assert resolve_model_path("tiny:qwen2-vl") == first
     assert (Path(first) / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (["hidden=3"], "tiny spec 'hidden=3': expected key=value with key one of hidden_size, "),
+        (["num_layers"], "tiny spec 'num_layers': expected key=value"),
+        (["num_layers=two"], "tiny spec 'num_layers=two': num_layers must be a positive integer"),
+        (["num_layers=0"], "tiny spec 'num_layers=0': num_layers must be a positive integer"),
+        (["hidden_size=130"], "tiny spec: hidden_size (130) must divide by num_heads (4)"),
+        (["vision_heads=3"], "tiny spec: vision_hidden_size (32) must divide by vision_heads (3)"),
+    ],
+)
+def test_a_bad_tiny_spec_is_refused_naming_the_key(pairs, message):
+    with pytest.raises(MMRLError, match="^" + re.escape(message)):
+        parse_spec(pairs)
+
+
+def test_a_tiny_spec_sets_only_the_keys_given():
+    assert parse_spec(["hidden_size=128", "num_layers=4"]) == TinySpec(hidden_size=128, num_layers=4)
