@@ -377,6 +377,10 @@ def test_a_server_slower_than_training_never_makes_a_call_wait() -> None:
         assert calls.slowest_s < 0.5
         assert 1 <= len(results) <= 8 and m["dataserver/outbox_full"] == i - accepted > 0
         assert m["dataserver/server_queue_full"] > 0  # the server's refusals are retried, never dropped
+        start = time.perf_counter()
+        backend.close()
+        print(f"close() took {(time.perf_counter() - start) * 1000:.1f} ms")
+        assert time.perf_counter() - start < backend.timeout_s + 1.0
     finally:
         backend.close()
         stop(s)

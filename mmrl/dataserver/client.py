@@ -278,10 +278,11 @@ class HttpBackend:
         log.info("data server %s is up", server.url)
 
     def _down(self, server: _Server, reason: Any) -> None:
-        self._count("http_failures")
         if server.up:
             log.warning("data server %s is down: %s", server.url, reason)
-        server.up = False
+        with self._lock:
+            self._counts["http_failures"] += 1
+            server.up = False
         server.backoff_s = min(self.max_backoff_s, max(FIRST_BACKOFF_S, 2 * server.backoff_s))
         server.retry_at = time.monotonic() + server.backoff_s
 
