@@ -210,8 +210,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"results: {path}")
 
 
+def cmd_serve_data(args: argparse.Namespace) -> None:
+    from mmrl.config import load_config
+    from mmrl.dataserver.server import serve
+    from mmrl.dataserver.server_config import ServerConfig
+
+    cfg = load_config(ServerConfig, args.config, args.overrides)
+    for key in ("host", "port", "token", "workers"):  # flags win over the file and the overrides
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if args.token is None and os.environ.get("MMRL_DATA_TOKEN"):
+        cfg.token = os.environ["MMRL_DATA_TOKEN"]
+    serve(cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mmrl.config import CorpusConfig, ModelConfig, RunConfig
+    from mmrl.dataserver.server_config import ServerConfig
 
     parser = _Parser(
         prog="mmrl", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -405,6 +420,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser(
+        "serve-data",
+        help="run the Syn-GRPO data server (synthesizes new samples for a training run over HTTP)",
+        description="Serve a synthesizer over HTTP for `HttpBackend` clients (docs/dataserver.md): requests "
+        "(seed sample + description) go into a bounded queue, `workers` threads synthesize, results wait in a "
+        "bounded ready queue until a client fetches them. Endpoints: GET /health (no auth), POST /v1/requests, "
+        "GET /v1/results?max=N, GET /v1/metrics. Every endpoint but /health needs `Authorization: Bearer "
+        "<token>`; the token comes from --token, else MMRL_DATA_TOKEN, else the config's `token`. Binds "
+        "127.0.0.1 by default and refuses any non-loopback host without a token. Prints the URL it listens on; "
+        "SIGINT or SIGTERM stops it cleanly.\n\nexamples:"
+        "\n  mmrl serve-data --config configs/dataserver_identity.yaml"
+        "\n  MMRL_DATA_TOKEN=s3cret mmrl serve-data --config my_outpaint.yaml --host 0.0.0.0 --port 8765 "
+        "--workers 4",
+        formatter_class=formatter,
+    )
+    p.add_argument("--host", help="address to bind (default: the config's host, 127.0.0.1)")
+    p.add_argument("--port", type=_int_at_least(0), help="TCP port; 0 picks a free one (default: config, 8765)")
+    p.add_argument("--token", help="bearer token clients must send (default: $MMRL_DATA_TOKEN, else config)")
+    p.add_argument("--workers", type=_int_at_least(1), help="synthesizer workers, e.g. one per GPU (default: config)")
+    _add_config_args(p, ServerConfig)
+    p.set_defaults(func=cmd_serve_data)
     return parser
 
 
