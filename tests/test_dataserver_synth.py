@@ -163,3 +163,65 @@ def test_verify_checks():
     ovd = {"objects": [{"label": "a", "box": [0, 0, 2, 2]}, {"label": "b", "box": [2, 2, 4, 4]}]}
     assert [b for _, b in labelled_boxes(transform_answer_boxes(ovd, 2.0, (1, 0)))] == [[1, 0, 5, 4], [5, 4, 9, 8]]
     assert labelled_boxes("red") == [] and labelled_boxes({"box": [1, "x", 2, 3]}) == []
+
+
+# -- outpaint on a tiny random-init diffusers pipeline ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_inpaint(tmp_path_factory):
+    from mmrl.dataserver.outpaint import build_tiny_inpaint
+
+    return build_tiny_inpaint(tmp_path_factory.mktemp("tiny-inpaint"))
+
+
+def photo_seed() -> Sample:
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    content = [{"type": "image", "image": img}, {"type": "text", "text": "Where is the cube?"}]
+    meta = {"target_category": "cube", "image_size": [64, 64]}
+    return Sample("p", "referring_grounding", [{"role": "user", "content": content}],
+                  {"box": [10, 12, 30, 40], "label": "cube"}, meta)  # fmt: skip
+
+
+def test_outpaint_keeps_the_foreground_pixels_and_moves_the_labels(tiny_inpaint):
+    synth = build_synthesizer("outpaint", {"model": str(tiny_inpaint), "steps": 2, "margin": 0})
+    seed = photo_seed()
+    out = synth(request(seed, "o1", "a red sky over a beach"), pool_rng("o1"))
+    facts = out.meta["synthesized"]
+    s, (dx, dy) = facts["scale"], facts["offset"]
+    assert 0.6 <= s <= 1 and out.answer == transform_answer_boxes(seed.answer, s, (dx, dy))
+    x1, y1, x2, y2 = (int(round(v)) for v in out.answer["box"])
+    src = seed.messages[0]["content"][0]["image"]
+    shrunk = np.asarray(src.resize((round(64 * s), round(64 * s)), Image.Resampling.BICUBIC))
+    new = np.asarray(out.messages[0]["content"][0]["image"])
+    inner = (slice(y1 + 1, y2 - 1), slice(x1 + 1, x2 - 1))  # the kept box, away from rounding at its edges
+    assert np.array_equal(new[inner], shrunk[inner[0].start - dy : inner[0].stop - dy,
+                                             inner[1].start - dx : inner[1].stop - dx])  # fmt: skip
+    assert facts["kept_mad"] == 0.0 and facts["unchecked_new_instance"] is True
+    again = synth(request(seed, "o1", "a red sky over a beach"), pool_rng("o1"))
+    assert np.asarray(again.messages[0]["content"][0]["image"]).tobytes() == new.tobytes()
+
+
+def test_outpaint_rejects_nan_and_blank_outputs_and_uses_a_detector(tiny_inpaint):
+    import torch
+
+    from mmrl.dataserver.outpaint import OutpaintSynthesizer
+
+    seed = photo_seed()
+    found = OutpaintSynthesizer(
+        model=str(tiny_inpaint), steps=1, detector=lambda image, cats: [("cube", [40, 0, 60, 20])]
+    )
+    with pytest.raises(Rejected) as e:
+        found(request(seed, "d"), pool_rng("d"))
+    assert e.value.reason == "new_instance"
+    synth = OutpaintSynthesizer(model=str(tiny_inpaint), steps=1)
+    conv = synth.pipe.vae.decoder.conv_out
+    with torch.no_grad():
+        conv.weight.zero_()  # the decoder paints one flat colour
+        with pytest.raises(Rejected) as e:
+            synth(request(seed, "b"), pool_rng("b"))
+        assert e.value.reason == "bad_image"
+        conv.bias.fill_(float("nan"))
+        with pytest.raises(Rejected) as e:
+            synth(request(seed, "n"), pool_rng("n"))
+        assert e.value.reason == "bad_image"

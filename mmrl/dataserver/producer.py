@@ -182,6 +182,8 @@ class SynGRPOProducer:
         for result in results:
             if result.accepted:
                 self.waiting.append(result)
+                if (result.sample.meta.get("synthesized") or {}).get("unchecked_new_instance"):
+                    self.counts["unchecked_new_instance"] += 1  # outpaint without a detector (docs/syn_grpo.md)
             else:
                 self.counts["rejected_results"] += 1
                 self.credit.resolve(result.request_id, 0.0, 0.0, False, step)
