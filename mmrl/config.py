@@ -1,5 +1,5 @@
 """The run configuration: one dataclass per section (`model`, `rollout`, `algorithm`, `data`, `train`,
-`log`, `corpus`, `sft`, `game`), every field with a default, a docstring and, for numbers, a valid range.
+`log`, `corpus`, `sft`, `dataserver`, `game`), every field with a default, a docstring and, for numbers, a valid range.
 
 `load_config(RunConfig, "run.yaml", ["train.lr=1e-6"])` builds one from YAML and overrides and checks it
 (the machinery: `mmrl.config_tools`, whose public functions are importable from here too).
@@ -284,6 +284,60 @@ class LogConfig:
 
 
 @dataclass
+class DataServerConfig:
+    enabled: bool = False
+    """Mix synthesized samples into training (Syn-GRPO, docs/syn_grpo.md); off: plain task batches."""
+    backend: Literal["inprocess", "http"] = "http"
+    """`inprocess` (synthesis threads in the trainer's process: one node, tests) or `http` (`mmrl serve-data`
+    processes at `urls`)."""
+    urls: list[str] = field(default_factory=list)
+    """Data servers for the `http` backend (`http://host:port`), used round-robin."""
+    token: str = ""
+    """Bearer token of the `http` servers (also read from MMRL_DATA_TOKEN when empty)."""
+    synthesizer: str = "outpaint"
+    """In-process backend: `procedural`, `outpaint`, `identity` (tests) or `package.module:Class`."""
+    synthesizer_params: dict = field(default_factory=dict)
+    """Keyword parameters of the synthesizer (e.g. `model`, `steps` for `outpaint`)."""
+    workers: Annotated[int, ">= 1"] = 1
+    """In-process backend: synthesis threads."""
+    request_queue: Annotated[int, ">= 1"] = 256
+    """Most requests waiting for synthesis; a full queue refuses new ones (counted, never retried)."""
+    ready_queue: Annotated[int, ">= 1"] = 512
+    """Most finished samples waiting for the trainer; a full queue pauses synthesis."""
+    syn_fraction: Annotated[float, "[0, 1]"] = 0.5
+    """rho: most synthesized samples per batch, as a share of `data.prompts_per_step` (0: server off)."""
+    max_sample_age: Annotated[int, ">= 0"] = 8
+    """Synthesized samples whose description is older than this many policy versions are dropped."""
+    max_staleness: Annotated[int, ">= 0"] = 4
+    """Description rollouts whose reward matures more than this many versions after generation are dropped."""
+    descriptions_per_step: Annotated[int, ">= 0"] = 2
+    """Seed samples per step for which the policy writes new descriptions (each gets `desc_group_size`
+    descriptions under `desc_advantage: group`, one otherwise)."""
+    desc_advantage: Literal["ema_baseline", "group"] = "ema_baseline"
+    """Advantage of a matured description: `ema_baseline` (A = (r - b) / (sigma_b + desc_eps)) or `group`
+    (group-normalised over the `desc_group_size` descriptions of one seed)."""
+    desc_group_size: Annotated[int, ">= 2"] = 4
+    """G_d: descriptions per seed under `desc_advantage: group`."""
+    ema_momentum: Annotated[float, "[0, 1)"] = 0.9
+    """mu: momentum of the EMA mean b and variance sigma_b^2 of matured description rewards."""
+    desc_eps: Annotated[float, "> 0"] = 0.1
+    """Added to sigma_b (ema_baseline) or the group std (group): bounds |A| by about 1 / desc_eps while the
+    spread of the rewards is still near 0."""
+    w_valid: Annotated[float, "[0, 1]"] = 0.1
+    """Share of validity in the description reward: r_desc = w_valid * valid + (1 - w_valid) * r_div."""
+    desc_max_new_tokens: Annotated[int, ">= 1"] = 96
+    """Most tokens of one description rollout."""
+    desc_think: bool = True
+    """Ask for reasoning in `<think>` before the description."""
+    poll_max: Annotated[int, ">= 1"] = 64
+    """Most results taken from the backend per step."""
+
+    def config_rules(self) -> list[Rule]:
+        return [("urls", not (self.enabled and self.backend == "http") or bool(self.urls),
+                 "at least one URL when dataserver.enabled and backend is http")]  # fmt: skip
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Policy checkpoint and pixel budgets."""
@@ -301,6 +355,8 @@ class RunConfig:
     """The default corpus used by live generators with `source: default`."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     """Supervised cold start (`mmrl sft`)."""
+    dataserver: DataServerConfig = field(default_factory=DataServerConfig)
+    """Syn-GRPO: synthesized samples from a data server mixed into the batches (docs/syn_grpo.md)."""
     game: Any = field(default_factory=NoGame, metadata={"plugin": "game"})
     """Self-play game producing the rollouts instead of the task mixture of `data`: `game.name` names a
     registered game (`spy`), whose own keys then make up the rest of this section."""
@@ -316,6 +372,7 @@ __all__ = [
     "AlgorithmConfig",
     "CorpusConfig",
     "DataConfig",
+    "DataServerConfig",
     "DataSource",
     "LogConfig",
     "ModelConfig",

@@ -385,7 +385,13 @@ class TaskProducer:
 
 def make_producer(cfg: RunConfig, processor: Any, rank: int = 0) -> Producer:
     """The producer the config asks for: the self-play game `game.name` names (its plugin's `producer`), else
-    the task mixture of `data.sources`."""
+    the task mixture of `data.sources`, with synthesized samples mixed in when `dataserver.enabled` (Syn-GRPO)."""
     if cfg.game.name:
+        if cfg.dataserver.enabled:
+            raise MMRLError("dataserver.enabled works with the task mixture of data.sources, not with a game")
         return registry.game(cfg.game.name).producer(cfg, processor, rank=rank)
+    if cfg.dataserver.enabled:
+        from mmrl.dataserver.producer import SynGRPOProducer  # it builds on TaskProducer, defined above
+
+        return SynGRPOProducer(cfg, processor, rank=rank)
     return TaskProducer(cfg, processor, rank=rank)

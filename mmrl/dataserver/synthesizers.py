@@ -2,7 +2,9 @@
 
 `build_synthesizer(name, params, worker)` gives worker `worker` its own instance (a GPU pipeline is loaded
 once per worker). Names: the built-in ones in `SYNTHESIZERS`, or `package.module:attribute` naming a
-user's synthesizer class (called as `attribute(worker=worker, **params)`).
+user's synthesizer class (called as `attribute(worker=worker, **params)`). Built in: `identity` (the seed
+unchanged; tests and overhead), `procedural` (`mmrl.dataserver.procedural`: a new scene around the kept
+objects) and `outpaint` (`mmrl.dataserver.outpaint`: diffusers outpainting around the kept foreground).
 """
 
 from __future__ import annotations
@@ -37,20 +39,28 @@ class IdentitySynthesizer:
         return sample
 
 
-SYNTHESIZERS: dict[str, type] = {"identity": IdentitySynthesizer}
+SYNTHESIZERS: dict[str, type | str] = {
+    "identity": IdentitySynthesizer,
+    "procedural": "mmrl.dataserver.procedural:ProceduralSynthesizer",
+    "outpaint": "mmrl.dataserver.outpaint:OutpaintSynthesizer",
+}
+"""Built-in synthesizers: a class, or `module:Class` imported on first use (open3d, diffusers load lazily)."""
 
 
 def build_synthesizer(name: str, params: dict[str, Any] | None = None, worker: int = 0) -> Synthesizer:
     """The synthesizer `name` for worker `worker`, built with `params`; a clear error for an unknown name."""
     params = dict(params or {})
+    builtin = SYNTHESIZERS.get(name)
+    if isinstance(builtin, str):
+        name = builtin
     if ":" in name:
         module, _, attr = name.partition(":")
         try:
             factory = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"synthesizer '{name}' cannot be loaded: {e}") from e
-    elif name in SYNTHESIZERS:
-        factory = SYNTHESIZERS[name]
+    elif builtin is not None:
+        factory = builtin
     else:
         raise ConfigError(f"unknown synthesizer '{name}'; built-in: {', '.join(sorted(SYNTHESIZERS))}, "
                           "or 'package.module:Class'")  # fmt: skip

@@ -207,7 +207,7 @@ def _micro_step(
         policy.model, inputs, temperature=cfg.rollout.temperature, with_entropy=True
     )  # (B, Lc) each
     width = logprobs.shape[1]
-    old_lp = _pad_stack(old, width, device) if old is not None else logprobs.detach()
+    old_lp = old_logprobs(batch, _pad_stack(old, width, device) if old is not None else logprobs.detach())
     ref_lp = _pad_stack(ref, width, device) if ref is not None else None
     advantages = torch.tensor([r.advantage for r in batch], dtype=torch.float32, device=device)  # (B,)
     loss, metrics = policy_loss(
@@ -228,6 +228,19 @@ def _micro_step(
     metrics["logprob_diff"] = logprob_agreement(engine_lp, logprobs.detach(), mask)
     weight = metrics.pop("num_tokens")  # the micro-batch's token count: the weight of its metrics in the step's mean
     return metrics, weight, bool(torch.isfinite(loss.detach()))
+
+
+def old_logprobs(batch: list[Rollout], old: torch.Tensor) -> torch.Tensor:
+    """The PPO ratio's denominator per row: `old` (the trainer's own π_old, or the current log-probs detached
+    in a single pass), except for rollouts flagged `meta["off_policy"]` (sampled by an older policy, e.g. the
+    matured descriptions of Syn-GRPO), whose ratio is taken against their behaviour log-probs, the engine's
+    `completion.logprobs`: ratio = π_θ / π_behaviour."""
+    stale = [i for i, r in enumerate(batch) if r.meta.get("off_policy")]
+    if not stale:
+        return old
+    old = old.clone()
+    old[stale] = _pad_stack([batch[i].completion.logprobs for i in stale], old.shape[1], old.device)
+    return old
 
 
 @torch.no_grad()
@@ -441,6 +454,7 @@ def _sample_row(r: Rollout) -> dict[str, Any]:
 __all__ = [
     "Policy",
     "checkpoint",
+    "old_logprobs",
     "optimizer_step_if_finite",
     "prepare_run_dir",
     "restore",
