@@ -211,11 +211,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_serve_data(args: argparse.Namespace) -> None:
-    from mmrl.config import load_config
     from mmrl.dataserver.server import serve
-    from mmrl.dataserver.server_config import ServerConfig
+    from mmrl.dataserver.server_config import load_server_config
 
-    cfg = load_config(ServerConfig, args.config, args.overrides)
+    cfg = load_server_config(args.config, args.overrides)
     for key in ("host", "port", "token", "workers"):  # flags win over the file and the overrides
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
@@ -430,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
         "GET /v1/results?max=N, GET /v1/metrics. Every endpoint but /health needs `Authorization: Bearer "
         "<token>`; the token comes from --token, else MMRL_DATA_TOKEN, else the config's `token`. Binds "
         "127.0.0.1 by default and refuses any non-loopback host without a token. Prints the URL it listens on; "
-        "SIGINT or SIGTERM stops it cleanly.\n\nexamples:"
+        "SIGINT or SIGTERM stops it cleanly. --config is a server config (keys below) or a training config with "
+        "a `dataserver:` section, whose synthesizer, workers and queues the server then runs.\n\nexamples:"
         "\n  mmrl serve-data --config configs/dataserver_identity.yaml"
         "\n  MMRL_DATA_TOKEN=s3cret mmrl serve-data --config my_outpaint.yaml --host 0.0.0.0 --port 8765 "
         "--workers 4",

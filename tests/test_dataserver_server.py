@@ -384,3 +384,18 @@ def test_a_server_slower_than_training_never_makes_a_call_wait() -> None:
     finally:
         backend.close()
         stop(s)
+
+
+def test_serve_data_runs_what_a_training_config_asks_for():
+    """One file for both sides: a training config's `dataserver:` section sets the server's synthesizer,
+    workers and seed; overrides still name server fields."""
+    from mmrl.dataserver.server_config import load_server_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_server_config(str(root / "configs" / "syn_grpo_rec_qwen25vl3b.yaml"), ["port=8601"])
+    assert (cfg.synthesizer, cfg.port, cfg.host) == ("outpaint", 8601, "127.0.0.1")
+    assert cfg.params["model"] == "stable-diffusion-v1-5/stable-diffusion-inpainting"
+    plain = load_server_config(str(root / "configs" / "dataserver_identity.yaml"), [])
+    assert (plain.synthesizer, plain.workers) == ("identity", 2)
+    with pytest.raises(ConfigError, match="unknown config key 'dataserver'"):
+        load_server_config(str(root / "configs" / "dataserver_identity.yaml"), ["dataserver=1"])

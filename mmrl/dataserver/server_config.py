@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 from mmrl.dataserver.wire import WireLimits
@@ -45,6 +46,38 @@ class ServerConfig:
         return WireLimits(max_image_pixels=self.max_image_pixels, max_description_chars=self.max_description_chars)
 
 
+def load_server_config(path: str | None, overrides: list[str]) -> ServerConfig:
+    """The settings of `mmrl serve-data --config path key=value...`. `path` is a server config (the fields
+    above), or a training config with a `dataserver:` section: then the server runs what that run asks for
+    (its `synthesizer`, `synthesizer_params`, `workers`, queue sizes and token, seeded with `data.seed`), so
+    one file describes both sides. Overrides name `ServerConfig` fields (`port=8601`) either way."""
+    from mmrl.config import RunConfig
+    from mmrl.config_tools import apply_override, load_config, validate_config
+
+    if path is None or "dataserver" not in (_top_level(path) or {}):
+        return load_config(ServerConfig, path, overrides)
+    run = load_config(RunConfig, path)
+    ds = run.dataserver
+    cfg = ServerConfig(token=ds.token, workers=ds.workers, request_queue=ds.request_queue,
+                       ready_queue=ds.ready_queue, synthesizer=ds.synthesizer, params=dict(ds.synthesizer_params),
+                       seed=run.data.seed)  # fmt: skip
+    for item in overrides:
+        apply_override(cfg, item)
+    validate_config(cfg)
+    return cfg
+
+
+def _top_level(path: str) -> dict | None:
+    """The YAML mapping at `path`, or None when it is not one (`load_config` then says what is wrong)."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` is `localhost` or a loopback IP literal (127.0.0.0/8, ::1); names are not resolved."""
     if host == "localhost":
@@ -55,4 +88,4 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-__all__ = ["ServerConfig", "is_loopback"]
+__all__ = ["ServerConfig", "is_loopback", "load_server_config"]
