@@ -328,7 +328,10 @@ class DataServerConfig:
     desc_max_new_tokens: Annotated[int, ">= 1"] = 96
     """Most tokens of one description rollout."""
     desc_think: bool = True
-    """Ask for reasoning in `<think>` before the description."""
+    """Ask for reasoning in `<think>` before the description (answer_tag mode only)."""
+    desc_answer_mode: Literal["answer_tag", "raw"] = "answer_tag"
+    """Where the description is in the reply: inside `<answer>` (empty without it), or `raw`, the whole reply
+    (for a policy that has not learnt the tags, such as the untrained tiny model)."""
     poll_max: Annotated[int, ">= 1"] = 64
     """Most results taken from the backend per step."""
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmrl.config import RunConfig, load_config
-from mmrl.contracts import Completion, Rollout
+from mmrl.contracts import Rollout
 from mmrl.dataserver.producer import SynGRPOProducer
 from mmrl.dataserver.synthesizers import IdentitySynthesizer
 from mmrl.dataserver.workers import WorkerPool
@@ -18,8 +18,6 @@ from mmrl.models import load_policy
 from mmrl.producers import make_producer
 from mmrl.rollout import make_engine
 from mmrl.rollout.forward import collate, completion_logprobs
-
-DESCRIPTION = "<answer>a quiet beach under a purple sky</answer>"
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +30,8 @@ def config(*overrides: str) -> RunConfig:
         "data.sources.0.task=dominant_color", "rollout.n=4", "rollout.max_new_tokens=4", "data.prompts_per_step=4",
         "data.eval_samples=0", "dataserver.enabled=true", "dataserver.backend=inprocess",
         "dataserver.synthesizer=identity", "dataserver.syn_fraction=0.5", "dataserver.descriptions_per_step=2",
-        "dataserver.desc_max_new_tokens=4", "dataserver.max_staleness=8", *overrides])  # fmt: skip
-
-
-class DescribingEngine:
-    """The real HF engine, except that description prompts are answered with DESCRIPTION (the tiny random
-    model never writes `<answer>` tags): its tokens, with their log-probs under the model, as the engine
-    would report them had it sampled this text."""
-
-    def __init__(self, model, processor, cfg):
-        self.inner, self.model, self.processor = make_engine(cfg.rollout, model, processor), model, processor
-        self.tokens = processor.tokenizer(DESCRIPTION, add_special_tokens=False)["input_ids"]
-
-    def generate(self, prompts, n, sampling):
-        if "Imagine a new scene" not in prompts[0].text:
-            return self.inner.generate(prompts, n, sampling)
-        batch = collate(prompts, [self.tokens] * len(prompts), self.processor.tokenizer.pad_token_id)
-        with torch.no_grad():
-            lp, _, _ = completion_logprobs(self.model, batch, temperature=sampling.temperature)
-        return [[Completion(list(self.tokens), lp[i].tolist(), DESCRIPTION, "stop")] * n for i in range(len(prompts))]
-
-    def sync_weights(self, model):
-        pass
+        "dataserver.desc_max_new_tokens=4", "dataserver.max_staleness=8",
+        "dataserver.desc_answer_mode=raw", *overrides])  # fmt: skip
 
 
 def drain(pool: WorkerPool, timeout: float = 20.0) -> None:
@@ -76,7 +54,7 @@ def test_synthesized_share_and_matured_descriptions_trained_off_policy(policy):
     cfg = config()
     pool = identity_pool()
     producer = SynGRPOProducer(cfg, policy[1], backend=pool)
-    engine = DescribingEngine(*policy, cfg)
+    engine = make_engine(cfg.rollout, *policy)
     seen_desc = []
     try:
         for step in range(3):
@@ -105,14 +83,15 @@ def test_synthesized_share_and_matured_descriptions_trained_off_policy(policy):
         assert producer.state_dict()["pool"]["counters"][0] > 0
     finally:
         producer.close()
-    assert all(r.completion.text == DESCRIPTION for r in seen_desc)
+    # raw mode: the description is the policy's own reply, whatever the untrained model wrote
+    assert seen_desc and all(r.completion.text.strip() for r in seen_desc)
 
 
 def test_stale_samples_are_dropped_and_never_trained(policy):
     cfg = config("dataserver.max_sample_age=1")
     pool = identity_pool()
     producer = SynGRPOProducer(cfg, policy[1], backend=pool)
-    engine = DescribingEngine(*policy, cfg)
+    engine = make_engine(cfg.rollout, *policy)
     try:
         producer.produce(engine, 0)
         drain(pool)
@@ -137,7 +116,7 @@ def test_a_slow_synthesizer_never_makes_a_step_wait(policy):
     cfg = config("dataserver.descriptions_per_step=4", "dataserver.request_queue=3")
     pool = identity_pool(make=lambda w: SlowSynthesizer(worker=w), request_queue=3)
     producer = SynGRPOProducer(cfg, policy[1], backend=pool)
-    engine = DescribingEngine(*policy, cfg)
+    engine = make_engine(cfg.rollout, *policy)
     try:
         for step in range(3):
             t0 = time.perf_counter()

@@ -30,12 +30,12 @@ DESCRIPTION_TASK = "syn_description"
 BOX_COLOR = (255, 0, 255)
 
 
-def description_messages(seed: Sample, *, think: bool = True) -> list[dict[str, Any]]:
+def description_messages(seed: Sample, *, think: bool = True, mode: str = "answer_tag") -> list[dict[str, Any]]:
     """The chat messages asking for a new scene description around `seed`'s labelled objects.
 
     The image is the seed's with each label box drawn in magenta; the text lists the labels with their
     boxes (pixels of this image, x1 y1 x2 y2) and says they must stay as they are. A seed without boxes
-    (a task with no labels) is asked to keep its main content.
+    (a task with no labels) is asked to keep its main content. `mode` "raw" asks for the paragraph alone.
     """
     image = seed_image(seed)
     boxes = labelled_boxes(seed.answer)
@@ -49,16 +49,20 @@ def description_messages(seed: Sample, *, think: bool = True) -> list[dict[str, 
         keep = f"The outlined objects must stay exactly as they are: {listed}."
     else:
         keep = "The main content of the picture must stay as it is."
-    steps = "First think it through inside <think> </think>, then write" if think else "Write"
+    if mode == "raw":
+        ask = "Reply with only the new scene description, one paragraph."
+    else:
+        steps = "First think it through inside <think> </think>, then write" if think else "Write"
+        ask = f"{steps} the new scene description as one paragraph inside <answer> </answer>."
     text = (f"{keep} Imagine a new scene around them: a different background, ground, light and other objects, "
-            f"none of them of the same kind as the outlined ones. {steps} the new scene description as one "
-            "paragraph inside <answer> </answer>.")  # fmt: skip
+            f"none of them of the same kind as the outlined ones. {ask}")  # fmt: skip
     return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
 
 
-def parse_description(completion: str) -> str:
-    """The description inside the completion's last `<answer>` block, stripped; "" when there is none."""
-    return (extract_answer(completion, "answer_tag") or "") if isinstance(completion, str) else ""
+def parse_description(completion: str, mode: str = "answer_tag") -> str:
+    """The description: inside the completion's last `<answer>` block (`answer_tag`), or the whole completion
+    (`raw`), stripped; "" when there is none."""
+    return (extract_answer(completion, mode) or "").strip() if isinstance(completion, str) else ""
 
 
 def diversity_reward(accuracies: Sequence[float]) -> float:

@@ -219,7 +219,7 @@ class SynGRPOProducer:
         seeds, prompts = [], []
         for i in sorted(int(i) for i in chosen):
             try:
-                messages = description_messages(originals[i].sample, think=ds.desc_think)
+                messages = description_messages(originals[i].sample, think=ds.desc_think, mode=ds.desc_answer_mode)
                 prompts.append(encode_prompt(self.processor, messages, cfg.model,
                                              max_prompt_tokens=cfg.rollout.max_prompt_tokens))  # fmt: skip
                 seeds.append(originals[i].sample)
@@ -234,7 +234,7 @@ class SynGRPOProducer:
         for i, (seed, prompt, comps) in enumerate(zip(seeds, prompts, engine.generate(prompts, per_seed, sampling))):
             for j, completion in enumerate(comps):
                 request_id = f"{self.rank}.{step}.{i}.{j}"
-                text = parse_description(completion.text)
+                text = parse_description(completion.text, ds.desc_answer_mode)
                 self.credit.add(PendingDescription(request_id, f"{self.rank}.{step}.{i}", step, prompt, completion,
                                                    seed_id=seed.id, description=text))  # fmt: skip
                 if not text:
