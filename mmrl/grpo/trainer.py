@@ -383,26 +383,30 @@ def train(cfg: RunConfig) -> Path:
         if start == 0 and (before := producer.evaluate(engine)):
             logger.log(0, before)
 
-    for step in range(start, cfg.train.steps):
-        t_step = time.perf_counter()
-        rollouts, metrics = producer.produce(engine, step)
-        t_update = time.perf_counter()
-        metrics |= update_policy(policy, rollouts, cfg, step)
-        engine.sync_weights(policy.unwrapped)
-        metrics["time/update"] = time.perf_counter() - t_update
-        metrics["time/step"] = time.perf_counter() - t_step
-        metrics["tokens_per_s"] = metrics["tokens_generated"] / max(metrics["time/generate"], 1e-9)
-        metrics |= peak_memory()
-        metrics["world_size"] = acc.num_processes
-        done = step + 1
-        if logger:
-            if done == cfg.train.steps or (cfg.train.eval_every and done % cfg.train.eval_every == 0):
-                metrics |= producer.evaluate(engine)
-            logger.log(done, metrics)
-            if cfg.log.samples_every and done % cfg.log.samples_every == 0:
-                logger.log_samples(done, [_sample_row(r) for r in _first_of_each_group(rollouts)])
-        if done % cfg.train.save_every == 0 or done == cfg.train.steps:
-            checkpoint(policy, producer, run_dir, done, cfg)
+    try:
+        for step in range(start, cfg.train.steps):
+            t_step = time.perf_counter()
+            rollouts, metrics = producer.produce(engine, step)
+            t_update = time.perf_counter()
+            metrics |= update_policy(policy, rollouts, cfg, step)
+            engine.sync_weights(policy.unwrapped)
+            metrics["time/update"] = time.perf_counter() - t_update
+            metrics["time/step"] = time.perf_counter() - t_step
+            metrics["tokens_per_s"] = metrics["tokens_generated"] / max(metrics["time/generate"], 1e-9)
+            metrics |= peak_memory()
+            metrics["world_size"] = acc.num_processes
+            done = step + 1
+            if logger:
+                if done == cfg.train.steps or (cfg.train.eval_every and done % cfg.train.eval_every == 0):
+                    metrics |= producer.evaluate(engine)
+                logger.log(done, metrics)
+                if cfg.log.samples_every and done % cfg.log.samples_every == 0:
+                    logger.log_samples(done, [_sample_row(r) for r in _first_of_each_group(rollouts)])
+            if done % cfg.train.save_every == 0 or done == cfg.train.steps:
+                checkpoint(policy, producer, run_dir, done, cfg)
+    finally:  # a producer with threads or connections (the Syn-GRPO data server's client) stops them
+        if close := getattr(producer, "close", None):
+            close()
     if logger:
         save_final(policy, run_dir / "final")
         logger.close()
