@@ -186,3 +186,15 @@ def test_producer_refuses_a_pixel_budget_mismatch():
     for params in ("{}", "{max_pixels: 12544, coords: qwen2-vl}"):
         ok = load_config(RunConfig, None, [f"data.sources=[{{task: referring_grounding, params: {params}}}]"])
         assert TaskProducer(ok, processor).prepare(0, 0, 0).sample.meta["model_size"]
+
+
+@pytest.mark.parametrize("name", TASKS)
+@pytest.mark.parametrize("mode", ["boxed", "raw"])
+def test_other_answer_modes_and_think(name, mode):
+    task = registry.get_task(name, answer_mode=mode, think=mode != "raw")
+    s = draw(task, 1)[0]
+    reference = task.reference_completion(s)
+    assert task.reward(reference, s).score == 1.0
+    if mode == "boxed":
+        assert reference.startswith("<think>") and "\\boxed{" in reference
+        assert "<think></think>" in s.messages[0]["content"][1]["text"]
