@@ -92,17 +92,19 @@ class GroundingParams:
 # Prompt
 
 
-def coordinate_sentence(coords: str, frame_size: Sequence[int]) -> str:
-    """How the reply states a box, in the family's convention (depends on the image size only)."""
+def coordinate_sentence(coords: str, image_size: Sequence[int]) -> str:
+    """How the reply states a box in the family's convention; `image_size` is the image as the model sees it
+    (the processor's resize, `meta["model_size"]`). Depends on the image size only, never on the answer."""
+    w, h = image_size
     if coords == "qwen2.5-vl":
-        w, h = frame_size
         return (
             f"Boxes are [x1, y1, x2, y2] in pixels of the image as you see it, {w}x{h}: x to the right and y "
             "down from the top-left corner, (x1, y1) the top-left and (x2, y2) the bottom-right corner."
         )
     return (
-        "Boxes are [x1, y1, x2, y2] as integers on a 0-1000 grid over the image: 0 is the left or top edge, "
-        "1000 the right or bottom edge, (x1, y1) the top-left and (x2, y2) the bottom-right corner."
+        f"The image is {w}x{h} pixels as you see it, but boxes are [x1, y1, x2, y2] as integers on a 0-1000 grid "
+        "over it: 0 is the left or top edge, 1000 the right or bottom edge, (x1, y1) the top-left and (x2, y2) "
+        "the bottom-right corner."
     )
 
 

@@ -32,7 +32,7 @@ from pretext_tasks import evidence, grounding
 from pretext_tasks.base import degenerate, options_text
 from pretext_tasks.grounding import GroundingParams
 from pretext_tasks.grounding_import import ImportedImage, load_coco
-from rewards.boxes import answer_boxes, model_frame, ovd_reward, truth_model_box
+from rewards.boxes import answer_boxes, ovd_reward, truth_model_box
 
 if TYPE_CHECKING:
     from mmrl.corpus import Corpus
@@ -84,11 +84,11 @@ def choose_categories(
 
 def prompt_text(params: GroundingParams, categories: Sequence[str], meta: dict[str, Any]) -> str:
     """The question: the categories, the coordinate convention and the exact reply format with an example."""
-    frame = [round(v) for v in model_frame(meta["model_size"], meta["coords"])]
     slot = '[{"label": "' + categories[0] + '", "box": [x1, y1, x2, y2]}, ...]'
     example = json.dumps([{"label": categories[0], "box": grounding.example_box(meta)}])
+    coordinates = grounding.coordinate_sentence(meta["coords"], meta["model_size"])
     return (
-        f"Find every {options_text(categories)} in the image. {grounding.coordinate_sentence(meta['coords'], frame)} "
+        f"Find every {options_text(categories)} in the image. {coordinates} "
         "List each object once, labelled with its category exactly as written here; if there is none, the "
         f"list is []. {grounding.instruction(params, slot, example)}"
     )

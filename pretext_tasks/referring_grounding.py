@@ -71,10 +71,9 @@ class ReferringGroundingParams(GroundingParams):
 
 def prompt_text(params: GroundingParams, expression: str, meta: dict[str, Any]) -> str:
     """The question: the expression, the coordinate convention, the exact reply format with an example."""
-    frame = [round(v) for v in model_frame(meta["model_size"], meta["coords"])]
     example = box_text(grounding.example_box(meta))
     return (
-        f"Locate {expression} in the image. {grounding.coordinate_sentence(meta['coords'], frame)} "
+        f"Locate {expression} in the image. {grounding.coordinate_sentence(meta['coords'], meta['model_size'])} "
         f"{grounding.instruction(params, SLOT, example)}"
     )
 

@@ -116,6 +116,7 @@ def test_meta_contract(name, made):
         m = s.meta
         assert m["image_size"] == list(s.messages[0]["content"][0]["image"].size)
         assert m["coords"] == "qwen2.5-vl" and m["model_size"] == [224, 168]  # 224x168 is a multiple of 28
+        assert "in pixels of the image as you see it, 224x168" in s.messages[0]["content"][1]["text"]
         assert set(m["keep_ids"]) >= set(m["label_ids"])
         assert [o["id"] for o in m["scene"]["objects"]] and isinstance(m["params"], dict)
         labels = [label for label, _ in answer_boxes(s.answer)]
@@ -140,7 +141,8 @@ def test_evidence_panels_are_deterministic(name, made):
 def test_grid_families_state_the_grid(coords):
     task = registry.get_task("referring_grounding", coords=coords)
     s = draw(task, 1)[0]
-    assert "0-1000 grid" in s.messages[0]["content"][1]["text"]
+    text = s.messages[0]["content"][1]["text"]
+    assert "0-1000 grid" in text and f"{s.meta['model_size'][0]}x{s.meta['model_size'][1]} pixels" in text
     assert task.reward(task.reference_completion(s), s).score == 1.0
     payload = json.loads(task.reference_completion(s).removeprefix("<answer>").removesuffix("</answer>"))
     assert all(isinstance(v, int) and 0 <= v <= 1000 for v in payload)
