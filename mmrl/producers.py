@@ -40,6 +40,7 @@ from mmrl.rollout import sampling_params
 from mmrl.rollout.encode import encode_prompt
 from mmrl.sample import Sample, read_dataset
 from mmrl.task import Task, answer_key, answer_spread, score_completion, task_key
+from rewards.boxes import PIXEL_FAMILIES
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ class TaskProducer:
                 self.stats["skipped_samples"] += 1
                 log.warning("skipping sample %s: %s", sample.id, e)
                 continue
+            check_box_frame(sample, prompt, self.processor, self.cfg.model)  # outside the try: a config error
             return Prepared(sample, prompt, source.reward_for(sample))
         raise MMRLError(f"{MAX_BAD_DRAWS} unusable samples in a row from source {source.spec}; see the log")
 
@@ -381,6 +383,28 @@ class TaskProducer:
         for s, c in zip(self.sources, counters):
             s.counter = int(c)
         self.stats = Counter(state.get("stats", {}))
+
+
+def check_box_frame(sample: Sample, prompt: EncodedPrompt, processor: Any, model_cfg: Any) -> None:
+    """Refuse a grounding Sample whose boxes are in pixels of a resized image (`meta["coords"]` in
+    `rewards.boxes.PIXEL_FAMILIES`) that is not the size the processor actually produced (`image_grid_thw` x
+    patch size): the task's pixel budget differs from the model's, and every reward would be computed on
+    wrong coordinates. Samples without `meta["model_size"]` are not grounding samples and pass."""
+    expected, grid = sample.meta.get("model_size"), prompt.vision.get("image_grid_thw")
+    if sample.meta.get("coords") not in PIXEL_FAMILIES or expected is None or grid is None or len(grid) != 1:
+        return
+    patch = int(processor.image_processor.patch_size)
+    actual = [int(grid[0][2]) * patch, int(grid[0][1]) * patch]
+    if actual != [int(v) for v in expected]:
+        task = sample.meta.get("params") or {}
+        raise MMRLError(
+            f"sample {sample.id} ({sample.task}) states boxes in pixels of a {expected[0]}x{expected[1]} image "
+            f"(task min_pixels={task.get('min_pixels')}, max_pixels={task.get('max_pixels')}, "
+            f"coords={sample.meta['coords']}), but the model's processor resized it to {actual[0]}x{actual[1]} "
+            f"(model.min_pixels={model_cfg.min_pixels}, model.max_pixels={model_cfg.max_pixels}); give the task the "
+            "model's pixel budget (its params min_pixels / max_pixels) or the model the task's, and a coords "
+            "family matching the model, then regenerate the data"
+        )
 
 
 def make_producer(cfg: RunConfig, processor: Any, rank: int = 0) -> Producer:

@@ -31,7 +31,7 @@ from mmrl.corpus import camera_motion_frames
 from mmrl.registry import get_task, task_class, task_names
 from mmrl.sample import Sample
 from mmrl.video import write_video
-from rewards import match, ordering, temporal
+from rewards import boxes, match, ordering, temporal
 from rewards.extract import BOXED_OPEN, MAX_INT_DIGITS, boxed_span, extract_answer, format_ok, parse_int
 
 N = 100_000
@@ -197,6 +197,10 @@ TASK_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "anomaly_grounding[answer_tag]": ("anomaly_grounding", {"answer_mode": "answer_tag"}),
     "object_counting": ("object_counting", {}),
     "object_counting[boxed]": ("object_counting", {"answer_mode": "boxed"}),
+    "referring_grounding": ("referring_grounding", {}),
+    "referring_grounding[continuous,boxed]": ("referring_grounding", {"continuous_iou": True, "answer_mode": "boxed"}),
+    "object_detection": ("object_detection", {}),
+    "object_detection[qwen3-vl,raw]": ("object_detection", {"coords": "qwen3-vl", "answer_mode": "raw"}),
 }
 TASK_PARTS = {
     "dominant_color": match.PARTS,
@@ -206,12 +210,14 @@ TASK_PARTS = {
     "temporal_jigsaw": ordering.PARTS,
     "anomaly_grounding": temporal.GROUNDING_PARTS,
     "object_counting": temporal.COUNTING_PARTS,
+    "referring_grounding": boxes.REC_PARTS,
+    "object_detection": boxes.OVD_PARTS,
 }
 NAMES = [*PURE, *(f"task:{v}" for v in TASK_VARIANTS)]
 
 
 def _source(task: str, video: Path) -> Any:
-    if task == "dominant_color":
+    if task in ("dominant_color", "referring_grounding", "object_detection"):
         return 0
     if task == "image_jigsaw":
         return CHELSEA
