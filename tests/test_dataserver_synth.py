@@ -12,10 +12,11 @@ from PIL import Image
 from mmrl.dataserver.procedural import ProceduralSynthesizer, parse_description
 from mmrl.dataserver.protocol import Rejected, SynthesisRequest
 from mmrl.dataserver.synthesizers import build_synthesizer
-from mmrl.dataserver.verify import check_image, check_kept_region, labelled_boxes, transform_answer_boxes
+from mmrl.dataserver.verify import check_image, check_kept_region
 from mmrl.sample import Sample
 from mmrl.scene_render import render
 from mmrl.scenes import Camera, Scene, SceneObject, place_object, random_scene
+from rewards.boxes import answer_boxes, transform_answer_boxes
 
 W, H = 160, 120
 
@@ -87,7 +88,7 @@ def test_procedural_ovd_keeps_every_labelled_object_and_adds_none_of_their_categ
     cats = set(seed.meta["categories"])
     new_scene = Scene.from_graph(out.meta["scene"])
     assert all(o.shape not in cats for o in new_scene.objects if o.id not in labelled)
-    for (_, got), (_, want) in zip(labelled_boxes(out.answer), labelled_boxes(seed.answer), strict=True):
+    for (_, got), (_, want) in zip(answer_boxes(out.answer), answer_boxes(seed.answer), strict=True):
         assert np.abs(np.subtract(got, want)).max() <= 1
 
 
@@ -161,8 +162,8 @@ def test_verify_checks():
     rec = {"box": [10, 20, 30, 40], "label": "cube"}
     assert transform_answer_boxes(rec, 0.5, (4, 6)) == {"box": [9.0, 16.0, 19.0, 26.0], "label": "cube"}
     ovd = {"objects": [{"label": "a", "box": [0, 0, 2, 2]}, {"label": "b", "box": [2, 2, 4, 4]}]}
-    assert [b for _, b in labelled_boxes(transform_answer_boxes(ovd, 2.0, (1, 0)))] == [[1, 0, 5, 4], [5, 4, 9, 8]]
-    assert labelled_boxes("red") == [] and labelled_boxes({"box": [1, "x", 2, 3]}) == []
+    assert [b for _, b in answer_boxes(transform_answer_boxes(ovd, 2.0, (1, 0)))] == [[1, 0, 5, 4], [5, 4, 9, 8]]
+    assert answer_boxes("red") == [] and answer_boxes({"box": [1, "x", 2, 3]}) == []
 
 
 # -- outpaint on a tiny random-init diffusers pipeline ------------------------------------------------------

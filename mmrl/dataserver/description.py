@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 from PIL import ImageDraw
 
-from mmrl.dataserver.verify import labelled_boxes, seed_image
+from mmrl.dataserver.verify import seed_image
 from mmrl.sample import Sample
+from rewards.boxes import answer_boxes
 from rewards.extract import extract_answer
 
 DESCRIPTION_TASK = "syn_description"
@@ -38,7 +39,7 @@ def description_messages(seed: Sample, *, think: bool = True, mode: str = "answe
     (a task with no labels) is asked to keep its main content. `mode` "raw" asks for the paragraph alone.
     """
     image = seed_image(seed)
-    boxes = labelled_boxes(seed.answer)
+    boxes = answer_boxes(seed.answer)
     if boxes:
         image = image.copy()
         draw = ImageDraw.Draw(image)

@@ -3,7 +3,7 @@
 The canvas keeps the seed's size W x H, so the prompt text, `image_size` and `model_size` stay valid:
 
     s ~ U[scale_min, 1], the seed image shrunk to (round(s W), round(s H)) and pasted at (dx, dy) ~ U on the canvas
-    labels: box' = s * box + (dx, dy)                        (each coordinate; `verify.transform_answer_boxes`)
+    labels: box' = s * box + (dx, dy)                        (each coordinate; `rewards.boxes.transform_answer_boxes`)
     keep = union of the moved label boxes grown by `margin` px (no labels: the whole pasted image)
     mask = everything but keep -> the pipeline paints it, conditioned on the description
     the kept pixels are pasted back exactly, so "kept region unchanged" holds by construction
@@ -37,14 +37,13 @@ from mmrl.dataserver.verify import (
     check_description,
     check_image,
     check_kept_region,
-    labelled_boxes,
     referred_categories,
     seed_image,
-    transform_answer_boxes,
     with_image,
 )
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
+from rewards.boxes import answer_boxes, transform_answer_boxes
 
 Detector = Callable[[Image.Image, list[str]], list[tuple[str, list[float]]]]
 
@@ -94,8 +93,8 @@ class OutpaintSynthesizer:
         canvas = np.zeros((H, W, 3), np.uint8)
         canvas[:] = np.asarray(image).reshape(-1, 3).mean(axis=0).astype(np.uint8)  # a neutral start for the fill
         canvas[dy : dy + sh, dx : dx + sw] = np.asarray(image.resize((sw, sh), Image.Resampling.BICUBIC))
-        answer = transform_answer_boxes(seed.answer, s, (dx, dy))
-        boxes = [b for _, b in labelled_boxes(answer)]
+        answer = transform_answer_boxes(seed.answer, s, (dx, dy)) if answer_boxes(seed.answer) else seed.answer
+        boxes = [b for _, b in answer_boxes(answer)]
         keep = _keep_mask((W, H), boxes or [[dx, dy, dx + sw, dy + sh]], self.margin if boxes else 0)
         if any(b[0] < -1 or b[1] < -1 or b[2] > W + 1 or b[3] > H + 1 for b in boxes):
             raise Rejected("labels_moved", f"a moved box leaves the {W}x{H} canvas: {boxes}")

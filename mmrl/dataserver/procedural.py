@@ -40,7 +40,6 @@ from mmrl.dataserver.verify import (
     check_kept_region,
     check_labels,
     check_no_new_instance,
-    labelled_boxes,
     referred_categories,
     replace_answer_boxes,
     seed_image,
@@ -49,6 +48,7 @@ from mmrl.dataserver.verify import (
 from mmrl.sample import Sample
 from mmrl.scene_render import render
 from mmrl.scenes import COLORS, SHAPES, SIZES, Scene, SceneObject, _bound_radius, _sample_placement, place_object
+from rewards.boxes import answer_boxes
 
 SHAPE_WORDS = {
     **{s: s for s in SHAPES},
@@ -165,7 +165,7 @@ class ProceduralSynthesizer:
         rgb = check_image(new.rgb, size, self.max_pixels)
         mad = check_kept_region(before, rgb, np.isin(old.instance, sorted(keep)), mad=self.kept_mad,
                                 changed_share=self.kept_changed_share)  # fmt: skip
-        expected = [box for _, box in labelled_boxes(seed.answer)]
+        expected = [box for _, box in answer_boxes(seed.answer)]
         if len(expected) != len(label_ids):
             raise Rejected("labels_moved", f"{len(expected)} answer boxes but {len(label_ids)} label ids")
         found = [new.boxes.get(i) for i in label_ids]

@@ -11,8 +11,8 @@ Reasons (counted by the backend as `dataserver/rejected/<reason>`):
 
 Box helpers read the grounding answers of the Sample contract (docs/syn_grpo.md, "Grounding Samples"):
 REC `{"box": [x1, y1, x2, y2], "label": c}`, OVD `{"objects": [{"label": c, "box": [...]}, ...]}`, boxes in
-the pixels of the sample's own image, x first, x2/y2 exclusive. `transform_answer_boxes` follows the same
-contract as `rewards.boxes.transform_answer_boxes`: box' = s * box + (dx, dy), every coordinate.
+the pixels of the sample's own image, x first, x2/y2 exclusive; reading and moving them is `rewards.boxes`
+(`answer_boxes`, `transform_answer_boxes`: box' = s * box + (dx, dy), every coordinate).
 """
 
 from __future__ import annotations
@@ -38,22 +38,8 @@ MAX_PIXELS = 4096 * 4096
 # -- answers -------------------------------------------------------------------------------------------
 
 
-def labelled_boxes(answer: Any) -> list[tuple[str, list[float]]]:
-    """(label, [x1, y1, x2, y2]) of every box in a REC or OVD answer, in answer order; [] for other answers
-    (a task without boxes) or malformed ones."""
-    if not isinstance(answer, dict):
-        return []
-    items = [answer] if "box" in answer else answer.get("objects", [])
-    out = []
-    for item in items if isinstance(items, list) else []:
-        box = item.get("box") if isinstance(item, dict) else None
-        if isinstance(box, (list, tuple)) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box):
-            out.append((str(item.get("label", "")), [float(v) for v in box]))
-    return out
-
-
 def replace_answer_boxes(answer: Any, boxes: Sequence[Sequence[float]]) -> Any:
-    """A copy of `answer` whose boxes, in `labelled_boxes` order, are `boxes` (labels kept)."""
+    """A copy of `answer` whose boxes, in `rewards.boxes.answer_boxes` order, are `boxes` (labels kept)."""
     out = copy.deepcopy(answer)
     items = [out] if isinstance(out, dict) and "box" in out else (out or {}).get("objects", [])
     if len(items) != len(boxes):
@@ -61,14 +47,6 @@ def replace_answer_boxes(answer: Any, boxes: Sequence[Sequence[float]]) -> Any:
     for item, box in zip(items, boxes):
         item["box"] = [float(v) for v in box]
     return out
-
-
-def transform_answer_boxes(answer: Any, scale: float, offset: tuple[float, float]) -> Any:
-    """A new answer of the same shape with every box mapped by box' = scale * box + (dx, dy)."""
-    dx, dy = offset
-    moved = [[scale * b[0] + dx, scale * b[1] + dy, scale * b[2] + dx, scale * b[3] + dy] for _, b in
-             labelled_boxes(answer)]  # fmt: skip
-    return replace_answer_boxes(answer, moved) if moved else copy.deepcopy(answer)
 
 
 def referred_categories(meta: dict[str, Any]) -> set[str]:
@@ -176,10 +154,8 @@ __all__ = [
     "check_kept_region",
     "check_labels",
     "check_no_new_instance",
-    "labelled_boxes",
     "referred_categories",
     "replace_answer_boxes",
     "seed_image",
-    "transform_answer_boxes",
     "with_image",
 ]
