@@ -1,4 +1,4 @@
-"""Pretext tasks: turn unlabeled images, videos and 3D scenes into verifiable Samples.
+"""Pretext tasks: turn unlabeled images, videos and 3D scenes (and annotated images) into verifiable Samples.
 
 Each task is declared as an entry point (`mmrl.tasks` in pyproject.toml), so the engine finds it by name:
 
@@ -20,6 +20,8 @@ from pretext_tasks.depth_jigsaw import DepthJigsaw
 from pretext_tasks.diagnostic import DominantColorTask
 from pretext_tasks.image_jigsaw import ImageJigsaw
 from pretext_tasks.object_counting import ObjectCounting
+from pretext_tasks.object_detection import ObjectDetection
+from pretext_tasks.referring_grounding import ReferringGrounding
 from pretext_tasks.temporal_jigsaw import TemporalJigsaw
 from pretext_tasks.video_jigsaw import VideoJigsaw
 
@@ -29,7 +31,9 @@ __all__ = [
     "DominantColorTask",
     "ImageJigsaw",
     "ObjectCounting",
+    "ObjectDetection",
     "OrderingTask",
+    "ReferringGrounding",
     "TemporalJigsaw",
     "VideoJigsaw",
     "answer_instruction",
