@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from mmrl.dataserver.protocol import SynthesisRequest
-from mmrl.dataserver.synthesizers import IdentitySynthesizer
+from mmrl.dataserver.synthesizers import IdentitySynthesizer, build_synthesizer
 from mmrl.sample import Sample
 
 
@@ -38,3 +38,18 @@ class RaisingSynthesizer:
         if "boom" in request.description:
             raise RuntimeError("synthesizer bug")
         return self.identity(request, rng)
+
+
+class DelayedSynthesizer:
+    """A built-in synthesizer (`inner`, built with the other params) that sleeps `delay_s` before each request:
+    real synthesis on a server slower than training, so requests are still queued when it is killed."""
+
+    name = "delayed"
+
+    def __init__(self, worker: int = 0, inner: str = "procedural", delay_s: float = 0.5, **params: object) -> None:
+        self.inner = build_synthesizer(inner, params, worker)
+        self.delay_s = delay_s
+
+    def __call__(self, request: SynthesisRequest, rng: np.random.Generator) -> Sample:
+        time.sleep(self.delay_s)
+        return self.inner(request, rng)

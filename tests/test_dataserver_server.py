@@ -21,7 +21,7 @@ from PIL import Image
 
 from mmrl.config import load_config
 from mmrl.dataserver.client import HttpBackend
-from mmrl.dataserver.protocol import SynthesisRequest, SynthesisResult
+from mmrl.dataserver.protocol import LOST, SynthesisRequest, SynthesisResult
 from mmrl.dataserver.server_config import ServerConfig
 from mmrl.dataserver.wire import encode_request
 from mmrl.errors import ConfigError
@@ -338,13 +338,18 @@ def test_a_killed_server_loses_only_its_queue_and_the_client_reconnects_after_a_
         assert lost >= 1
         after = [request(i) for i in range(20, 25)]
         assert all(calls.submit(r) for r in after)
-        wanted, later = {r.request_id for r in after + during}, set()
+        wanted, later, lost_results = {r.request_id for r in after + during}, set(), []
 
         def all_back() -> bool:
-            later.update(r.request_id for r in calls.poll(100))
+            for r in calls.poll(100):
+                later.add(r.request_id)
+                if r.reject_reason == LOST:
+                    lost_results.append(r)
             return wanted <= later
 
         assert wait_for(all_back, 15), wanted - later
+        versions = {q.request_id: q.policy_version for q in queued}  # each lost request comes back, named as lost
+        assert len(lost_results) == lost and all(versions[r.request_id] == r.policy_version for r in lost_results)
         assert got and len(got) + lost + backend.metrics()["dataserver/in_flight"] >= len(early + queued)
         print(f"\nkill test: slowest of {calls.calls} submit/poll calls {calls.slowest_s * 1000:.2f} ms; "
               f"lost {lost:.0f}, failures {m['dataserver/http_failures']:.0f}")  # fmt: skip

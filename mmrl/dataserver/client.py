@@ -15,7 +15,8 @@ already received stay in the inbox whatever happens to the server. A batch whose
 never arrived and goes back to the head of the queue for the next server; requests a server refused
 because its queue was full are retried the same way (backpressure reaches `submit` through the outbox).
 The ids queued on each server are kept until their results come back: when a server reappears with a new
-`instance` id it has restarted and lost them, and they are counted in `dataserver/lost_requests`. A batch
+`instance` id it has restarted and lost them; they are counted in `dataserver/lost_requests` and `poll` hands
+each back as a result with `reject_reason` `LOST`, so the producer stops waiting for its delayed reward. A batch
 the server answered with 4xx (bad token, body too large, malformed record) is dropped and counted in
 `dataserver/http_rejected`; the server's reason is logged.
 """
@@ -35,7 +36,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from mmrl.dataserver.protocol import SynthesisRequest, SynthesisResult
+from mmrl.dataserver.protocol import LOST, SynthesisRequest, SynthesisResult
 from mmrl.dataserver.wire import WireLimits, decode_result, encode_request
 from mmrl.errors import MMRLError
 
@@ -55,8 +56,8 @@ class _Server:
     """The `instance` id of its /health: a different one means it restarted."""
     retry_at: float = 0.0
     backoff_s: float = 0.0
-    in_flight: set[str] = field(default_factory=set)
-    """Request ids it queued whose results have not come back."""
+    in_flight: dict[str, int] = field(default_factory=dict)
+    """Request id -> policy version of the requests it queued whose results have not come back."""
     depths: dict[str, float] = field(default_factory=dict)
     """Its queue depths, from its last results answer."""
 
@@ -87,6 +88,7 @@ class HttpBackend:
         self.max_backoff_s = max_backoff_s
         self._outbox: queue.Queue[SynthesisRequest] = queue.Queue(outbox)
         self._inbox: queue.Queue[SynthesisResult] = queue.Queue(inbox)
+        self._lost: collections.deque[SynthesisResult] = collections.deque()  # `LOST` results, not yet polled
         self._pending: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()  # encoded, I/O thread only
         self._limits = WireLimits(max_image_pixels=2**62, max_description_chars=2**62, max_images=2**30)
         self._counts: Counter[str] = Counter()
@@ -112,6 +114,8 @@ class HttpBackend:
 
     def poll(self, max_results: int) -> list[SynthesisResult]:
         out: list[SynthesisResult] = []
+        while len(out) < max_results and self._lost:  # outside the bounded inbox: a full inbox never hides a loss
+            out.append(self._lost.popleft())
         while len(out) < max_results:
             try:
                 out.append(self._inbox.get_nowait())
@@ -195,7 +199,7 @@ class HttpBackend:
 
     def _send(self, server: _Server) -> None:
         batch = [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
-        ids = {request_id for request_id, _ in batch}
+        versions = {request_id: int(record["policy_version"]) for request_id, record in batch}
         try:
             response = self._http.post(f"{server.url}/v1/requests", json={"requests": [r for _, r in batch]})
         except (httpx.ConnectError, httpx.ConnectTimeout) as e:  # never arrived: the next server gets it
@@ -204,12 +208,12 @@ class HttpBackend:
             return
         except httpx.HTTPError as e:  # it may have arrived: its results come back, or a restart loses them
             with self._lock:
-                server.in_flight |= ids
+                server.in_flight.update(versions)
             self._down(server, e)
             return
         if response.status_code >= 500:
             with self._lock:
-                server.in_flight |= ids
+                server.in_flight.update(versions)
             self._down(server, f"HTTP {response.status_code}")
             return
         if response.status_code != 200:
@@ -220,7 +224,7 @@ class HttpBackend:
         answer = response.json()
         refused = {r["request_id"] for r in answer.get("refused", [])}
         with self._lock:
-            server.in_flight |= ids - refused
+            server.in_flight.update({k: v for k, v in versions.items() if k not in refused})
         if refused:
             self._count("server_queue_full", len(refused))
             self._pending.extendleft(reversed([item for item in batch if item[0] in refused]))
@@ -253,7 +257,7 @@ class HttpBackend:
                 log.warning("data server %s sent a bad result: %s", server.url, e)
                 continue
             with self._lock:
-                server.in_flight.discard(result.request_id)
+                server.in_flight.pop(result.request_id, None)
                 self._counts["accepted" if result.accepted else f"rejected/{result.reject_reason}"] += 1
                 self._latencies.append(result.latency_s)
             self._inbox.put_nowait(result)  # room was checked above and nobody else puts
@@ -272,6 +276,8 @@ class HttpBackend:
             if server.instance and health["instance"] != server.instance and server.in_flight:
                 self._counts["lost_requests"] += len(server.in_flight)
                 log.warning("data server %s restarted: %d queued requests lost", server.url, len(server.in_flight))
+                self._lost.extend(SynthesisResult(request_id, version, reject_reason=LOST)
+                                  for request_id, version in server.in_flight.items())  # fmt: skip
                 server.in_flight.clear()
             server.instance = health["instance"]
             server.up, server.backoff_s = True, 0.0

@@ -41,7 +41,7 @@ from mmrl.dataserver.description import (
     diversity_reward,
     parse_description,
 )
-from mmrl.dataserver.protocol import DataBackend, Rejected, SynthesisRequest, SynthesisResult
+from mmrl.dataserver.protocol import LOST, DataBackend, Rejected, SynthesisRequest, SynthesisResult
 from mmrl.errors import ConfigError, MMRLError
 from mmrl.grpo.advantages import group_advantages, zero_variance_groups
 from mmrl.producers import Prepared, TaskProducer
@@ -178,9 +178,13 @@ class SynGRPOProducer:
     # -- internals --------------------------------------------------------------------------------------
 
     def _take_results(self, results: list[SynthesisResult], step: int) -> None:
-        """Rejected requests mature now with r_desc = 0; accepted samples wait; too old ones are dropped."""
+        """Rejected requests mature now with r_desc = 0; accepted samples wait; too old ones are dropped; requests
+        the backend lost drop their pending description (no verdict on it, so no reward either way)."""
         for result in results:
-            if result.accepted:
+            if result.reject_reason == LOST:
+                self.counts["lost_requests"] += 1
+                self.credit.discard(result.request_id, "lost")
+            elif result.accepted:
                 self.waiting.append(result)
                 if (result.sample.meta.get("synthesized") or {}).get("unchecked_new_instance"):
                     self.counts["unchecked_new_instance"] += 1  # outpaint without a detector (docs/syn_grpo.md)

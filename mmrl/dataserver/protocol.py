@@ -42,7 +42,8 @@ class SynthesisResult:
     sample: Sample | None = None
     """The synthesized Sample (new image, labels transformed); None when rejected."""
     reject_reason: str | None = None
-    """Why no sample came out (`foreground_changed`, `new_instance`, `synthesizer_error`, ...); None if accepted."""
+    """Why no sample came out (`foreground_changed`, `new_instance`, `synthesizer_error`, ...); None if accepted.
+    `LOST` is no verdict on the description: the backend lost the request (a server restarted with it queued)."""
     latency_s: float = 0.0
     """Seconds from the request's arrival at the backend to its result."""
     meta: dict = field(default_factory=dict)
@@ -51,6 +52,11 @@ class SynthesisResult:
     @property
     def accepted(self) -> bool:
         return self.sample is not None
+
+
+LOST = "lost"
+"""The `reject_reason` of a request the backend lost (`HttpBackend`: queued on a server that then restarted):
+the producer drops its description's pending reward instead of crediting it 0 (`desc/dropped/lost`)."""
 
 
 class Rejected(Exception):
@@ -91,4 +97,4 @@ class DataBackend(Protocol):
         ...
 
 
-__all__ = ["DataBackend", "Rejected", "SynthesisRequest", "SynthesisResult", "Synthesizer"]
+__all__ = ["LOST", "DataBackend", "Rejected", "SynthesisRequest", "SynthesisResult", "Synthesizer"]
