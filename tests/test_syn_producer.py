@@ -10,7 +10,7 @@ import torch
 
 from mmrl.config import RunConfig, load_config
 from mmrl.contracts import Rollout
-from mmrl.dataserver.producer import SynGRPOProducer
+from mmrl.dataserver.producer import WAIT_THRESHOLD_S, SynGRPOProducer
 from mmrl.dataserver.synthesizers import IdentitySynthesizer
 from mmrl.dataserver.workers import WorkerPool
 from mmrl.grpo.trainer import old_logprobs
@@ -122,7 +122,7 @@ def test_a_slow_synthesizer_never_makes_a_step_wait(policy):
             t0 = time.perf_counter()
             _, m = producer.produce(engine, step)
             assert m["dataserver/step_waited"] == 0.0, m["dataserver/backend_s"]
-            assert m["dataserver/backend_s"] < 0.01 < time.perf_counter() - t0
+            assert m["dataserver/backend_s"] < WAIT_THRESHOLD_S < time.perf_counter() - t0
         assert m["syn/submit_refused"] > 0 and m["desc/dropped/refused"] > 0  # a full queue refuses, never blocks
         assert m["dataserver/waited_share"] == 0.0
     finally:
