@@ -442,7 +442,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_int_at_least(1), help="synthesizer workers, e.g. one per GPU (default: config)")
     _add_config_args(p, ServerConfig)
     p.set_defaults(func=cmd_serve_data)
+
+    p = verbs.add_parser(
+        "import-gui",
+        help="import a GUI dataset (AndroidControl, AITW, GUI Odyssey, Mind2Web, BrowserGym) into a pair folder",
+        description="Convert a GUI trajectory dataset, exported to local files in its published layout, into a "
+        "pair folder (pairs.jsonl + media/) that `--task gui_inverse_dynamics --source DIR` reads "
+        "(docs/uishift.md#importers). Coordinates become absolute pixels of each screenshot, x first; clicks "
+        "without a box, with a zero-area box, a box over --max-box-coverage of the screen or a point outside its "
+        "box are dropped, and every dropped pair is counted by reason.\n\nexamples:"
+        "\n  mmrl import-gui --format androidcontrol --in ~/data/androidcontrol --out data/ac_pairs"
+        "\n  mmrl import-gui --format aitw --in ~/data/aitw_general --out data/aitw_pairs --k 1,2,3",
+        formatter_class=formatter,
+    )
+    p.add_argument("--format", required=True, help="androidcontrol, aitw, guiodyssey, mind2web or browsergym")
+    p.add_argument("--in", dest="in_dir", required=True, type=Path, help="the dataset's folder")
+    p.add_argument("--out", required=True, type=Path, help="the pair folder to write (its pairs.jsonl is replaced)")
+    p.add_argument("--k", default="1", help="comma-separated action distances k: pairs (S_t, S_t+k) (default 1)")
+    p.add_argument("--max-box-coverage", type=float, default=0.5, help="drop clicks whose box covers more (0.5)")
+    p.add_argument("--android-scroll", default="source", help="AndroidControl scroll labels: source|finger|content")
+    p.add_argument("--point-box", type=float, default=0.05, help="GUI Odyssey click box: point ± share of the side")
+    p.add_argument("--dpr", type=float, default=1.0, help="Mind2Web / BrowserGym device pixel ratio (1)")
+    p.add_argument("--viewport", default="1280x720", help="Mind2Web window WxH in CSS px cut from full pages")
+    p.set_defaults(func=cmd_import_gui)
     return parser
+
+
+def cmd_import_gui(args: argparse.Namespace) -> None:
+    from pretext_tasks.gui_import import ImportOptions, import_gui
+
+    _check_out(args.out, "--out")
+    try:
+        k_values = tuple(int(v) for v in args.k.split(","))
+        viewport = tuple(int(v) for v in args.viewport.lower().split("x"))
+    except ValueError:
+        raise MMRLError(f"--k takes integers (1,2) and --viewport WxH, got {args.k!r}, {args.viewport!r}") from None
+    options = ImportOptions(k_values, args.max_box_coverage, android_scroll=args.android_scroll,
+                            point_box=args.point_box, dpr=args.dpr, viewport=viewport)  # fmt: skip
+    start = time.perf_counter()
+    report = import_gui(args.format, args.in_dir, args.out, options)
+    print(f"imported in {time.perf_counter() - start:.1f}s into {args.out}: {report.summary()}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ from mmrl.corpus import camera_motion_frames
 from mmrl.registry import get_task, task_class, task_names
 from mmrl.sample import Sample
 from mmrl.video import write_video
-from rewards import boxes, match, ordering, temporal
+from pretext_tasks.gui_pairs import PairWriter
+from rewards import boxes, gui, match, ordering, temporal
 from rewards.extract import BOXED_OPEN, MAX_INT_DIGITS, boxed_span, extract_answer, format_ok, parse_int
 
 N = 100_000
@@ -42,6 +43,8 @@ CHELSEA = Path(skimage.__file__).parent / "data" / "chelsea.png"
 LABELS = [2, 4, 1, 5, 3]  # K = 5: the partial-credit branch of the ordering reward is reachable
 COUNTS = [3, 1, 4]
 SEATS = 4
+GUI_CLICK = {"action_type": "click", "x": 50.0, "y": 40.0, "bbox": [40.0, 30.0, 80.0, 50.0]}
+GUI_META = {"image_size": [200, 100], "model_size": [224, 112], "coords": "qwen2.5-vl"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,6 +171,8 @@ PURE: dict[str, Target] = {
         lambda t: _decision(t, "shaped"), signed_rewards((2.49, 1.89, -0.3, -0.9, -1.5))
     ),
     "clue_rewards": Target(lambda t: clue_rewards([parse_vote(t, SEATS)] * 3, 2, SEATS), zero_sum),
+    # rewards.gui
+    "parse_action": Target(gui.parse_action, lambda text, r: r is None or isinstance(r, dict)),
 }
 for _m in MODES:  # every answer mode of every mode-taking function
     PURE[f"extract_answer[{_m}]"] = Target(lambda t, m=_m: extract_answer(t, m), optional_str)
@@ -178,6 +183,10 @@ for _m in MODES:  # every answer mode of every mode-taking function
     )
     PURE[f"grounding_reward[{_m}]"] = Target(
         lambda t, m=_m: temporal.grounding_reward(t, (1.5, 4.0), mode=m), reward_check(temporal.GROUNDING_PARTS)
+    )
+    PURE[f"gui_reward[{_m}]"] = Target(
+        lambda t, m=_m: gui.gui_reward(t, GUI_CLICK, GUI_META, mode=m, allow_untagged=True, text_match="f1"),
+        reward_check(gui.PARTS),
     )
     PURE[f"counting_reward[{_m}]"] = Target(
         lambda t, m=_m: temporal.counting_reward(t, COUNTS, mode=m), reward_check(temporal.COUNTING_PARTS)
@@ -201,6 +210,11 @@ TASK_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "referring_grounding[continuous,boxed]": ("referring_grounding", {"continuous_iou": True, "answer_mode": "boxed"}),
     "object_detection": ("object_detection", {}),
     "object_detection[qwen3-vl,raw]": ("object_detection", {"coords": "qwen3-vl", "answer_mode": "raw"}),
+    "gui_inverse_dynamics": ("gui_inverse_dynamics", {}),
+    "gui_inverse_dynamics[qwen2-vl,raw,untagged,f1]": (
+        "gui_inverse_dynamics",
+        {"coords": "qwen2-vl", "answer_mode": "raw", "allow_untagged": True, "text_match": "f1"},
+    ),
 }
 TASK_PARTS = {
     "dominant_color": match.PARTS,
@@ -212,11 +226,24 @@ TASK_PARTS = {
     "object_counting": temporal.COUNTING_PARTS,
     "referring_grounding": boxes.REC_PARTS,
     "object_detection": boxes.OVD_PARTS,
+    "gui_inverse_dynamics": gui.PARTS,
 }
 NAMES = [*PURE, *(f"task:{v}" for v in TASK_VARIANTS)]
 
 
-def _source(task: str, video: Path) -> Any:
+def _gui_pairs(folder: Path) -> Path:
+    """A pair folder of one click on the cat photo (the GUI task's source)."""
+    cat = media.load_image(CHELSEA)
+    action = {"action_type": "click", "x": 150.0, "y": 90.0, "bbox": [120.0, 70.0, 200.0, 110.0]}
+    record = {"id": "p0", "source": "test", "traj_id": "t", "step": 0, "k": 1, "action": action}
+    with PairWriter(folder) as writer:
+        writer.add(record, ("t/0", cat), ("t/1", cat.transpose(0)))
+    return folder
+
+
+def _source(task: str, video: Path, pairs: Path) -> Any:
+    if task == "gui_inverse_dynamics":
+        return get_task(task).sources(pairs)[0]
     if task in ("dominant_color", "referring_grounding", "object_detection"):
         return 0
     if task == "image_jigsaw":
@@ -231,10 +258,11 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Target]:
     """The pure targets plus each task's `reward(completion, sample)` on a real Sample from its `make`."""
     frames = camera_motion_frames(media.load_image(CHELSEA), "pan_right", 120, (160, 120), np.random.default_rng(0))
     video = write_video(tmp_path_factory.mktemp("videos") / "cat.mp4", list(frames), 8.0)
+    pairs = _gui_pairs(tmp_path_factory.mktemp("gui_pairs"))
     out = dict(PURE)
     for variant, (name, params) in TASK_VARIANTS.items():
         task = get_task(name, **params)
-        sample: Sample = task.make(_source(name, video), np.random.default_rng(0))
+        sample: Sample = task.make(_source(name, video, pairs), np.random.default_rng(0))
         out[f"task:{variant}"] = Target(
             lambda t, task=task, sample=sample: task.reward(t, sample), reward_check(TASK_PARTS[name])
         )
