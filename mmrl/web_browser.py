@@ -313,14 +313,13 @@ def settle(page: Any, navigations: list[int]) -> bytes:
     def shoot() -> tuple[bytes, int]:
         if navigations[0] > MAX_NAVIGATIONS_PER_STEP:
             raise PageBroken("redirect_loop", f"{navigations[0]} main-frame navigations in one step")
-        for attempt in range(3):
-            try:
-                return page.screenshot(timeout=5000, animations="disabled", caret="hide"), navigations[0]
-            except Exception as e:  # a navigation that is swapping documents has nothing to capture yet
-                if "Unable to capture screenshot" not in str(e) or attempt == 2:
-                    raise
-                loaded()
-        raise AssertionError("unreachable")
+        try:
+            return page.screenshot(timeout=5000, animations="disabled", caret="hide"), navigations[0]
+        except Exception as e:  # a navigation swapping documents has nothing to capture yet: once more
+            if "Unable to capture screenshot" not in str(e):
+                raise
+        loaded()
+        return page.screenshot(timeout=5000, animations="disabled", caret="hide"), navigations[0]
 
     loaded()
     shot = shoot()
