@@ -9,8 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# open3d needs libusb at import time; libgomp for its CPU kernels.
-debs="libusb-1.0-0 libgomp1"
+# open3d needs libusb at import time; libgomp for its CPU kernels; chromium is the browser the web
+# explorer drives through Playwright (Debian's build, so `playwright install` is never needed).
+debs="libusb-1.0-0 libgomp1 chromium"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=""
   for d in $debs; do dpkg -s "$d" >/dev/null 2>&1 || missing="$missing $d"; done
@@ -19,8 +20,13 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null 2>&1
   fi
-elif ! ldconfig -p 2>/dev/null | grep -q libusb-1.0; then
-  echo "setup: warning: libusb-1.0 not found; install it (Debian: apt-get install $debs) for open3d" >&2
+else
+  if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0; then
+    echo "setup: warning: libusb-1.0 not found; install it (Debian: apt-get install libusb-1.0-0) for open3d" >&2
+  fi
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: warning: chromium not found; install it (Debian: apt-get install chromium) for the web explorer" >&2
+  fi
 fi
 
 VENV=${VENV:-.venv}
