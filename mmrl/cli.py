@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_import_gui(args: argparse.Namespace) -> None:
-    from pretext_tasks.gui_import import ImportOptions, import_gui
+    from mmrl import registry
 
     _check_out(args.out, "--out")
     try:
@@ -477,10 +477,11 @@ def cmd_import_gui(args: argparse.Namespace) -> None:
         viewport = tuple(int(v) for v in args.viewport.lower().split("x"))
     except ValueError:
         raise MMRLError(f"--k takes integers (1,2) and --viewport WxH, got {args.k!r}, {args.viewport!r}") from None
-    options = ImportOptions(k_values, args.max_box_coverage, android_scroll=args.android_scroll,
-                            point_box=args.point_box, dpr=args.dpr, viewport=viewport)  # fmt: skip
+    options = {"k_values": k_values, "max_box_coverage": args.max_box_coverage, "android_scroll": args.android_scroll,
+               "point_box": args.point_box, "dpr": args.dpr, "viewport": viewport}  # fmt: skip
     start = time.perf_counter()
-    report = import_gui(args.format, args.in_dir, args.out, options)
+    # the importers belong to the task plugin; the CLI reaches them by its name, like every plugin
+    report = registry.task_class("gui_inverse_dynamics").import_dataset(args.format, args.in_dir, args.out, **options)
     print(f"imported in {time.perf_counter() - start:.1f}s into {args.out}: {report.summary()}")
 
 

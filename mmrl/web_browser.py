@@ -142,38 +142,6 @@ def png_to_array(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-def diff_ratio(a: np.ndarray, b: np.ndarray) -> float:
-    """Share of pixels that differ in any channel (1.0 when the sizes differ)."""
-    if a.shape != b.shape:
-        return 1.0
-    return float(np.any(a != b, axis=-1).mean())
-
-
-@functools.lru_cache(maxsize=1)
-def _dct_matrix(n: int = 32) -> np.ndarray:
-    k = np.arange(n)[:, None]
-    m = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2 / n)
-    m[0] /= np.sqrt(2)
-    return m
-
-
-def phash(image: np.ndarray) -> str:
-    """64-bit perceptual hash (hex): grey 32x32, 2-D DCT-II, the 8x8 lowest frequencies against their median.
-
-    The DC term is left out of the median (it only says how bright the image is). Two renders of the
-    same state hash equal; a small change flips few bits (`hamming`).
-    """
-    grey = Image.fromarray(image).convert("L").resize((32, 32), Image.Resampling.LANCZOS)
-    c = _dct_matrix(32)
-    low = (c @ np.asarray(grey, dtype=np.float64) @ c.T)[:8, :8].ravel()
-    bits = low > np.median(low[1:])
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
-
-
-def hamming(a: str, b: str) -> int:
-    return (int(a, 16) ^ int(b, 16)).bit_count()
-
-
 # --------------------------------------------------------------------------------------------------
 # The browser
 
@@ -379,14 +347,11 @@ __all__ = [
     "RateLimit",
     "check_url",
     "chromium_path",
-    "diff_ratio",
     "execute",
-    "hamming",
     "host_of",
     "launch_browser",
     "new_context",
     "page_js",
-    "phash",
     "png_to_array",
     "serve_folder",
     "settle",

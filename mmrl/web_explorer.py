@@ -28,13 +28,12 @@ from tqdm.auto import tqdm
 
 from mmrl.durable import fsync_tree, owner, publish
 from mmrl.errors import ConfigError
+from mmrl.image_hash import diff_ratio, phash
 from mmrl.web_browser import (
     check_url,
-    diff_ratio,
     execute,
     launch_browser,
     new_context,
-    phash,
     png_to_array,
     serve_folder,
     settle,

@@ -16,17 +16,15 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from mmrl.image_hash import diff_ratio, hamming, phash
 from mmrl.web_actions import Choice, Novelty, choose
 from mmrl.web_browser import (
     MAX_NAVIGATIONS_PER_STEP,
     PageBroken,
     RateLimit,
-    diff_ratio,
     execute,
-    hamming,
     new_context,
     page_js,
-    phash,
     png_to_array,
     settle,
     watchdog,

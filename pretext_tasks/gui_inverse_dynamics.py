@@ -177,6 +177,15 @@ class GuiInverseDynamics(Task):
     params: GuiInverseDynamicsParams = field(default_factory=GuiInverseDynamicsParams)
     """Prompt, filter and reward parameters."""
 
+    @staticmethod
+    def import_dataset(fmt: str, in_dir: str | Path, out_dir: str | Path, **options: Any) -> Any:
+        """Convert a GUI dataset in its published layout into a pair folder this task reads (`mmrl import-gui`
+        reaches the importers through here, by the task's name): `pretext_tasks.gui_import.import_gui` with
+        `ImportOptions(**options)`; returns its report."""
+        from pretext_tasks.gui_import import ImportOptions, import_gui
+
+        return import_gui(fmt, in_dir, out_dir, ImportOptions(**options))
+
     def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[PairItem]:
         """The records of a pair folder (or of every pair folder under a folder) whose k is asked; for the
         default corpus (or None), the explorer's pairs of the shipped web apps."""

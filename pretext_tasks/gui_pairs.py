@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from mmrl.errors import MMRLError
+from mmrl.image_hash import diff_ratio, phash
 from rewards.gui import ACTION_TYPES, POINT_ACTIONS, SCROLL_DIRECTIONS, TEXT_FIELDS, point_in_box
 
 PAIRS_FILE = "pairs.jsonl"
@@ -201,39 +201,6 @@ def pair_folders(root: str | Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Perceptual hash
-
-
-def phash(image: Image.Image) -> str:
-    """64-bit DCT perceptual hash as 16 hex digits.
-
-    The screenshot in grey (ITU-R 601 luma, PIL's "L") resized to 32x32 (bilinear), its 2-D DCT-II, the 8x8
-    lowest frequencies; bit i = 1[coefficient i > the median of the 63 non-DC ones], row-major, DC bit 0.
-    After Zauner 2010, *Implementation and Benchmarking of Perceptual Image Hash Functions*.
-    """
-    from scipy.fft import dctn
-
-    grey = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float64)
-    low = dctn(grey, type=2, norm="ortho")[:8, :8].ravel()
-    bits = low > np.median(low[1:])
-    bits[0] = False
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
-
-
-def hamming(a: str, b: str) -> int:
-    """Number of differing bits of two hex hashes."""
-    return bin(int(a, 16) ^ int(b, 16)).count("1")
-
-
-def diff_ratio(before: Image.Image, after: Image.Image) -> float:
-    """Share of pixels whose RGB value changed (1.0 when the sizes differ)."""
-    if before.size != after.size:
-        return 1.0
-    a, b = np.asarray(before.convert("RGB")), np.asarray(after.convert("RGB"))
-    return float(np.any(a != b, axis=-1).mean())
-
-
-# --------------------------------------------------------------------------------------------------
 # Writing
 
 
@@ -309,13 +276,10 @@ __all__ = [
     "PairItem",
     "PairWriter",
     "action_problem",
-    "diff_ratio",
     "filter_problem",
-    "hamming",
     "inside",
     "k_windows",
     "pair_folders",
-    "phash",
     "read_pairs",
     "record_problem",
 ]

@@ -353,3 +353,15 @@ def test_cli_verb_and_bad_input(tmp_path, capsys):
     (tmp_path / "bad" / "e.json").write_text(json.dumps({"screenshots": ["../../x.png"], "actions": []}))
     with pytest.raises(MMRLError, match="leaves the folder"):
         import_gui("androidcontrol", tmp_path / "bad", tmp_path / "y")
+
+
+def test_the_import_gui_verb_runs_an_importer_by_the_tasks_name(tmp_path):
+    """`mmrl import-gui` reaches the importers through the task plugin (the CLI never names a plugin module)."""
+    from mmrl.cli import main
+
+    write_aitw(tmp_path / "in")
+    assert main(["import-gui", "--format", "aitw", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--k", "1,2"]) == 0  # fmt: skip
+    records = [json.loads(line) for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines()]
+    assert {r["k"] for r in records} == {1, 2} and all(r["source"] for r in records)
+    assert main(["import-gui", "--format", "nope", "--in", str(tmp_path / "in"), "--out", str(tmp_path / "o2")]) == 2

@@ -27,8 +27,9 @@ if __import__("shutil").which("chromium") is None:
 
 from mmrl import web_explorer, web_walk  # noqa: E402
 from mmrl.errors import ConfigError  # noqa: E402
+from mmrl.image_hash import hamming, phash  # noqa: E402
 from mmrl.web_actions import DESTRUCTIVE, MAX_BOX_SHARE  # noqa: E402
-from mmrl.web_browser import RateLimit, check_url, hamming, launch_browser, phash  # noqa: E402
+from mmrl.web_browser import RateLimit, check_url, launch_browser  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
