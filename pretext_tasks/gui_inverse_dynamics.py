@@ -212,7 +212,7 @@ class GuiInverseDynamics(Task):
                 f"here ({e}); pass a pair folder instead (mmrl import-gui writes one)"
             ) from None
         p = self.params
-        return Path(default_pairs(default_cache_dir() / "gui_pairs", seed=p.default_seed, n=p.default_pairs,
+        return Path(default_pairs(default_cache_dir(), seed=p.default_seed, n=p.default_pairs,
                                   k_values=p.k))  # fmt: skip
 
     def make(self, source_item: PairItem, rng: np.random.Generator) -> Sample:
