@@ -208,8 +208,9 @@ class GuiInverseDynamics(Task):
             from mmrl.web_explorer import default_pairs  # the explorer: only when `default` is asked for
         except ImportError as e:
             raise MMRLError(
-                f"{NAME}: `source: default` needs the web explorer (mmrl.web_explorer), which is not installed "
-                f"here ({e}); pass a pair folder instead (mmrl import-gui writes one)"
+                f"{NAME}: `source: default` needs the web explorer, whose browser driver is not installed here "
+                f"({e}): run scripts/setup.sh (playwright and Debian's chromium), or pass a pair folder instead "
+                "(mmrl import-gui writes one)"
             ) from None
         p = self.params
         return Path(default_pairs(default_cache_dir(), seed=p.default_seed, n=p.default_pairs,

@@ -3,7 +3,6 @@ convention of each family through its own processor, downscaling, filters, bad f
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -206,10 +205,14 @@ def test_k_selects_records_and_a_folder_of_folders_is_read(folder, tmp_path):
         registry.get_task(NAME, k=[2, 3]).sources(root)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mmrl.web_explorer") is not None, reason="the explorer is installed")
-def test_default_source_without_the_explorer_says_what_is_missing():
-    with pytest.raises(MMRLError, match="web explorer"):
-        registry.get_task(NAME).sources("default")
+@pytest.mark.slow
+def test_the_default_source_explores_the_shipped_apps_once_and_makes_samples():
+    """`source: default`: the web explorer walks data/webapps in a real browser into the cache, once."""
+    task = registry.get_task(NAME, default_pairs=6)
+    items = task.sources("default")
+    assert len(items) >= 6 and len(task.sources("default")) == len(items)  # the second call reads the cache
+    sample = task.make(items[0], np.random.default_rng(0))
+    assert task.reward(task.reference_completion(sample), sample).score == 1.0
 
 
 @pytest.mark.parametrize(
