@@ -18,6 +18,7 @@ from pretext_tasks.anomaly_grounding import AnomalyGrounding
 from pretext_tasks.base import OrderingTask, answer_instruction, options_text
 from pretext_tasks.depth_jigsaw import DepthJigsaw
 from pretext_tasks.diagnostic import DominantColorTask
+from pretext_tasks.gui_inverse_dynamics import GuiInverseDynamics
 from pretext_tasks.image_jigsaw import ImageJigsaw
 from pretext_tasks.object_counting import ObjectCounting
 from pretext_tasks.object_detection import ObjectDetection
@@ -29,6 +30,7 @@ __all__ = [
     "AnomalyGrounding",
     "DepthJigsaw",
     "DominantColorTask",
+    "GuiInverseDynamics",
     "ImageJigsaw",
     "ObjectCounting",
     "ObjectDetection",
