@@ -165,6 +165,24 @@ def _kill(pids: set[int]) -> None:
             psutil.Process(pid).kill()
 
 
+CLOSE_TIMEOUT_S = 5.0
+"""Longest a graceful close of the browser or of Playwright's driver may take before their processes are killed."""
+
+
+def _bounded(close: Any, before: set[int]) -> None:
+    """`close()`, but if it has not returned after `CLOSE_TIMEOUT_S` (a Ctrl-C that landed inside Playwright's
+    dispatcher can leave it waiting for an answer that never comes), kill the processes started since `before`:
+    the driver's pipe then closes and the call returns or raises. Errors of the close are ignored."""
+    timer = threading.Timer(CLOSE_TIMEOUT_S, lambda: _kill(_descendants() - before))
+    timer.daemon = True
+    timer.start()
+    try:
+        with contextlib.suppress(Exception):
+            close()
+    finally:
+        timer.cancel()
+
+
 @contextlib.contextmanager
 def launch_browser() -> Iterator[Any]:
     """A headless Chromium that is closed on every exit path, Ctrl-C and SIGTERM included.
@@ -195,11 +213,9 @@ def launch_browser() -> Iterator[Any]:
         try:
             yield browser
         finally:
-            with contextlib.suppress(Exception):
-                browser.close()
+            _bounded(browser.close, before)
     finally:
-        with contextlib.suppress(Exception):
-            pw.stop()
+        _bounded(pw.stop, before)
         _kill(_descendants() - before)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
