@@ -218,7 +218,10 @@ def test_sigint_leaves_no_browser_process(tmp_path):
         "from pathlib import Path; from mmrl.web_explorer import explore, WEBAPPS; "
         f"explore(WEBAPPS, Path({str(tmp_path / 'out')!r}), seed=0, walks=500, progress=False)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True)
+    # SIGINT as a terminal delivers it: a suite started in the background (`cmd &` in a script) runs with SIGINT
+    # ignored, which its children inherit, and Python then installs no KeyboardInterrupt handler at all
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     seen: set[int] = set()
     deadline = time.monotonic() + 60
     try:
