@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import numpy as np
 
 from mmrl.dataserver.protocol import LOST, SynthesisRequest, SynthesisResult
 from mmrl.dataserver.wire import WireLimits, decode_result, encode_request
+from mmrl.dataserver.workers import LATENCY_WINDOW, drain, outcome_metrics
 from mmrl.errors import MMRLError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class HttpBackend:
         self._pending: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()  # encoded, I/O thread only
         self._limits = WireLimits(max_image_pixels=2**62, max_description_chars=2**62, max_images=2**30)
         self._counts: Counter[str] = Counter()
-        self._latencies: collections.deque[float] = collections.deque(maxlen=256)
+        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._next_server = 0
@@ -116,18 +116,13 @@ class HttpBackend:
         out: list[SynthesisResult] = []
         while len(out) < max_results and self._lost:  # outside the bounded inbox: a full inbox never hides a loss
             out.append(self._lost.popleft())
-        while len(out) < max_results:
-            try:
-                out.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
-        return out
+        return out + drain(self._inbox, max_results - len(out))
 
     def metrics(self) -> dict[str, float]:
         with self._lock:
             counts, lat = dict(self._counts), list(self._latencies)
             servers = [(s.up, len(s.in_flight), dict(s.depths)) for s in self.servers]
-        m = {f"dataserver/{k}": float(v) for k, v in counts.items()}
+        m = outcome_metrics(counts, lat)
         m["dataserver/outbox"] = float(self._outbox.qsize() + len(self._pending))
         m["dataserver/inbox"] = float(self._inbox.qsize())
         m["dataserver/servers_up"] = float(sum(up for up, _, _ in servers))
@@ -136,11 +131,6 @@ class HttpBackend:
         m["dataserver/lost_requests"] = float(counts.get("lost_requests", 0))
         for key in ("request_queue", "ready_queue"):  # summed over the servers that are up, as last reported
             m[f"dataserver/{key}"] = float(sum(d.get(key, 0.0) for up, _, d in servers if up))
-        if lat:
-            m["dataserver/latency_s"] = float(np.mean(lat))
-        done = counts.get("accepted", 0) + sum(v for k, v in counts.items() if k.startswith("rejected/"))
-        if done:
-            m["dataserver/reject_rate"] = 1.0 - counts.get("accepted", 0) / done
         return m
 
     def close(self) -> None:

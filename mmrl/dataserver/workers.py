@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 import numpy as np
@@ -24,6 +24,33 @@ import numpy as np
 from mmrl.dataserver.protocol import Rejected, SynthesisRequest, SynthesisResult, Synthesizer
 
 log = logging.getLogger(__name__)
+
+
+LATENCY_WINDOW = 256
+"""The mean synthesis latency is over this many most recent results."""
+
+
+def drain(q: queue.Queue, max_items: int) -> list:
+    """Up to `max_items` items of `q`, oldest first, without waiting."""
+    out: list = []
+    while len(out) < max_items:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return out
+
+
+def outcome_metrics(counts: dict[str, int], latencies: list[float]) -> dict[str, float]:
+    """`dataserver/<count>` for every count, the mean latency of `latencies`, and the reject rate:
+    rejected / (accepted + rejected), rejects being the `rejected/<reason>` counts."""
+    m = {f"dataserver/{k}": float(v) for k, v in counts.items()}
+    if latencies:
+        m["dataserver/latency_s"] = float(np.mean(latencies))
+    done = counts.get("accepted", 0) + sum(v for k, v in counts.items() if k.startswith("rejected/"))
+    if done:
+        m["dataserver/reject_rate"] = 1.0 - counts.get("accepted", 0) / done
+    return m
 
 
 class WorkerPool:
@@ -45,7 +72,7 @@ class WorkerPool:
         self.requests: queue.Queue[tuple[SynthesisRequest, float]] = queue.Queue(request_queue)
         self.ready: queue.Queue[SynthesisResult] = queue.Queue(ready_queue)
         self.counts: Counter[str] = Counter()
-        self.latencies: list[float] = []
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
@@ -67,25 +94,14 @@ class WorkerPool:
         return True
 
     def poll(self, max_results: int) -> list[SynthesisResult]:
-        out: list[SynthesisResult] = []
-        while len(out) < max_results:
-            try:
-                out.append(self.ready.get_nowait())
-            except queue.Empty:
-                break
-        return out
+        return drain(self.ready, max_results)
 
     def metrics(self) -> dict[str, float]:
         with self._lock:
-            counts, lat = dict(self.counts), list(self.latencies[-256:])
-        m = {f"dataserver/{k}": float(v) for k, v in counts.items()}
+            counts, lat = dict(self.counts), list(self.latencies)
+        m = outcome_metrics(counts, lat)
         m["dataserver/request_queue"] = float(self.requests.qsize())
         m["dataserver/ready_queue"] = float(self.ready.qsize())
-        if lat:
-            m["dataserver/latency_s"] = float(np.mean(lat))
-        done = counts.get("accepted", 0) + sum(v for k, v in counts.items() if k.startswith("rejected/"))
-        if done:
-            m["dataserver/reject_rate"] = 1.0 - counts.get("accepted", 0) / done
         return m
 
     def close(self) -> None:
@@ -133,4 +149,4 @@ class WorkerPool:
         return result
 
 
-__all__ = ["WorkerPool"]
+__all__ = ["LATENCY_WINDOW", "WorkerPool", "drain", "outcome_metrics"]
