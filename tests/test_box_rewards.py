@@ -235,7 +235,7 @@ def test_answer_boxes_and_transform():
 # ------------------------------------------------------------------------------------------ real processors
 
 
-def _resized_image(processor, pixel_values, grid) -> np.ndarray:
+def resized_image(processor, pixel_values, grid) -> np.ndarray:
     """The processor's resized image (H', W', C) rebuilt from its flattened patches.
 
     Qwen2/2.5/3-VL image processors flatten (t, h/m, w/m, m, m) patch groups, each patch as (C, tp, p, p).
@@ -272,7 +272,7 @@ def test_conventions_against_real_processor(family):
     expected = model_size([w, h], family, min_pixels, max_pixels)
     assert [int(grid[2]) * ip.patch_size, int(grid[1]) * ip.patch_size] == expected
 
-    resized = _resized_image(processor, out["pixel_values"], grid)
+    resized = resized_image(processor, out["pixel_values"], grid)
     red = resized[..., 0] - resized[..., 1]  # high inside the rectangle, ~0 outside
     ys, xs = np.nonzero(red > red.max() / 2)
     seen = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]  # in pixels of the resized image

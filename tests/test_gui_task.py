@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import skimage.data
 from PIL import Image, ImageDraw
+from test_box_rewards import resized_image
 
 from mmrl import registry
 from mmrl.cli import main
@@ -100,16 +101,6 @@ def test_prompt_states_the_model_frame_and_never_the_answer(folder):
                 assert s.answer["text"] not in text
 
 
-def _resized_image(processor, pixel_values, grid) -> np.ndarray:
-    """The processor's resized image (H', W', C) rebuilt from its flattened (t, h/m, w/m, m, m) patch groups."""
-    ip = processor.image_processor
-    p, m, tp = ip.patch_size, ip.merge_size, ip.temporal_patch_size
-    gt, gh, gw = (int(v) for v in grid)
-    x = pixel_values.reshape(gt, gh // m, gw // m, m, m, 3, tp, p, p)
-    x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(gt * tp, 3, gh * p, gw * p)
-    return x[0].permute(1, 2, 0).numpy()
-
-
 @pytest.mark.parametrize("coords", COORD_FAMILIES)
 def test_reference_point_lands_in_the_box_the_processor_shows(folder, coords):
     """The before screen goes through the family's own tiny processor at the task's pixel budget: its grid is the
@@ -132,7 +123,7 @@ def test_reference_point_lands_in_the_box_the_processor_shows(folder, coords):
         grid = out["image_grid_thw"][0]
         w2, h2 = int(grid[2]) * ip.patch_size, int(grid[1]) * ip.patch_size
         assert [w2, h2] == s.meta["model_size"]
-        resized = _resized_image(processor, out["pixel_values"], grid)
+        resized = resized_image(processor, out["pixel_values"], grid)
         red = (resized[..., 0] - resized[..., 1]) > 1.5  # normalised units: pure red is about 3.6 apart
         ys, xs = np.nonzero(red)
         payload = json.loads(task.reference_completion(s).removeprefix("<answer>").removesuffix("</answer>"))
