@@ -21,7 +21,7 @@ from mmrl.sample import Sample
 from mmrl.scenes import SHAPES, Scene, random_scene
 from pretext_tasks import evidence
 from pretext_tasks.base import answer_instruction
-from rewards.boxes import COORD_FAMILIES, CoordFamily, box_text, model_frame, model_size, truth_model_box
+from rewards.boxes import COORD_FAMILIES, CoordFamily, box_text, meta_frame, model_size, truth_model_box
 from rewards.extract import AnswerMode, check_mode, wrap_answer
 
 _DEFAULT_MODEL = ModelConfig()
@@ -110,7 +110,7 @@ def coordinate_sentence(coords: str, image_size: Sequence[int]) -> str:
 
 def example_box(meta: Mapping[str, Any]) -> list[int]:
     """The example box of the prompt: a fixed share of the frame (never the answer)."""
-    fw, fh = model_frame(meta["model_size"], meta["coords"])
+    fw, fh = meta_frame(meta)
     return [round(0.1 * fw), round(0.2 * fh), round(0.35 * fw), round(0.55 * fh)]
 
 
@@ -151,7 +151,7 @@ def model_box_text(box: Sequence[float], meta: Mapping[str, Any]) -> str:
 
 def random_model_box(meta: Mapping[str, Any], rng: np.random.Generator) -> list[int]:
     """A box of integer corners uniform in the model frame (two sorted draws per axis, at least 1 apart)."""
-    fw, fh = model_frame(meta["model_size"], meta["coords"])
+    fw, fh = meta_frame(meta)
     xs = np.sort(rng.choice(int(fw) + 1, size=2, replace=False))
     ys = np.sort(rng.choice(int(fh) + 1, size=2, replace=False))
     return [int(xs[0]), int(ys[0]), int(xs[1]), int(ys[1])]

@@ -32,7 +32,7 @@ from mmrl.task import PANEL_MAX_WIDTH, Panel, Task
 from pretext_tasks import evidence
 from pretext_tasks.base import answer_instruction, degenerate
 from pretext_tasks.gui_pairs import CONTENT, PairItem, filter_problem, pair_folders, read_pairs
-from rewards.boxes import COORD_FAMILIES, CoordFamily, model_size
+from rewards.boxes import COORD_FAMILIES, CoordFamily, meta_frame, model_size
 from rewards.extract import AnswerMode, check_mode, wrap_answer
 from rewards.gui import (
     ACTION_TYPES,
@@ -41,7 +41,6 @@ from rewards.gui import (
     TEXT_MATCHES,
     TextMatch,
     action_text,
-    frame_size,
     gui_reward,
     model_point_for,
 )
@@ -157,7 +156,7 @@ def prompt_text(params: GuiInverseDynamicsParams, meta: dict[str, Any]) -> str:
         )
     frame = point_sentence(meta["coords"], meta["model_size"])
     shapes = "; ".join(SHAPES[t] for t in ACTION_TYPES)
-    fx, fy = frame_size(meta)
+    fx, fy = meta_frame(meta)
     example = wrap_answer(
         f'{{"action_type": "click", "x": {round(0.3 * fx)}, "y": {round(0.6 * fy)}}}', params.answer_mode
     )
@@ -273,7 +272,7 @@ class GuiInverseDynamics(Task):
     def random_answer(self, sample: Sample, rng: np.random.Generator) -> str:
         """An action of a type drawn uniformly from the eight, with uniform parameters (point in the frame)."""
         kind = ACTION_TYPES[int(rng.integers(len(ACTION_TYPES)))]
-        fw, fh = frame_size(sample.meta)
+        fw, fh = meta_frame(sample.meta)
         action: dict[str, Any] = {"action_type": kind}
         if kind in POINT_ACTIONS:
             action |= {"x": int(rng.integers(int(fw) + 1)), "y": int(rng.integers(int(fh) + 1))}
@@ -288,7 +287,7 @@ class GuiInverseDynamics(Task):
     def constant_answer(self, sample: Sample) -> str:
         """A click at the centre of the frame: clicks are most of every source (89 % of UIShift's set, about 85 %
         of explored web steps), and the centre is the point that the most click boxes can contain."""
-        fw, fh = frame_size(sample.meta)
+        fw, fh = meta_frame(sample.meta)
         return wrap_answer(action_text({"action_type": "click", "x": round(fw / 2), "y": round(fh / 2)}),
                            self.answer_mode(sample))  # fmt: skip
 

@@ -238,7 +238,8 @@ def parse_ovd_boxes(payload: str | None, frame: tuple[float, float]) -> list[tup
 # Rewards
 
 
-def _frame(meta: Mapping[str, Any]) -> tuple[float, float]:
+def meta_frame(meta: Mapping[str, Any]) -> tuple[float, float]:
+    """(width, height) of the frame a sample's replies live in: `model_frame` of its meta's `model_size`, `coords`."""
     return model_frame(meta["model_size"], meta["coords"])
 
 
@@ -263,7 +264,7 @@ def rec_reward(
     valid box scores 0 with every part 0.
     """
     check_mode(mode)
-    pred = parse_rec_box(extract_answer(completion, mode), _frame(meta)) if isinstance(completion, str) else None
+    pred = parse_rec_box(extract_answer(completion, mode), meta_frame(meta)) if isinstance(completion, str) else None
     truth = _box(answer.get("box")) if isinstance(answer, Mapping) else None
     if pred is None or truth is None:
         return Reward.zero(*REC_PARTS)
@@ -319,7 +320,7 @@ def ovd_reward(
     (any malformed entry) scores 0 with every part 0.
     """
     check_mode(mode)
-    pred = parse_ovd_boxes(extract_answer(completion, mode), _frame(meta)) if isinstance(completion, str) else None
+    pred = parse_ovd_boxes(extract_answer(completion, mode), meta_frame(meta)) if isinstance(completion, str) else None
     if pred is None or not isinstance(answer, Mapping):
         return Reward.zero(*OVD_PARTS)
     truth = [(label, truth_model_box(box, meta)) for label, box in answer_boxes(answer)]
@@ -349,6 +350,7 @@ __all__ = [
     "from_model_box",
     "iou",
     "match_count",
+    "meta_frame",
     "model_frame",
     "model_size",
     "ovd_reward",

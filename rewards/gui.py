@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
 
 from mmrl.contracts import Reward
-from rewards.boxes import from_model_box, model_frame, to_model_box
+from rewards.boxes import from_model_box, to_model_box
 from rewards.extract import AnswerMode, check_mode, extract_answer, format_ok
 from rewards.match import normalize_answer
 
@@ -245,11 +245,6 @@ def action_text(action: Mapping[str, Any], meta: Mapping[str, Any] | None = None
     return json.dumps(out, ensure_ascii=False)
 
 
-def frame_size(meta: Mapping[str, Any]) -> tuple[float, float]:
-    """(width, height) of the frame a reply's points live in (`rewards.boxes.model_frame`)."""
-    return model_frame(meta["model_size"], meta["coords"])
-
-
 __all__ = [
     "ACTION_TYPES",
     "PARTS",
@@ -261,7 +256,6 @@ __all__ = [
     "TextMatch",
     "action_match",
     "action_text",
-    "frame_size",
     "from_model_point",
     "gui_reward",
     "model_point_for",
