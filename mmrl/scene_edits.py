@@ -146,27 +146,7 @@ def random_edit(
     (size, color, shape) in the scene distinct, moves (0.6-1.5 m) and additions stay in view and off
     other objects, and at least one object remains. The kind is uniform over the feasible `kinds`.
     Raises ValueError when no kind yields a valid edit in `max_tries` attempts."""
-    unknown = set(kinds) - set(EDIT_KINDS)
-    if unknown or not kinds:
-        raise ValueError(f"unknown edit kinds {sorted(unknown)}; expected a non-empty subset of {EDIT_KINDS}")
-    vis = visible_fractions(scene)
-    targets = [o for o in scene.objects if vis[o.id] >= min_visible]
-    for kind in (kinds[int(i)] for i in rng.permutation(len(kinds))):
-        for _ in range(max_tries):
-            try:
-                out = _propose(scene, rng, kind, targets)
-            except ValueError:  # would overlap another object
-                continue
-            if out is None:
-                break  # this kind is impossible here (no target, no free colour, ...)
-            new, edit = out
-            if edit.after is not None and not (
-                in_view(new.camera, new.object(edit.object_id), margin)
-                and visible_fractions(new)[edit.object_id] >= min_visible
-            ):
-                continue
-            return new, edit
-    raise ValueError(f"no valid edit of kinds {tuple(kinds)} found in {max_tries} tries each")
+    return _random_edit_excluding(scene, rng, kinds, set(), min_visible, margin, max_tries)
 
 
 def _propose(
@@ -202,3 +182,116 @@ def _propose(
         return reshape(scene, o.id, s) if s else None
     s = pick([s for s in SIZES if (s, o.color, o.shape) not in taken])
     return resize(scene, o.id, s) if s else None
+
+
+def random_edits(
+    scene: Scene,
+    rng: np.random.Generator,
+    count: int,
+    kinds: Sequence[str] = EDIT_KINDS,
+    *,
+    min_visible: float = 0.25,
+    margin: float = 0.06,
+    max_tries: int = 20,
+) -> tuple[Scene, list[Edit]]:
+    """`count` random edits (`random_edit`) applied one after the other, each on a different object, so every
+    description names its object as it looks in `scene` (an added object is never edited again).
+
+    The composition is kept only if it reads the same against the first and the last scene: every edited
+    object that is still there is at least `min_visible` unoccluded in the final scene (a later move or
+    addition can hide an earlier edit), and the final (size, color, shape) of every edited object belongs
+    to no other object of `scene` (else "the small red cube was removed" and "a small red cube was added"
+    would read like one move). Raises ValueError when no composition passes in `max_tries` attempts."""
+    if count < 1:
+        raise ValueError(f"random_edits: count must be >= 1, got {count}")
+    for _ in range(max_tries):
+        current, made = scene, []
+        try:
+            for _ in range(count):
+                touched = {e.object_id for e in made}
+                # untouched objects only: a second edit of one object would describe it in its edited state
+                current, edit = _random_edit_excluding(current, rng, kinds, touched, min_visible, margin)
+                made.append(edit)
+        except ValueError:
+            continue
+        if _reads_the_same(scene, current, made, min_visible):
+            return current, made
+    raise ValueError(f"random_edits: no valid composition of {count} edits of {tuple(kinds)} in {max_tries} tries")
+
+
+def _random_edit_excluding(
+    scene: Scene,
+    rng: np.random.Generator,
+    kinds: Sequence[str],
+    excluded: set[int],
+    min_visible: float,
+    margin: float,
+    max_tries: int = 50,
+) -> tuple[Scene, Edit]:
+    """`random_edit`, whose target is never one of the `excluded` object ids (none for `random_edit` itself)."""
+    unknown = set(kinds) - set(EDIT_KINDS)
+    if unknown or not kinds:
+        raise ValueError(f"unknown edit kinds {sorted(unknown)}; expected a non-empty subset of {EDIT_KINDS}")
+    vis = visible_fractions(scene)
+    targets = [o for o in scene.objects if vis[o.id] >= min_visible and o.id not in excluded]
+    for kind in (kinds[int(i)] for i in rng.permutation(len(kinds))):
+        for _ in range(max_tries):
+            try:
+                out = _propose(scene, rng, kind, targets)
+            except ValueError:  # would overlap another object
+                continue
+            if out is None:
+                break  # this kind is impossible here (no target, no free colour, ...)
+            new, edit = out
+            if edit.after is not None and not (
+                in_view(new.camera, new.object(edit.object_id), margin)
+                and visible_fractions(new)[edit.object_id] >= min_visible
+            ):
+                continue
+            return new, edit
+    raise ValueError(f"no valid edit of kinds {tuple(kinds)} found in {max_tries} tries each")
+
+
+def _reads_the_same(first: Scene, last: Scene, made: Sequence[Edit], min_visible: float) -> bool:
+    vis = visible_fractions(last)
+    ids_left = {o.id for o in last.objects}
+    for e in made:
+        if e.object_id in ids_left and vis[e.object_id] < min_visible:
+            return False
+        if e.after is not None:
+            final = last.object(e.object_id)
+            key = (final.size, final.color, final.shape)
+            if any((o.size, o.color, o.shape) == key and o.id != e.object_id for o in first.objects):
+                return False
+    return True
+
+
+def apply_edit(scene: Scene, edit: Edit | dict[str, Any]) -> Scene:
+    """Replay a recorded edit (an `Edit` or its `to_dict()`) on `scene`: the object with `edit.object_id` takes the
+    state `after` (removed when `after` is None, added when `before` is None). The inverse of nothing: it only
+    checks that the object exists (or, for an addition, does not) and trusts the recorded state."""
+    d = edit.to_dict() if isinstance(edit, Edit) else edit
+    oid = int(d["object_id"])
+    present = any(o.id == oid for o in scene.objects)
+    if d["before"] is None:
+        if present:
+            raise ValueError(f"apply_edit: cannot add id {oid}, it is already in the scene")
+    elif not present:
+        raise ValueError(f"apply_edit: no object with id {oid} to {d['kind']}")
+    rest = tuple(o for o in scene.objects if o.id != oid)
+    if d["after"] is None:
+        return replace(scene, objects=rest)
+    new = _object_from_dict(d["after"])
+    if d["before"] is None:
+        return replace(scene, objects=(*scene.objects, new))
+    return replace(scene, objects=tuple(new if o.id == oid else o for o in scene.objects))
+
+
+def _object_from_dict(d: dict[str, Any]) -> SceneObject:
+    def name(v: Any) -> str:
+        return v["name"] if isinstance(v, dict) else v
+
+    return SceneObject(
+        int(d["id"]), d["shape"], name(d["color"]), name(d["size"]), tuple(float(v) for v in d["position"]),
+        float(d.get("yaw", 0.0)),
+    )  # fmt: skip
