@@ -188,6 +188,18 @@ class DataSource:
     """Relative share of this source in the mixture."""
     params: dict = field(default_factory=dict)
     """Task parameters (the task's own dataclass fields)."""
+    steps: list[int] = field(default_factory=list)
+    """`[start, end]`: the optimiser steps `start <= step < end` in which this source is drawn (a stage of a
+    staged schedule, e.g. ViPER's caption stage then edit stage); empty: every step. Held-out evaluation
+    draws from every source, whatever its window."""
+
+    def active(self, step: int) -> bool:
+        """Whether this source is drawn at optimiser step `step`."""
+        return not self.steps or self.steps[0] <= step < self.steps[1]
+
+    def config_rules(self) -> list[Rule]:
+        window_ok = not self.steps or (len(self.steps) == 2 and 0 <= self.steps[0] < self.steps[1])
+        return [("steps", window_ok, "empty or [start, end] with 0 <= start < end")]
 
 
 @dataclass
@@ -365,8 +377,12 @@ class RunConfig:
     registered game (`spy`), whose own keys then make up the rest of this section."""
 
     def config_rules(self) -> list[Rule]:
-        weighted = any(source.weight > 0 for source in self.data.sources)
-        rules = [("data.sources", weighted or bool(self.game.name), "a list with at least one source of weight > 0")]
+        weighted = [s for s in self.data.sources if s.weight > 0]
+        game = bool(self.game.name)
+        rules = [("data.sources", bool(weighted) or game, "a list with at least one source of weight > 0")]
+        idle = next((t for t in range(self.train.steps) if weighted and not any(s.active(t) for s in weighted)), None)
+        covered = f"`steps` windows that give every training step a source of weight > 0 (step {idle} has none)"
+        rules.append(("data.sources", idle is None or game, covered))
         run_rules = getattr(self.game, "run_rules", None)  # a game's rules that involve other sections
         return rules + (run_rules(self) if run_rules is not None else [])
 

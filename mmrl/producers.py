@@ -191,7 +191,7 @@ class TaskProducer:
     def prepare(self, step: int, round_: int, slot: int) -> Prepared:
         """Draw one usable Sample from the mixture; unusable ones are skipped and counted."""
         rng = np.random.default_rng([self.cfg.data.seed, self.rank, step, round_, slot])
-        source = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
+        source = self.sources[int(rng.choice(len(self.sources), p=self._weights_at(step)))]
         for _ in range(MAX_BAD_DRAWS):
             try:
                 sample = source.draw()
@@ -217,6 +217,17 @@ class TaskProducer:
             check_box_frame(sample, prompt, self.processor, self.cfg.model)  # outside the try: a config error
             return Prepared(sample, prompt, source.reward_for(sample))
         raise MMRLError(f"{MAX_BAD_DRAWS} unusable samples in a row from source {source.spec}; see the log")
+
+    def _weights_at(self, step: int) -> np.ndarray:
+        """The mixture weights at optimiser step `step`: sources outside their `steps` window get 0 (the
+        held-out stream, at HELDOUT_STEP, draws from every source). Without windows these are `self.weights`,
+        so windows change nothing for a config that has none."""
+        if step == HELDOUT_STEP or all(s.spec.active(step) for s in self.sources):
+            return self.weights
+        weights = np.array([w if s.spec.active(step) else 0.0 for s, w in zip(self.sources, self.weights)])
+        if weights.sum() <= 0:
+            raise MMRLError(f"no data source is active at step {step}: check the `steps` windows of data.sources")
+        return weights / weights.sum()
 
     def sft_examples(self, step: int, count: int) -> list[tuple[EncodedPrompt, str]]:
         """`count` (prompt, reference completion) pairs for supervised step `step`: the Samples `produce` would

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import yaml
 
-from mmrl.config import RunConfig, to_dict
+from mmrl.config import RunConfig, from_dict, to_dict
 from mmrl.contracts import EncodedPrompt
 from mmrl.errors import MMRLError
 from mmrl.grpo.trainer import (
@@ -131,6 +131,10 @@ def sft_setting_changes(saved_config: Path, wanted: dict[str, Any]) -> list[str]
         return [f"its settings are unknown ({saved_config}: {getattr(e, 'strerror', None) or e})"]
     if not isinstance(saved, dict):
         return [f"its settings are unknown ({saved_config} holds no mapping)"]
+    try:  # a key added to the config since that run (e.g. data.sources[i].steps) has its default there
+        saved = to_dict(from_dict(RunConfig, saved, str(saved_config)))
+    except (MMRLError, TypeError, ValueError):
+        pass  # a config this version cannot read: compared as written, so its differences are named
     before, after = _flatten(saved), _flatten(wanted)
     keys = sorted(k for k in before.keys() | after.keys() if _is_sft_setting(k))
     missing = "(unset)"

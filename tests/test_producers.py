@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmrl.config import DataSource, RunConfig, load_config
 from mmrl.contracts import Reward
-from mmrl.errors import SkipItem
+from mmrl.errors import ConfigError, SkipItem
 from mmrl.models import load_policy
 from mmrl.producers import TaskProducer
 from mmrl.registry import get_task, register
@@ -69,6 +69,21 @@ def test_weighted_mixture_of_live_tasks(policy):
     # The draw is a pure function of (seed, step, slot) and the source counters: a fresh producer repeats it.
     first, second = TaskProducer(cfg, policy[1]), TaskProducer(cfg, policy[1])
     assert [first.prepare(0, 0, s).sample.id for s in range(4)] == [second.prepare(0, 0, s).sample.id for s in range(4)]
+
+
+def test_step_windows_make_stages_and_heldout_draws_from_every_stage(policy):
+    cfg = config("train.steps=10")
+    cfg.data.sources = [DataSource(task="dominant_color", steps=[0, 4]), DataSource(task="test_parity", steps=[4, 10])]
+    producer = TaskProducer(cfg, policy[1])
+    stages = {step: {producer.prepare(step, 0, slot).sample.task for slot in range(4)} for step in range(10)}
+    assert all(stages[step] == {"dominant_color"} for step in range(4)), stages
+    assert all(stages[step] == {"test_parity"} for step in range(4, 10)), stages
+    assert {p.sample.task for p in producer.heldout(16)} == {"dominant_color", "test_parity"}
+    # A step no window covers is a config error, found when the config is loaded, not mid-run.
+    with pytest.raises(ConfigError, match="step 4 has none"):
+        load_config(RunConfig, None, ["train.steps=6", "data.sources=[{task: dominant_color, steps: [0, 4]}]"])
+    with pytest.raises(ConfigError, match="steps"):
+        load_config(RunConfig, None, ["data.sources=[{task: dominant_color, steps: [3, 3]}]"])
 
 
 def test_dataset_source_visits_every_sample_once_per_epoch_and_skips_bad_ones(policy, tmp_path):

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from mmrl.config import RunConfig, load_config
@@ -167,6 +168,13 @@ def test_cold_start_reuses_only_a_model_made_with_the_same_settings(tmp_path: Pa
 
     # Settings the SFT model does not depend on (GRPO's own) do not block reuse.
     assert cold_start(quick(tmp_path, *base, "train.lr=1e-6", "rollout.n=4")) == warm
+
+    # A model made before a config key existed (its config.yaml lacks data.sources[i].steps) is reused.
+    saved = warm.parent / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    config["data"]["sources"] = [{k: v for k, v in s.items() if k != "steps"} for s in config["data"]["sources"]]
+    saved.write_text(yaml.safe_dump(config))
+    assert cold_start(quick(tmp_path, *base)) == warm
 
     cold_start(quick(tmp_path, *base, "model.path=tiny:qwen3-vl", "train.overwrite=true"))
     assert json.loads((warm / "config.json").read_text())["model_type"] == "qwen3_vl"
