@@ -20,7 +20,8 @@ ladder = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(ladder)
 RUNGS = sorted((ROOT / "configs" / "ladder").glob("*.yaml"))
 FAMILIES = {"image_jigsaw", "video_jigsaw", "depth_jigsaw", "anomaly_grounding", "object_counting",
-            "temporal_jigsaw", "spy", "referring_grounding", "object_detection", "gui_inverse_dynamics"}  # fmt: skip
+            "temporal_jigsaw", "spy", "referring_grounding", "object_detection", "gui_inverse_dynamics",
+            "caption_refine", "edit_prediction"}  # fmt: skip
 
 
 def row(**changes) -> dict:
