@@ -60,6 +60,19 @@ ROOT = Path(__file__).resolve().parents[1]
         ),
         ("anomaly_grounding", {"segment_frames": [25, 30]}, r"segment_frames = \(25, 30\) .*IoU above 0\.5"),
         ("anomaly_grounding", {"frames": 16, "segment_frames": [9, 16]}, r"use a minimum of at most 8 frames"),
+        ("caption_refine", {"error_kinds": ["count"], "objects": [4, 4]}, r"error_kinds = \['count'\] .*two answers"),
+        (
+            "edit_prediction",
+            {
+                "kinds": ["remove"],
+                "shapes": ["cube"],
+                "colors": ["red"],
+                "sizes": ["small", "large"],
+                "objects": [1, 1],
+                "max_edits": 1,
+            },
+            r"kinds = \['remove'\] .*described in only 2 way",
+        ),
     ],
 )
 def test_degenerate_settings_are_refused_naming_the_parameter_and_why(task: str, params: dict, message: str) -> None:
@@ -80,6 +93,18 @@ def test_degenerate_settings_are_refused_naming_the_parameter_and_why(task: str,
         ("object_counting", {"frames_per_shape": [1, 3], "instances_per_frame": [2, 4]}),  # the viu Hard split
         ("anomaly_grounding", {"segment_frames": [24, 48]}),  # the boundary: min = frames / 2
         ("anomaly_grounding", {"segment_frames": [3, 6], "strength": 0.5}),  # the viu Hard split
+        ("caption_refine", {"error_kinds": ["count"], "objects": [3, 4]}),  # four count corrections
+        (
+            "edit_prediction",
+            {
+                "kinds": ["remove"],
+                "shapes": ["cube"],
+                "colors": ["red"],
+                "sizes": ["small", "medium", "large"],
+                "objects": [1, 2],
+                "max_edits": 1,
+            },
+        ),
     ],
 )
 def test_the_smallest_sound_settings_are_accepted(task: str, params: dict) -> None:
