@@ -412,7 +412,9 @@ class CaptionRefine(Task):
     def reward(self, completion: str, sample: Sample) -> Reward:
         """`rewards.statements.statement_reward`: w_format · format + w_correct · length-weighted F1 of the stated
         corrections against the true ones (sentence matches above τ with agreeing numbers, colours, sides)."""
-        return statement_score(completion, sample.answer, self.params.reward)
+        return statement_score(
+            completion, sample.answer, self.params.reward, bool(sample.meta.get("think", self.params.think))
+        )
 
     def reference_completion(self, sample: Sample) -> str:
         """Every correction, one per line, after a short thought when the prompt asked."""

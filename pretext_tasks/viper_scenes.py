@@ -9,6 +9,7 @@ sentence matches under a sentence-embedding model, with agreement checks on numb
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -169,13 +170,18 @@ def statements_reply(statements: Sequence[str], thought: str, think: bool) -> st
     return f"<think>{thought}</think>{body}" if think else body
 
 
-def statement_score(completion: str, references: Sequence[str], reward_params: Mapping[str, Any]) -> Reward:
+def statement_score(
+    completion: str, references: Sequence[str], reward_params: Mapping[str, Any], think: bool = True
+) -> Reward:
     """`rewards.statements.statement_reward` of `completion` against `references`, with the process's embedder
-    (`rewards.embedding.default_embedder`, loaded once) and `StatementRewardParams(**reward_params)`."""
+    (`rewards.embedding.default_embedder`, loaded once) and `StatementRewardParams(**reward_params)`; the think
+    block is required exactly when the prompt asked for it (`think`), unless `reward_params` says otherwise."""
     from rewards.embedding import default_embedder  # the sentence-embedding model: only when scoring
     from rewards.statements import StatementRewardParams, statement_reward
 
-    return statement_reward(completion, list(references), default_embedder(), StatementRewardParams(**reward_params))
+    known = {f.name for f in dataclasses.fields(StatementRewardParams)}
+    params = ({"require_think": think} if "require_think" in known else {}) | dict(reward_params)
+    return statement_reward(completion, list(references), default_embedder(), StatementRewardParams(**params))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ counted, the reference and baselines, previews, and (slow) the tiny two-stage re
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -17,10 +18,10 @@ from mmrl.errors import ConfigError, MMRLError, SkipItem
 from mmrl.generate import generate, iter_samples
 from mmrl.scene_edits import apply_edit
 from mmrl.scene_render import render, visible_fractions
-from mmrl.scenes import Scene
+from mmrl.scenes import COLORS, Scene
 from mmrl.task import PANEL_MAX_WIDTH
 from pretext_tasks.edit_prediction import EditPrediction, EditPredictionParams
-from pretext_tasks.viper_scenes import check_image
+from pretext_tasks.viper_scenes import check_image, statements_reply
 from rewards.extract import extract_answer, format_ok
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,14 +147,18 @@ def test_the_reward_ranks_the_truth_above_a_wrong_attribute_above_nonsense() -> 
     t = task()
     for s in samples(t, 3, seed=9):
         ref = t.reference_completion(s)
-        wrong = ref
-        for colour in ("red", "green", "blue", "yellow", "purple", "cyan", "orange", "white"):
-            if colour in ref:
-                wrong = ref.replace(colour, "green" if colour != "green" else "red")
-                break
+        wrong = statements_reply(with_a_wrong_colour(s.answer), "I compare.", True)
         nonsense = "<think>x</think><answer>The weather is sunny today.</answer>"
         scores = [t.reward(c, s).score for c in (ref, wrong, nonsense)]
         assert scores[0] > scores[1] >= scores[2], scores
+
+
+def with_a_wrong_colour(sentences: list[str]) -> list[str]:
+    """The sentences with the first colour word of the first one swapped for another colour."""
+    first = sentences[0]
+    colour = next(w for w in re.findall(r"[a-z]+", first) if w in COLORS)
+    other = "green" if colour != "green" else "red"
+    return [re.sub(rf"\b{colour}\b", other, first, count=1), *sentences[1:]]
 
 
 @pytest.mark.slow
