@@ -329,7 +329,7 @@ def caption_scene(caption: CaptionGraph, width: int, height: int) -> Scene:
 def _row_order(keys: list[Any], before: list[tuple[Any, Any]]) -> list[Any]:
     """`keys` ordered so that each (x, y) in `before` has x left of y (Kahn's algorithm, ties by list order);
     `keys` unchanged when the constraints have a cycle."""
-    left = [k for k in keys]
+    left = list(keys)
     edges = [(a, b) for a, b in before if a in keys and b in keys]
     out = []
     while left:

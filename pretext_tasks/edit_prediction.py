@@ -15,7 +15,7 @@ sentence each, reasoning in <think> first. Reward: `rewards.statements.statement
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -215,8 +215,10 @@ class EditPrediction(Task):
         return statements_reply(lines, "A guess.", bool(sample.meta.get("think", p.think)))
 
     def constant_answer(self, sample: Sample) -> str:
-        """The commonest single operation sentence form with the commonest words: a move of a medium object,
-        "The medium red cube was moved to the left." (moves read alike whatever the direction's second word)."""
+        """One fixed operation sentence, "The medium red cube was moved to the left.". Under one-to-one matching
+        with colour and side checks no fixed reply scores much on any setting with several objects and kinds:
+        it is right only when that exact object made that exact move. The kinds are drawn uniformly, so no
+        sentence form is commoner than another; this one names the middle size."""
         return statements_reply(["The medium red cube was moved to the left."], "A fixed guess.",
                                 bool(sample.meta.get("think", self.params.think)))  # fmt: skip
 
@@ -250,7 +252,9 @@ def _words(obj: dict[str, Any]) -> tuple[str, str, str]:
     return name(obj["size"]), name(obj["color"]), str(obj["shape"])
 
 
-def _picker(rng: np.random.Generator):  # noqa: ANN202 - a tiny local closure
+def _picker(rng: np.random.Generator) -> Callable[[list[str]], str]:
+    """A uniform choice among options, drawn from `rng`."""
+
     def pick(options: list[str]) -> str:
         return options[int(rng.integers(len(options)))]
 
