@@ -203,7 +203,7 @@ def test_params_refuse_bad_settings():
 
 
 def test_agreement_filter_and_parsing():
-    reply = "<think>look</think><answer>\n1. The cup is red, not blue.\n- There are three dogs.\n\n* A sign says OPEN.</answer>"
+    reply = "<think>look</think><answer>\n1. The cup is red, not blue.\n- There are three dogs.\n\n* A sign says OPEN."
     assert parse_corrections(reply) == ["The cup is red, not blue.", "There are three dogs.", "A sign says OPEN."]
     first = ["The cup is red.", "There are three dogs.", "the cup is RED!", "A tree is missing."]
     second = ["There are three dogs", "The cup is red."]
