@@ -43,11 +43,16 @@ UNET_INPUT_CHANNELS = {"text2image": 4, "inpaint": 9, "instruct_pix2pix": 8}
 + 4 source-image latents (InstructPix2Pix)."""
 TINY_VERSION = 1
 """Bumped when the tiny builds change, so an older cached build is not mistaken for the current one."""
+TINY_MARKER = "mmrl_tiny_diffusion.json"
+"""File in every tiny build (kind, seed, version): tells a folder that a rebuild may replace."""
 BLANK_TOLERANCE = 2 / 255
 """Largest per-channel spread (max - min, pixels in [0, 1]) of an image that counts as one flat colour."""
 
 _LOADED: dict[tuple[str, str, str], Any] = {}
 _LOAD_LOCK = threading.Lock()
+_BUILD_LOCK = threading.Lock()
+"""One tiny build at a time per process: a build seeds torch's process-wide RNG (threads would interleave their
+draws), and diffusers' lazy imports are not thread-safe. Processes build side by side (see tiny_pipeline_dir)."""
 
 
 # -- tiny random-init pipelines ----------------------------------------------------------------------------
@@ -108,26 +113,31 @@ def _pipeline_class(kind: str):
 def build_tiny_pipeline(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Save a tiny random-init Stable-Diffusion pipeline of `kind` (module docstring) to `out_dir` and return it.
 
-    The build is written to a temp folder beside `out_dir` and renamed into place (an existing `out_dir` is
-    replaced), so a reader never sees a half-written pipeline. Same seed, same weights. The caller's torch RNG
-    state is left as it was."""
+    The build is written to a temp folder beside `out_dir` and renamed into place, so a reader never sees a
+    half-written pipeline. An existing `out_dir` is replaced only when it is empty or an earlier tiny build (it
+    holds `TINY_MARKER`); any other folder is refused. Same seed, same weights. The caller's torch RNG state is
+    left as it was."""
     import torch
 
     if kind not in UNET_INPUT_CHANNELS:
         raise ConfigError(f"unknown diffusers pipeline kind '{kind}'; valid kinds: {', '.join(KINDS)}")
     out = Path(out_dir).expanduser()
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / TINY_MARKER).is_file())):
+        raise ConfigError(f"{out} exists and is neither empty nor an earlier tiny diffusers build; building there "
+                          "would replace it: choose an empty or new folder")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{owner()}.", dir=out.parent))
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            parts = tiny_components(kind, tmp / "_tokenizer_src")
-        shutil.rmtree(tmp / "_tokenizer_src")  # save_pretrained writes the tokenizer's own copy
-        pipe = _pipeline_class(kind)(**parts, safety_checker=None, feature_extractor=None,
-                                     requires_safety_checker=False)  # fmt: skip
-        pipe.save_pretrained(tmp)
-        (tmp / "mmrl_tiny_diffusion.json").write_text(json.dumps({"kind": kind, "seed": seed,
-                                                                  "version": TINY_VERSION}) + "\n")  # fmt: skip
+        with _BUILD_LOCK:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                parts = tiny_components(kind, tmp / "_tokenizer_src")
+            shutil.rmtree(tmp / "_tokenizer_src")  # save_pretrained writes the tokenizer's own copy
+            pipe = _pipeline_class(kind)(**parts, safety_checker=None, feature_extractor=None,
+                                         requires_safety_checker=False)  # fmt: skip
+            pipe.save_pretrained(tmp)
+        marker = {"kind": kind, "seed": seed, "version": TINY_VERSION}
+        (tmp / TINY_MARKER).write_text(json.dumps(marker) + "\n")
         fsync_tree(tmp)
         publish(tmp, out)
     except BaseException:

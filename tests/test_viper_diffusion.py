@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from mmrl.diffusion import (
+    build_tiny_pipeline,
     changed_fraction,
     image_defect,
     load_pipeline,
@@ -73,6 +74,14 @@ def test_tiny_pipelines_are_built_once_and_loaded_once_per_process(isolated_cach
         tiny_pipeline_dir("video")
 
 
+def test_a_build_refuses_to_replace_a_folder_that_is_not_a_tiny_build(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="neither empty nor an earlier tiny diffusers build"):
+        build_tiny_pipeline("text2image", tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
 def test_concurrent_first_builds_leave_one_complete_folder(tmp_path):
     found: list = []
     threads = [threading.Thread(target=lambda: found.append(tiny_pipeline_dir("inpaint", tmp_path))) for _ in "ab"]
@@ -82,6 +91,7 @@ def test_concurrent_first_builds_leave_one_complete_folder(tmp_path):
         t.join()
     assert len(found) == 2 and found[0] == found[1] and (found[0] / "model_index.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == [found[0].name]  # no temp folder left behind
+    build_tiny_pipeline("inpaint", found[0], seed=1)  # an earlier tiny build may be replaced
     pipe = load_pipeline(str(found[0]), "inpaint", device="cpu")
     assert type(pipe).__name__ == "StableDiffusionInpaintPipeline" and pipe.unet.config.in_channels == 9
 
