@@ -55,7 +55,9 @@ class DiffusionParams:
     size: int = 64
     """Working side in pixels for the `tiny` pipelines: renders are size x size, edit sources are resized so that
     their longer side is `size`. Real models use their own default render size (set `height`/`width` in
-    `t2i_kwargs` to change it) and edit at the source's size rounded to multiples of 8."""
+    `t2i_kwargs` to change it) and edit at the source's size (at most `max_edit_side`) rounded to multiples of 8."""
+    max_edit_side: int = 1024
+    """Longest side a real editing model works at: larger sources are scaled down to it (and the edit back up)."""
     batch_size: int = 8
     """Most images per pipeline call."""
     min_changed_area: float = 0.005
@@ -89,6 +91,8 @@ class DiffusionParams:
             raise ConfigError(f"diffusion steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
         if self.size < 8 or self.size % 8:
             raise ConfigError(f"diffusion size must be a multiple of 8 and >= 8, got {self.size}")
+        if self.max_edit_side < 8:
+            raise ConfigError(f"diffusion max_edit_side must be >= 8, got {self.max_edit_side}")
         if not 0 <= self.min_changed_area < self.max_changed_area <= 1:
             raise ConfigError(f"diffusion changed area bounds need 0 <= min < max <= 1, got min_changed_area="
                               f"{self.min_changed_area}, max_changed_area={self.max_changed_area}")  # fmt: skip
@@ -215,7 +219,6 @@ def diffusion_edit_pairs(
     ops: list[list[str]] = [[] for _ in images]
     seeds = [0] * len(images)
     sources: list[Image.Image | None] = [None] * len(images)
-    side = params.size if params.edit_model == "tiny" else None
     for i, (image, rng) in enumerate(zip(images, rngs)):
         ops[i] = edit_instructions(rng, n_edits, entities[i] if entities is not None else ())
         prompts[i], seeds[i] = " ".join(ops[i]), seed_from(rng)
@@ -223,6 +226,7 @@ def diffusion_edit_pairs(
             results[i] = SkipItem("image_too_small", f"image {i} is {image.size[0]}x{image.size[1]}, below 8 px")
             continue
         rgb = image.convert("RGB")
+        side = params.size if params.edit_model == "tiny" else min(params.max_edit_side, max(rgb.size))
         size = working_size(rgb.size, side)
         sources[i] = rgb if size == rgb.size else rgb.resize(size, Image.Resampling.BICUBIC)
     todo = [i for i in range(len(images)) if results[i] is None]

@@ -35,6 +35,7 @@ from pretext_tasks.viper_diffusion import (
     same_normalised,
     skip_counts,
     verify_edit,
+    working_size,
 )
 
 SIZE = 32  # the smallest comfortable working size of the tiny pipelines (VAE /2, UNet /2): fast on a CPU
@@ -200,7 +201,9 @@ def test_a_real_nan_producing_pipeline_is_skipped_and_counted(tmp_path):
     assert skip_counts(edits) == {"bad_image": 2}
 
 
-def test_params_refuse_bad_settings():
+def test_params_refuse_bad_settings_and_working_sizes_round_to_multiples_of_8():
+    assert working_size((4000, 3000), 1024) == (1024, 768) and working_size((37, 21), None) == (40, 24)
+    assert working_size((64, 32), SIZE) == (32, 16) and working_size((3, 900), 64) == (8, 64)
     with pytest.raises(ConfigError, match="multiple of 8"):
         DiffusionParams(size=30)
     with pytest.raises(ConfigError, match="min_changed_area=0.6"):
