@@ -24,7 +24,6 @@ hub id that is in the local cache; nothing is downloaded unless `allow_download`
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from mmrl.dataserver.verify import (
     seed_image,
     with_image,
 )
+from mmrl.diffusion import build_tiny_pipeline
 from mmrl.errors import ConfigError
 from mmrl.sample import Sample
 from rewards.boxes import answer_boxes, transform_answer_boxes
@@ -160,40 +160,9 @@ def _load_detector(detector: Detector | str | None) -> Detector | None:
 
 def build_tiny_inpaint(out_dir: str | Path, seed: int = 0) -> Path:
     """Save a tiny random-init Stable-Diffusion inpainting pipeline (9-channel UNet, 2-level VAE, 2-layer CLIP
-    text encoder with a character-level tokenizer written here) to `out_dir`; load it by path like a real one."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    out = Path(out_dir)
-    tok_dir = out / "_tokenizer_src"
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    chars = [chr(c) for c in range(33, 127)]  # printable ASCII; CLIP's byte-to-unicode map keeps these as they are
-    vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": len(chars) + i for i, c in enumerate(chars)}
-    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=32)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                                                num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32,
-                                                bos_token_id=len(vocab) - 2, eos_token_id=len(vocab) - 1,
-                                                pad_token_id=len(vocab) - 1))  # fmt: skip
-    unet = UNet2DConditionModel(sample_size=16, in_channels=9, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=16)  # fmt: skip
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=16, sample_size=32)  # fmt: skip
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, steps_offset=1
-    )
-    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)  # fmt: skip
-    pipe.save_pretrained(out)
-    return out
+    text encoder with a character-level tokenizer; `mmrl.diffusion.build_tiny_pipeline`) to `out_dir`; load it
+    by path like a real one."""
+    return build_tiny_pipeline("inpaint", out_dir, seed=seed)
 
 
 __all__ = ["OutpaintSynthesizer", "build_tiny_inpaint"]
