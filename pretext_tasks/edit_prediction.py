@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from mmrl.corpus import Corpus
+    from mmrl.scenes import Scene
 
 NAME = "edit_prediction"
 MOVE_DIRECTIONS = 8
@@ -142,7 +143,7 @@ class EditPrediction(Task):
         meta: dict[str, Any] = {"params": to_dict(p), "answer_mode": "answer_tag", "think": p.think,
                                 "backend": p.backend, "seed": seed, "image_size": [p.width, p.height]}  # fmt: skip
         if p.backend == "diffusers":
-            after, statements = self._diffusers_edit(before, rng)
+            after, statements = self._diffusers_edit(before, scene, rng)
             meta |= {"scene_before": scene.to_graph(), "edits": [{"kind": "instruction", "description": s}
                                                                  for s in statements]}  # fmt: skip
         else:
@@ -167,15 +168,21 @@ class EditPrediction(Task):
                    {"type": "text", "text": prompt_text(p)}]  # fmt: skip
         return Sample(f"{NAME}-{int(source_item):08d}", NAME, [{"role": "user", "content": content}], statements, meta)
 
-    def _diffusers_edit(self, image: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, list[str]]:
-        """The instruction editor's output and the instructions it applied (SkipItem for a bad output)."""
+    def _diffusers_edit(
+        self, image: Image.Image, scene: Scene, rng: np.random.Generator
+    ) -> tuple[Image.Image, list[str]]:
+        """The instruction editor's output and the instructions it applied (SkipItem for a bad output); the
+        instructions name the scene's objects ("the small red cube"), as the paper's hard entities."""
         from pretext_tasks.viper_diffusion import DiffusionParams, diffusion_edit_pairs  # diffusers: only when asked
 
-        (out,) = diffusion_edit_pairs([image], [rng], DiffusionParams(**self.params.diffusion))
+        p = self.params
+        entities = [f"the {o.describe()}" for o in scene.objects]
+        (out,) = diffusion_edit_pairs([image], [rng], DiffusionParams(**p.diffusion), (p.min_edits, p.max_edits),
+                                      [entities])  # fmt: skip
         if isinstance(out, SkipItem):
             raise out
         edited, statements = out
-        return check_image(edited, "edited image", self.params.min_image_std), list(statements)
+        return check_image(edited, "edited image", p.min_image_std), list(statements)
 
     def reward(self, completion: str, sample: Sample) -> Reward:
         """`rewards.statements.statement_reward`: w_format · format + w_correct · length-weighted F1 of the stated
