@@ -179,6 +179,8 @@ def statement_score(
     from rewards.embedding import default_embedder  # the sentence-embedding model: only when scoring
     from rewards.statements import StatementRewardParams, statement_reward
 
+    if isinstance(completion, str):  # lone surrogates (model output can hold any code point) break the tokenizer
+        completion = completion.encode("utf-8", "replace").decode("utf-8")
     known = {f.name for f in dataclasses.fields(StatementRewardParams)}
     params = ({"require_think": think} if "require_think" in known else {}) | dict(reward_params)
     return statement_reward(completion, list(references), default_embedder(), StatementRewardParams(**params))
