@@ -16,8 +16,10 @@ or use a task class directly, from any trainer:
 
 from pretext_tasks.anomaly_grounding import AnomalyGrounding
 from pretext_tasks.base import OrderingTask, answer_instruction, options_text
+from pretext_tasks.caption_refine import CaptionRefine
 from pretext_tasks.depth_jigsaw import DepthJigsaw
 from pretext_tasks.diagnostic import DominantColorTask
+from pretext_tasks.edit_prediction import EditPrediction
 from pretext_tasks.gui_inverse_dynamics import GuiInverseDynamics
 from pretext_tasks.image_jigsaw import ImageJigsaw
 from pretext_tasks.object_counting import ObjectCounting
@@ -28,8 +30,10 @@ from pretext_tasks.video_jigsaw import VideoJigsaw
 
 __all__ = [
     "AnomalyGrounding",
+    "CaptionRefine",
     "DepthJigsaw",
     "DominantColorTask",
+    "EditPrediction",
     "GuiInverseDynamics",
     "ImageJigsaw",
     "ObjectCounting",

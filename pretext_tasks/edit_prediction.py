@@ -26,7 +26,6 @@ from mmrl.config import to_dict
 from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
-from mmrl.scene_edits import EDIT_KINDS, random_edits
 from mmrl.task import Panel, Task
 from pretext_tasks import evidence
 from pretext_tasks.base import MIN_ANSWERS, degenerate
@@ -49,6 +48,9 @@ if TYPE_CHECKING:
     from mmrl.scenes import Scene
 
 NAME = "edit_prediction"
+EDIT_KINDS: tuple[str, ...] = ("recolor", "reshape", "resize", "move", "remove", "add")
+"""`mmrl.scene_edits.EDIT_KINDS`, spelled out: that module loads open3d, which this one imports only when a scene
+is drawn (a test checks the two are equal)."""
 MOVE_DIRECTIONS = 8
 """Direction phrases a move's description can take (left/right, closer/farther, and the four pairs of them)."""
 THOUGHT = "I compare the two images object by object and note every object that changed, appeared or vanished."
@@ -132,7 +134,8 @@ class EditPrediction(Task):
         return range(self.params.num_sources)
 
     def make(self, source_item: int, rng: np.random.Generator) -> Sample:
-        from mmrl.scene_render import render  # open3d: only when scenes are drawn
+        from mmrl.scene_edits import random_edits  # open3d: only when scenes are drawn
+        from mmrl.scene_render import render
 
         p = self.params
         seed = int(rng.integers(2**63))
