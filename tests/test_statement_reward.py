@@ -99,7 +99,9 @@ def test_split_statements():
 
 
 def test_slots_words_synonyms_and_numbers():
-    assert slots("The little red box moved to the left.") == {"size:small", "color:red", "shape:cube", "where:left"}
+    assert slots("The little red box moved to the left.") == {
+        "size:small", "color:red", "shape:cube", "where:left", "op:move",
+    }  # fmt: skip
     assert slots("A big grey ball is nearer, under the table") == {
         "size:large", "color:gray", "shape:sphere", "where:closer", "where:below",
     }  # fmt: skip
@@ -108,6 +110,15 @@ def test_slots_words_synonyms_and_numbers():
     assert slot_agreement(slots("The cube is red"), slots("The cube is blue")) == pytest.approx(1 / 3)
     assert slot_agreement(frozenset(), frozenset()) == 1.0
     assert slot_agreement(frozenset(), slots("red")) == 0.0
+    assert slots("The ring no longer appears; a new box was inserted") == {
+        "shape:torus", "op:remove", "op:add", "shape:cube",
+    }  # fmt: skip
+    removed = slots("The small red cube was removed")
+    assert slot_agreement(removed, slots("A small red cube was added")) == 0.0  # a contradiction
+    assert slot_agreement(removed, slots("The small red cube was deleted")) == 1.0
+    moved = slots("The small red cube was moved to the left")
+    assert slot_agreement(moved, slots("The small red cube shifted left and was painted blue")) == pytest.approx(5 / 7)
+    assert slot_agreement(removed, slots("There is no small red cube anymore")) == 1.0  # one side has no op
 
 
 def test_scene_colours_are_slot_words():
@@ -289,29 +300,6 @@ TEST_PARAPHRASES = {
 }
 """Wordings of our own, different from the calibration script's, so the test does not reuse τ's data."""
 
-FLIP = {"left": "right", "right": "left", "closer": "farther", "farther": "closer"}
-
-
-def wrong_attribute(f, rng):
-    """The same edit with one attribute changed: another new colour / shape / size, the other direction, or
-    (remove, add) another colour of the object."""
-    from mmrl.scenes import COLORS, SHAPES, SIZES
-
-    def other(options, *not_these):
-        pool = [o for o in options if o not in not_these]
-        return pool[int(rng.integers(len(pool)))]
-
-    if f.kind == "recolor":
-        return f.__class__(**{**f.__dict__, "new": other(COLORS, f.new, f.color)})
-    if f.kind == "reshape":
-        return f.__class__(**{**f.__dict__, "new": other(SHAPES, f.new, f.shape)})
-    if f.kind == "resize":
-        return f.__class__(**{**f.__dict__, "new": other(SIZES, f.new, f.size)})
-    if f.kind == "move":
-        words = f.where.split()
-        return f.__class__(**{**f.__dict__, "where": " ".join(FLIP.get(w, w) for w in words)})
-    return f.__class__(**{**f.__dict__, "color": other(COLORS, f.color)})
-
 
 def say(f, template, obj_words):
     return template.format(obj=obj_words, new=f.new, where=f.where)
@@ -333,7 +321,7 @@ def test_ranking_correct_over_wrong_attribute_over_unrelated(embed):
         f = calibrate_tau.edit_fields(edit)
         templates = TEST_PARAPHRASES[f.kind]
         template = templates[int(rng.integers(len(templates)))]
-        bad = wrong_attribute(f, rng)
+        bad = calibrate_tau.wrong_value(f, rng)
         words = calibrate_tau.object_words(f, rng)
         bad_words = words.replace(f" {f.color} ", f" {bad.color} ")
         g = calibrate_tau.edit_fields(edits[(i + 1) % len(edits)])
