@@ -81,16 +81,17 @@ DEFAULT_TAU = 0.65
 
 _BULLET = re.compile(r"^(?:[-*+•‣◦·–—]+\s*|\(?\d{1,3}[.):](?=\s|$)\s*|\(?[a-zA-Z][.)](?=\s)\s*)")
 """A list marker at the start of a line: "-", "*", "•", "1.", "2)", "(3)", "a)", "B." (before a space)."""
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$|[\"'”’)\]])")
-"""A run of terminators followed by a space, the end, a quote or a bracket: "1.5 m" and "e.g" stay whole."""
+_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
+"""A run of terminators (closing quotes and brackets included) before a space or the end: "1.5 m" stays
+whole, "e.g. the box" splits after "e.g"."""
 _LETTER = re.compile(r"[^\W\d_]")
 
 
 def split_statements(text: str) -> list[str]:
     """The statements of an answer: lines, list markers removed, each line cut after `.`, `!` or `?` runs.
 
-    A terminator splits only when a space, the end of the line, a closing quote or a bracket follows it,
-    so decimals ("1.5 m") and "v2.0" stay whole. Each statement is stripped of whitespace and of its
+    A terminator (with any closing quotes or brackets after it) splits only when a space or the end of the
+    line follows, so decimals ("1.5 m") and "v2.0" stay whole. Each statement is stripped of whitespace and of its
     final terminators; statements without a letter ("2", "...") are dropped. Non-string input gives [].
     """
     if not isinstance(text, str):
@@ -373,6 +374,12 @@ def clean_references(references: Sequence[str]) -> list[str]:
     return out
 
 
+def _default_embed() -> Embed:
+    from rewards.embedding import default_embedder  # loads transformers only when a reward needs it
+
+    return default_embedder()
+
+
 def format_score(completion: str, require_think: bool = True) -> float:
     """1 when `completion` is `<think>T</think><answer>A</answer>` (T non-blank when `require_think`; A
     non-blank), whitespace around the blocks allowed, else 0 (`rewards.extract.format_ok`)."""
@@ -390,7 +397,6 @@ def _score(
     fmt: float,
     statements: list[str],
     statement_vectors: np.ndarray,
-    n_extra: int,
     extra_length: int,
     references: list[str],
     reference_vectors: np.ndarray,
@@ -416,34 +422,35 @@ def _answer_statements(completion: str, params: StatementRewardParams) -> tuple[
 def statement_reward(
     completion: str,
     references: Sequence[str],
-    embed: Embed,
+    embed: Embed | None = None,
     params: StatementRewardParams | None = None,
 ) -> Reward:
     """ViPER's reward of one reply against its reference statements (module docstring for the formula).
 
-    `embed` maps texts to unit vectors (`rewards.embedding.default_embedder()`); the answer's statements
+    `embed` maps texts to unit vectors (None: `rewards.embedding.default_embedder()`); the answer's statements
     and the references go to it in one call, and its cache keeps a sample's reference embeddings across
     the group's rollouts. A non-string or tag-less reply scores 0 with every part present; empty
     `references` raise ValueError (a data error, not model output).
     """
     params = params or StatementRewardParams()
+    embed = embed or _default_embed()
     refs = clean_references(references)
     if not isinstance(completion, str):
         return Reward.zero(*PARTS)
     statements, extra = _answer_statements(completion, params)
     fmt = format_score(completion, params.require_think)
     if not statements:
-        return _score(fmt, [], np.zeros((0, 1)), 0, extra, refs, np.zeros((len(refs), 1)), params)
+        return _score(fmt, [], np.zeros((0, 1)), extra, refs, np.zeros((len(refs), 1)), params)
     texts = [*statements, *refs]
     vectors = embed([canonical_text(t) for t in texts] if params.canonical_words else texts)
     n = len(statements)
-    return _score(fmt, statements, vectors[:n], len(statements), extra, refs, vectors[n:], params)
+    return _score(fmt, statements, vectors[:n], extra, refs, vectors[n:], params)
 
 
 def statement_rewards(
     completions: Sequence[str],
     references: Sequence[Sequence[str]],
-    embed: Embed,
+    embed: Embed | None = None,
     params: StatementRewardParams | None = None,
 ) -> list[Reward]:
     """`statement_reward` of a batch, `references[k]` belonging to `completions[k]`, with one `embed` call
@@ -452,7 +459,13 @@ def statement_rewards(
     params = params or StatementRewardParams()
     if len(completions) != len(references):
         raise ValueError(f"{len(completions)} completions but {len(references)} reference lists")
-    refs = [clean_references(r) for r in references]
+    embed = embed or _default_embed()
+    refs = []
+    for k, r in enumerate(references):
+        try:
+            refs.append(clean_references(r))
+        except ValueError as err:
+            raise ValueError(f"references[{k}]: {err}") from None
     answers = [
         _answer_statements(c, params) if isinstance(c, str) else ([], 0) for c in completions
     ]  # fmt: skip
@@ -468,7 +481,7 @@ def statement_rewards(
         fmt = format_score(completion, params.require_think)
         sv = vectors[[index[s] for s in statements]] if statements else np.zeros((0, vectors.shape[1]))
         rv = vectors[[index[g] for g in r]]
-        out.append(_score(fmt, statements, sv, len(statements), extra, r, rv, params))
+        out.append(_score(fmt, statements, sv, extra, r, rv, params))
     return out
 
 

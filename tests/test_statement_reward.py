@@ -95,7 +95,7 @@ def test_split_statements():
     ]
     assert split_statements("Two statements.Joined without a space.") == ["Two statements.Joined without a space"]
     assert split_statements("") == [] and split_statements("  ...  \n!!") == [] and split_statements(None) == []
-    assert split_statements('He said "stop." Then he left.') == ['He said "stop', '" Then he left']
+    assert split_statements('He said "stop." Then he left.') == ['He said "stop', "Then he left"]
 
 
 def test_slots_words_synonyms_and_numbers():
@@ -273,6 +273,9 @@ def test_bad_references_and_params_raise():
         statement_reward(reply("x"), ["", "  ..."], default_embedder())
     with pytest.raises(ValueError, match="list of strings"):
         statement_reward(reply("x"), "The cube became blue.", default_embedder())
+    with pytest.raises(ValueError, match=r"references\[1\]: references hold no statement"):
+        statement_rewards([reply("x"), reply("y")], [REFS, []])
+    assert statement_reward(reply(TRUE[0]), REFS[:1]).score == pytest.approx(1.0)  # embed=None: the default
     for bad in ({"tau": 1.0}, {"mode": "f2"}, {"matching": "hungarian"}, {"w_format": 2}, {"max_statements": 0}):
         with pytest.raises(ConfigError):
             StatementRewardParams(**bad)
