@@ -32,7 +32,7 @@ references into G = {g_j}; L(x) = number of characters; e(x) = unit sentence emb
     score = w_format · format + (1 − w_format) · R_correct,   w_format = 0.05
 
 Why the slot credit: sentence embeddings place "The cube is red." and "The cube is blue." close
-together (MiniLM cos ≈ 0.9), yet the colour is the whole content of the statement. The squared Jaccard
+together (MiniLM cos 0.76, above τ), yet the colour is the whole content of the statement. The squared Jaccard
 makes one disagreeing slot cost most of the credit: that pair earns (1/3)² ≈ 0.11 (K = {cube, red} vs
 {cube, blue}), a statement naming the right object but a wrong new colour ("The small red cube became
 green." for "... became blue.") earns (3/5)² = 0.36, one that leaves out the size (3/4)² ≈ 0.56, and
@@ -169,7 +169,7 @@ _OPERATIONS = {
 OPERATION_WORDS: dict[str, str] = {w: op for op, words in _OPERATIONS.items() for w in words.split()}
 """Words that name the kind of an edit (the Stage-2 operations: add, remove, move, recolour, resize,
 reshape). Sentences about one object share its colour, size and shape words whatever happened to it, and
-MiniLM places "A small red cube was added." near "The small red cube was removed." (cos ≈ 0.85); two
+MiniLM places "A small red cube was added." near "The small red cube was removed." (cos 0.81); two
 statements that both name an operation and name different ones contradict each other (`slot_agreement`)."""
 NEGATIONS = frozenset("no not never longer isn wasn doesn didn aren weren".split())
 """A negation among the two tokens before an add/remove word flips it ("no longer appears" → remove)."""
@@ -238,7 +238,7 @@ _WORD = re.compile(r"[A-Za-z]+")
 def canonical_text(text: str) -> str:
     """`text` with every slot synonym replaced by its canonical word ("the little grey ball" → "the small
     gray sphere"), what the embedder sees when `canonical_words` is on. MiniLM places "torus" and "donut"
-    far apart (cos ≈ 0.45 for otherwise equal sentences), so without this a paraphrase fails τ on its
+    far apart (cos 0.57 for otherwise equal sentences), so without this a paraphrase fails τ on its
     vocabulary, not its meaning; the slot credit already treats the synonyms as equal."""
     return _WORD.sub(lambda m: _CANONICAL.get(m.group().lower(), m.group()), text)
 
