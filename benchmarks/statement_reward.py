@@ -1,6 +1,6 @@
 """ViPER's statement reward on one GRPO step's batch, end to end (splitting, embedding, matching), on the CPU.
 
-    .venv/bin/python benchmarks/statement_reward.py            # about a minute on a 2-core CPU
+    .venv/bin/python benchmarks/statement_reward.py            # about a minute on a shared 2-core CPU
     .venv/bin/python benchmarks/statement_reward.py --completions 128 --group 5 --threads 1
 
 The batch is the paper's: 128 completions = 26 prompts × 5 rollouts (the last prompt has 3). Each prompt's

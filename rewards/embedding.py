@@ -14,8 +14,10 @@ sentence-transformers' `SentenceTransformer(path).encode(texts, normalize_embedd
 (22 M) is ~25× smaller, which keeps the reward on the reward worker's CPU; its threshold τ is calibrated
 separately (`scripts/calibrate_tau.py`, `docs/viper_reward.md`).
 
-Cost: loading takes ~0.5-2 s once per process (`default_embedder()` is a lazy, thread-safe singleton);
-embedding runs ~1,000 short sentences/s on one core. Every text's embedding is kept in a bounded LRU
+Cost: loading takes ~0.5-3 s once per process (`default_embedder()` is a lazy, thread-safe singleton);
+embedding ran 250-340 short sentences/s on one torch thread of a loaded 2-core CPU
+(`benchmarks/statement_reward.py`). The embedder leaves torch's thread count alone: on a shared CPU,
+`torch.set_num_threads(1)` was 5× faster than 2 threads. Every text's embedding is kept in a bounded LRU
 cache keyed by the exact string, since GRPO scores each prompt's references once per rollout and the
 policy repeats many sentences.
 """

@@ -322,18 +322,19 @@ def match_statements(
         credit = np.ones_like(cos)
     ok = (cos > params.tau) & (credit > 0)
     rows, cols = np.nonzero(ok)
+    order = np.lexsort((-cos[rows, cols], -credit[rows, cols]))  # credit first, then cosine, descending
     if params.matching == "max":
-        # Each side against its best candidate on the other side (best = highest credit, then cosine).
-        key = np.where(ok, credit * 4.0 + cos, -np.inf)
-        out = {}
-        for i in set(rows.tolist()):
-            j = int(np.argmax(key[i]))
-            out[(i, j)] = Match(i, j, float(cos[i, j]), float(credit[i, j]))
-        for j in set(cols.tolist()):
-            i = int(np.argmax(key[:, j]))
+        # Each side against its best candidate on the other side: the first pair in `order` that has it.
+        out: dict[tuple[int, int], Match] = {}
+        best_of_s: dict[int, int] = {}
+        best_of_g: dict[int, int] = {}
+        for k in order:
+            best_of_s.setdefault(int(rows[k]), int(k))
+            best_of_g.setdefault(int(cols[k]), int(k))
+        for k in {*best_of_s.values(), *best_of_g.values()}:
+            i, j = int(rows[k]), int(cols[k])
             out[(i, j)] = Match(i, j, float(cos[i, j]), float(credit[i, j]))
         return sorted(out.values(), key=lambda m: (m.statement, m.reference))
-    order = np.lexsort((-cos[rows, cols], -credit[rows, cols]))  # credit first, then cosine, descending
     used_s, used_g, matches = set(), set(), []
     for k in order:
         i, j = int(rows[k]), int(cols[k])

@@ -1,6 +1,6 @@
 """Calibrate τ, the similarity threshold of ViPER's statement reward, for all-MiniLM-L6-v2.
 
-    .venv/bin/python scripts/calibrate_tau.py                 # 300 scenes, about a minute on one core
+    .venv/bin/python scripts/calibrate_tau.py                 # 300 scenes, ~1.5-2 min on a shared 2-core CPU
     .venv/bin/python scripts/calibrate_tau.py --scenes 600 --seed 1
 
 The paper's τ = 0.85 belongs to BGE-M3; MiniLM spreads similarities differently, so τ is measured here on
