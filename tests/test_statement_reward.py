@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mmrl.errors import ConfigError
 from rewards.embedding import EMBEDDING_DIM, Embedder, default_embedder, minilm_path
@@ -243,6 +245,18 @@ def test_malformed_replies_score_zero_without_raising(embed, completion):
     assert set(r.parts) == set(PARTS)
     assert r.parts["f1"] == 0.0 and r.parts["hits"] == 0.0
     assert r.score <= 0.05  # at most the format weight (a well-formed reply that states nothing)
+
+
+TEXT = st.text(st.characters(codec="utf-8") | st.sampled_from(list(".!?\n-*1 <>/answerthink")), max_size=120)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(junk=TEXT)
+def test_any_text_scores_in_range_without_raising(embed, junk):
+    for completion in (junk, f"{THINK}<answer>{junk}</answer>"):
+        r = statement_reward(completion, REFS, embed)
+        assert set(r.parts) == set(PARTS) and 0.0 <= r.score <= 1.0 + 1e-9
+        assert all(s and s == s.strip() for s in split_statements(junk))
 
 
 def test_format_part(embed):
