@@ -32,7 +32,7 @@ from mmrl.registry import get_task, task_class, task_names
 from mmrl.sample import Sample
 from mmrl.video import write_video
 from pretext_tasks.gui_pairs import PairWriter
-from rewards import boxes, gui, match, ordering, temporal
+from rewards import boxes, gui, match, ordering, statements, temporal
 from rewards.extract import BOXED_OPEN, MAX_INT_DIGITS, boxed_span, extract_answer, format_ok, parse_int
 
 N = 100_000
@@ -211,6 +211,8 @@ TASK_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "object_detection": ("object_detection", {}),
     "object_detection[qwen3-vl,raw]": ("object_detection", {"coords": "qwen3-vl", "answer_mode": "raw"}),
     "gui_inverse_dynamics": ("gui_inverse_dynamics", {}),
+    "caption_refine": ("caption_refine", {"width": 96, "height": 72}),
+    "edit_prediction[no think]": ("edit_prediction", {"width": 96, "height": 72, "think": False}),
     "gui_inverse_dynamics[qwen2-vl,raw,untagged,f1]": (
         "gui_inverse_dynamics",
         {"coords": "qwen2-vl", "answer_mode": "raw", "allow_untagged": True, "text_match": "f1"},
@@ -227,6 +229,8 @@ TASK_PARTS = {
     "referring_grounding": boxes.REC_PARTS,
     "object_detection": boxes.OVD_PARTS,
     "gui_inverse_dynamics": gui.PARTS,
+    "caption_refine": statements.PARTS,
+    "edit_prediction": statements.PARTS,
 }
 NAMES = [*PURE, *(f"task:{v}" for v in TASK_VARIANTS)]
 
@@ -244,7 +248,7 @@ def _gui_pairs(folder: Path) -> Path:
 def _source(task: str, video: Path, pairs: Path) -> Any:
     if task == "gui_inverse_dynamics":
         return get_task(task).sources(pairs)[0]
-    if task in ("dominant_color", "referring_grounding", "object_detection"):
+    if task in ("dominant_color", "referring_grounding", "object_detection", "caption_refine", "edit_prediction"):
         return 0
     if task == "image_jigsaw":
         return CHELSEA
