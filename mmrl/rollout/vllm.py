@@ -14,8 +14,9 @@ path:line"; where the two differ, the engine detects the feature, it does not pi
 
 - Image/video placeholder tokens are never sampled: they get `logit_bias` -100 (the most negative
   bias vLLM keeps, sampling_params.py:512 / :438). A whole-vocabulary `allowed_token_ids` fails: the
-  GPU sampler holds at most 1,024 allowed ids or biased ids per request
-  (v1/worker/gpu/sample/logit_bias.py:20-21, raised at :66 / :10-11). The bias is added before
+  GPU sampler of Model Runner V2 (the default on CUDA in both: config/vllm.py:675-722 in 0.30) holds
+  at most 1,024 allowed ids or biased ids per request (v1/worker/gpu/sample/logit_bias.py:20-21,
+  raised at :66 / :10-11). The bias is added before
   temperature (v1/worker/gpu/sample/sampler.py:251-262), so a placeholder's probability is at most
   exp(-100 / T) times the top token's: under 1e-30 for T <= 1.4.
 - Every prompt gets its own seed, derived from the call seed and the prompt's index
