@@ -420,8 +420,8 @@ def tensor_checksums(named: Iterable[tuple[str, torch.Tensor]]) -> dict[str, Che
             s[0] += c.sum()
             s[1] += c.square().sum()
         names.append((name, flat.numel()))
-        sums.append(s.cpu() if s.device.type != "cpu" else s)
-    values = torch.stack(sums).tolist() if sums else []
+        sums.append(s)
+    values = torch.stack([s.to(sums[0].device) for s in sums]).tolist() if sums else []
     return {name: (numel, v[0], v[1]) for (name, numel), v in zip(names, values)}
 
 
