@@ -548,24 +548,21 @@ def test_vllm_requests_carry_text_and_raw_media(tiny_models, clip):
 
     for family in ("qwen2.5-vl", "qwen3-vl"):
         image, _, _, text = _mixed_prompts(tiny_models[family], clip)
-        request = vllm_request(image, qwen3=family == "qwen3-vl")
+        request = vllm_request(image)
         assert request["prompt"] == image.text and "<|image_pad|>" in request["prompt"]
         assert request["multi_modal_data"]["image"][0] is image.media["image"][0]
-        request = vllm_request(text, qwen3=family == "qwen3-vl")
+        request = vllm_request(text)
         assert request == {"prompt": text.text}
-    qwen3_video = _mixed_prompts(tiny_models["qwen3-vl"], clip)[2]
-    frames, meta = vllm_request(qwen3_video, qwen3=True)["multi_modal_data"]["video"][0]
-    assert frames.shape == (6, 48, 64, 3) and meta["frames_indices"] == [0, 4, 8, 12, 16, 20]
-    assert meta["do_sample_frames"] is False and meta["fps"] == pytest.approx(8.0)
-    qwen25_video = _mixed_prompts(tiny_models["qwen2.5-vl"], clip)[2]
-    request = vllm_request(qwen25_video, qwen3=False)
-    assert request["multi_modal_data"]["video"][0].shape == (6, 48, 64, 3)
-    assert request["mm_processor_kwargs"] == {"fps": pytest.approx(2.0)}
+        # every family's videos go as (frames, metadata): Qwen3-VL timestamps, Qwen2.5-VL second_per_grid_ts
+        video = _mixed_prompts(tiny_models[family], clip)[2]
+        frames, meta = vllm_request(video)["multi_modal_data"]["video"][0]
+        assert frames.shape == (6, 48, 64, 3) and meta["frames_indices"] == [0, 4, 8, 12, 16, 20]
+        assert meta["do_sample_frames"] is False and meta["fps"] == pytest.approx(8.0)
     cfg, _, processor = tiny_models["qwen2.5-vl"]
     lean = encode_prompt(processor, _user({"type": "image", "image": _image(64, 64)}), cfg, max_prompt_tokens=BUDGET,
                          keep_media=False)  # fmt: skip
     with pytest.raises(MMRLError, match="keep_media=True"):
-        vllm_request(lean, qwen3=False)
+        vllm_request(lean)
 
 
 def test_vllm_model_folder_uses_our_processor(tiny_models, tmp_path):
