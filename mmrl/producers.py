@@ -39,7 +39,7 @@ from mmrl.grpo.replay import select_replay
 from mmrl.rollout import sampling_params
 from mmrl.rollout.encode import encode_prompt
 from mmrl.sample import Sample, read_dataset
-from mmrl.task import Task, answer_key, answer_spread, score_completion, task_key
+from mmrl.task import Task, answer_key, answer_spread, score_group, task_key
 from rewards.boxes import PIXEL_FAMILIES
 
 log = logging.getLogger(__name__)
@@ -241,32 +241,33 @@ class TaskProducer:
             targets = [targets[i] for i in order]
         return [(p.prompt, t) for p, t in zip(batch, targets)]
 
-    def _reward(self, prepared: Prepared, completion: str) -> Reward:
-        """The task's reward of one completion; a reward that raises scores 0 and is counted (`reward_errors`)."""
-        reward, error = score_completion(prepared.task, completion, prepared.sample)
-        if error is not None:
-            self.stats["reward_errors"] += 1
-            log.warning("reward of task %s raised %s; scored 0", prepared.sample.task, error)
-        return reward
+    def _rewards(self, prepared: Prepared, completions: list[str]) -> list[Reward]:
+        """The task's rewards of one prompt's completions, scored as a group (`Task.reward_group`); a reward that
+        raises scores 0 and is counted (`reward_errors`)."""
+        rewards = []
+        for reward, error in score_group(prepared.task, completions, prepared.sample):
+            if error is not None:
+                self.stats["reward_errors"] += 1
+                log.warning("reward of task %s raised %s; scored 0", prepared.sample.task, error)
+            rewards.append(reward)
+        return rewards
 
     def _score(self, prepared: Prepared, completions: list[Completion], group_id: str) -> list[Rollout]:
-        rollouts = []
-        for completion in completions:
-            reward = self._reward(prepared, completion.text)
-            rollouts.append(
-                Rollout(
-                    prompt=prepared.prompt,
-                    completion=completion,
-                    reward=float(reward.score),
-                    advantage=0.0,
-                    group_id=group_id,
-                    sample_id=prepared.sample.id,
-                    task=prepared.sample.task,
-                    reward_parts=dict(reward.parts),
-                    meta={"answer": answer_key(prepared.task, completion.text, prepared.sample)},
-                )
+        rewards = self._rewards(prepared, [c.text for c in completions])
+        return [
+            Rollout(
+                prompt=prepared.prompt,
+                completion=completion,
+                reward=float(reward.score),
+                advantage=0.0,
+                group_id=group_id,
+                sample_id=prepared.sample.id,
+                task=prepared.sample.task,
+                reward_parts=dict(reward.parts),
+                meta={"answer": answer_key(prepared.task, completion.text, prepared.sample)},
             )
-        return rollouts
+            for completion, reward in zip(completions, rewards)
+        ]
 
     def _assign_advantages(self, rollouts: list[Rollout]) -> None:
         rewards = np.array([r.reward for r in rollouts])
@@ -356,9 +357,8 @@ class TaskProducer:
         for suffix, (k, sampling) in runs.items():
             rewards, answers = [], []
             for p, group in zip(self._heldout, engine.generate(prompts, k, sampling)):
-                for completion in group:
-                    rewards.append(self._reward(p, completion.text))
-                    answers.append(answer_key(p.task, completion.text, p.sample))
+                rewards += self._rewards(p, [completion.text for completion in group])
+                answers += [answer_key(p.task, completion.text, p.sample) for completion in group]
             out[f"eval/reward{suffix}"] = float(np.mean([r.score for r in rewards]))
             if all("accuracy" in r.parts for r in rewards):
                 out[f"eval/accuracy{suffix}"] = float(np.mean([r.parts["accuracy"] for r in rewards]))

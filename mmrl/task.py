@@ -89,6 +89,11 @@ class Task:
         """Score one completion of `sample`; never raises on the completion."""
         raise NotImplementedError(f"task {self.name} must define reward(completion, sample)")
 
+    def reward_group(self, completions: Sequence[str], sample: Sample) -> list[Reward]:
+        """Score a group of completions of one `sample` (the rollouts of one prompt). Default: `reward` of each;
+        a task whose reward runs a model (e.g. a sentence embedder) overrides it to batch that model's calls."""
+        return [self.reward(completion, sample) for completion in completions]
+
     def answer_mode(self, sample: Sample) -> AnswerMode:
         """The reply format the sample's prompt asked for: `meta["answer_mode"]`, else the task's parameter."""
         return sample.meta.get("answer_mode") or getattr(self.params, "answer_mode", "answer_tag")
@@ -156,4 +161,28 @@ def score_completion(task: Task, completion: str, sample: Sample) -> tuple[Rewar
         return Reward(0.0, {}), f"{type(e).__name__}: {e}"
 
 
-__all__ = ["PANEL_MAX_WIDTH", "Panel", "Task", "answer_key", "answer_spread", "score_completion", "task_key"]
+def score_group(task: Task, completions: Sequence[str], sample: Sample) -> list[tuple[Reward, str | None]]:
+    """`task.reward_group(completions, sample)`, with `score_completion`'s guarantees: if the batched call raises
+    (other than an `MMRLError`), or returns the wrong number of rewards, each completion is scored alone, so one
+    bad completion costs only its own reward."""
+    try:
+        rewards = task.reward_group(list(completions), sample)
+    except MMRLError:
+        raise
+    except Exception:
+        rewards = None
+    if rewards is not None and len(rewards) == len(completions):
+        return [(reward, None) for reward in rewards]
+    return [score_completion(task, completion, sample) for completion in completions]
+
+
+__all__ = [
+    "PANEL_MAX_WIDTH",
+    "Panel",
+    "Task",
+    "answer_key",
+    "answer_spread",
+    "score_completion",
+    "score_group",
+    "task_key",
+]

@@ -45,7 +45,7 @@ from pretext_tasks.viper_scenes import (
     image_columns,
     numbered,
     pair_panel,
-    statement_score,
+    statement_scores,
     statements_reply,
 )
 
@@ -412,9 +412,13 @@ class CaptionRefine(Task):
     def reward(self, completion: str, sample: Sample) -> Reward:
         """`rewards.statements.statement_reward`: w_format · format + w_correct · length-weighted F1 of the stated
         corrections against the true ones (sentence matches above τ with agreeing numbers, colours, sides)."""
-        return statement_score(
-            completion, sample.answer, self.params.reward, bool(sample.meta.get("think", self.params.think))
-        )
+        think = bool(sample.meta.get("think", self.params.think))
+        return statement_scores([completion], sample.answer, self.params.reward, think)[0]
+
+    def reward_group(self, completions: Sequence[str], sample: Sample) -> list[Reward]:
+        """`reward` of each completion, with one embedding call for the group's sentences."""
+        think = bool(sample.meta.get("think", self.params.think))
+        return statement_scores(completions, sample.answer, self.params.reward, think)
 
     def reference_completion(self, sample: Sample) -> str:
         """Every correction, one per line, after a short thought when the prompt asked."""

@@ -37,7 +37,7 @@ from pretext_tasks.viper_scenes import (
     marked,
     numbered,
     pair_panel,
-    statement_score,
+    statement_scores,
     statements_reply,
 )
 
@@ -190,9 +190,13 @@ class EditPrediction(Task):
     def reward(self, completion: str, sample: Sample) -> Reward:
         """`rewards.statements.statement_reward`: w_format · format + w_correct · length-weighted F1 of the stated
         operations against the applied ones (sentence matches above τ with agreeing numbers, colours, sides)."""
-        return statement_score(
-            completion, sample.answer, self.params.reward, bool(sample.meta.get("think", self.params.think))
-        )
+        think = bool(sample.meta.get("think", self.params.think))
+        return statement_scores([completion], sample.answer, self.params.reward, think)[0]
+
+    def reward_group(self, completions: Sequence[str], sample: Sample) -> list[Reward]:
+        """`reward` of each completion, with one embedding call for the group's sentences."""
+        think = bool(sample.meta.get("think", self.params.think))
+        return statement_scores(completions, sample.answer, self.params.reward, think)
 
     def reference_completion(self, sample: Sample) -> str:
         """Every applied operation's description, one per line, after a short thought when the prompt asked."""

@@ -170,20 +170,23 @@ def statements_reply(statements: Sequence[str], thought: str, think: bool) -> st
     return f"<think>{thought}</think>{body}" if think else body
 
 
-def statement_score(
-    completion: str, references: Sequence[str], reward_params: Mapping[str, Any], think: bool = True
-) -> Reward:
-    """`rewards.statements.statement_reward` of `completion` against `references`, with the process's embedder
-    (`rewards.embedding.default_embedder`, loaded once) and `StatementRewardParams(**reward_params)`; the think
-    block is required exactly when the prompt asked for it (`think`), unless `reward_params` says otherwise."""
+def statement_scores(
+    completions: Sequence[str], references: Sequence[str], reward_params: Mapping[str, Any], think: bool = True
+) -> list[Reward]:
+    """`rewards.statements.statement_rewards` of `completions` (one prompt's group) against `references`, with
+    the process's embedder (`rewards.embedding.default_embedder`, loaded once; one batched embedding call for
+    the group's distinct sentences) and `StatementRewardParams(**reward_params)`; the think block is required
+    exactly when the prompt asked for it (`think`), unless `reward_params` says otherwise."""
     from rewards.embedding import default_embedder  # the sentence-embedding model: only when scoring
-    from rewards.statements import StatementRewardParams, statement_reward
+    from rewards.statements import StatementRewardParams, statement_rewards
 
-    if isinstance(completion, str):  # lone surrogates (model output can hold any code point) break the tokenizer
-        completion = completion.encode("utf-8", "replace").decode("utf-8")
+    # Lone surrogates (model output can hold any code point) break the tokenizer.
+    cleaned = [c.encode("utf-8", "replace").decode("utf-8") if isinstance(c, str) else c for c in completions]
     known = {f.name for f in dataclasses.fields(StatementRewardParams)}
-    params = ({"require_think": think} if "require_think" in known else {}) | dict(reward_params)
-    return statement_reward(completion, list(references), default_embedder(), StatementRewardParams(**params))
+    params = StatementRewardParams(
+        **(({"require_think": think} if "require_think" in known else {}) | dict(reward_params))
+    )
+    return statement_rewards(cleaned, [list(references)] * len(cleaned), default_embedder(), params)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,6 +238,6 @@ __all__ = [
     "number_word",
     "numbered",
     "pair_panel",
-    "statement_score",
+    "statement_scores",
     "statements_reply",
 ]

@@ -19,11 +19,13 @@ from mmrl.generate import generate, iter_samples
 from mmrl.scene_edits import EDIT_KINDS, apply_edit
 from mmrl.scene_render import render, visible_fractions
 from mmrl.scenes import COLORS, Scene
-from mmrl.task import PANEL_MAX_WIDTH
+from mmrl.task import PANEL_MAX_WIDTH, score_group
 from pretext_tasks import edit_prediction
 from pretext_tasks.edit_prediction import EditPrediction, EditPredictionParams
 from pretext_tasks.viper_scenes import check_image, statements_reply
+from rewards.embedding import default_embedder
 from rewards.extract import extract_answer, format_ok
+from rewards.statements import StatementRewardParams, statement_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"width": 128, "height": 96}
@@ -153,6 +155,21 @@ def test_the_reward_ranks_the_truth_above_a_wrong_attribute_above_nonsense() -> 
         nonsense = "<think>x</think><answer>The weather is sunny today.</answer>"
         scores = [t.reward(c, s).score for c in (ref, wrong, nonsense)]
         assert scores[0] > scores[1] >= scores[2], scores
+
+
+def test_a_group_is_scored_as_each_completion_alone_and_a_raising_group_falls_back() -> None:
+    t = task()
+    s = samples(t, 1, seed=3)[0]
+    group = [t.reference_completion(s), statements_reply(with_a_wrong_colour(s.answer), "x", True), "junk", ""]
+    alone = [statement_reward(c, s.answer, default_embedder(), StatementRewardParams()) for c in group]
+    assert [r.score for r in t.reward_group(group, s)] == pytest.approx([r.score for r in alone])
+
+    class Broken(EditPrediction):
+        def reward_group(self, completions, sample):
+            raise RuntimeError("batch failed")
+
+    scored = score_group(Broken(t.params), group, s)
+    assert [r.score for r, _ in scored] == pytest.approx([r.score for r in alone]) and scored[0][0].score > 0.9
 
 
 def with_a_wrong_colour(sentences: list[str]) -> list[str]:
