@@ -12,7 +12,7 @@ so the cosine similarity of two texts is the dot product of their embeddings. Th
 sentence-transformers' `SentenceTransformer(path).encode(texts, normalize_embeddings=False)` to ~1e-6
 (`tests/test_statement_reward.py` checks it). The ViPER paper uses BGE-M3 (568 M parameters); MiniLM
 (22 M) is ~25× smaller, which keeps the reward on the reward worker's CPU; its threshold τ is calibrated
-separately (`scripts/calibrate_tau.py`, `docs/viper_reward.md`).
+separately (`scripts/calibrate_tau.py`, `docs/viper.md, "Reward"`).
 
 Cost: loading takes ~0.5-3 s once per process (`default_embedder()` is a lazy, thread-safe singleton);
 embedding ran 250-340 short sentences/s on one torch thread of a loaded 2-core CPU

@@ -5,7 +5,7 @@ Vision-Language Models* (arXiv 2510.24285), the reward of both stages (caption c
 operations): R = 0.05 · R_format + 0.95 · R_correct, where R_correct counts the answer's sentences
 whose embedding similarity to the ground-truth set exceeds τ, weighted by sentence length. The paper
 does not publish the normalisation; the form below is ours (`/work/shared/specs/viper.md` §5,
-`docs/viper_reward.md`).
+`docs/viper.md, "Reward"`).
 
 Definitions. The answer (`<answer>` block) is split into statements S = {s_i} (`split_statements`), the
 references into G = {g_j}; L(x) = number of characters; e(x) = unit sentence embedding
@@ -71,7 +71,7 @@ PARTS = ("format", "precision", "recall", "f1", "hits", "accuracy")
 
 DEFAULT_TAU = 0.65
 """τ for all-MiniLM-L6-v2 with the slot check, calibrated by `scripts/calibrate_tau.py` on procedural edits
-(0.648; held-out balanced accuracy 0.94, `docs/viper_reward.md`). The paper's 0.85 is for BGE-M3; with
+(0.648; held-out balanced accuracy 0.94, `docs/viper.md, "Reward"`). The paper's 0.85 is for BGE-M3; with
 `slot_check: false` the same calibration gives 0.80."""
 
 

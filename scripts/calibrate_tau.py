@@ -245,7 +245,7 @@ POSITIVE_GROUPS = ("paraphrase", "near_miss")
 NEGATIVE_GROUPS = ("other_scene", "same_scene")
 REPORTED_GROUPS = ("same_object",)
 """Neither side of τ with the slot check: a statement of another edit of the edited object names the right
-object, and earns the slot credit of what it shares (`docs/viper_reward.md`)."""
+object, and earns the slot credit of what it shares (`docs/viper.md, "Reward"`)."""
 
 
 def balanced_accuracy(
