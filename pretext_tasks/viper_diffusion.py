@@ -126,8 +126,9 @@ OPERATIONS = ("recolour", "replace", "remove", "add", "count", "move")
 def _instruction(op: str, entity: str, rng: np.random.Generator, taken: set[str]) -> str:
     """One instruction of kind `op` on `entity`; places for `add` / `move` avoid the regions in `taken`."""
     free = [r for r in REGIONS if r not in taken] or list(REGIONS)
-    if op == "recolour":
-        return f"Change the colour of {entity} to {COLOURS[int(rng.integers(len(COLOURS)))]}."
+    if op == "recolour":  # never to a colour the phrase already names ("the small white cylinder" to white)
+        colours = [c for c in COLOURS if c not in entity.lower().split()]
+        return f"Change the colour of {entity} to {colours[int(rng.integers(len(colours)))]}."
     if op == "replace":
         return f"Replace {entity} with {OBJECTS[int(rng.integers(len(OBJECTS)))]}."
     if op == "remove":

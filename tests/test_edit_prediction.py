@@ -198,3 +198,19 @@ def test_the_tiny_two_stage_recipe_trains_both_tasks(tmp_path: Path) -> None:
     assert {s for s, r in steps.items() if "reward/caption_refine" in r} == {1, 2}, steps.keys()
     assert {s for s, r in steps.items() if "reward/edit_prediction" in r} == {3, 4}, steps.keys()
     assert not any(r.get("reward_errors") for r in rows)  # both rewards scored every completion
+
+
+def test_the_diffusers_backend_edits_the_scene_image_and_answers_its_instructions() -> None:
+    """The tiny random-init instruction editor (built locally) behind the task: its output repaints most pixels,
+    hence the open changed-area bound; the answer is exactly the instructions applied, naming scene objects."""
+    t = task(backend="diffusers", diffusion={"max_changed_area": 1.0, "size": 32}, min_edits=1, max_edits=3)
+    for s in samples(t, 2, seed=4):
+        before, after = (item for item in s.messages[0]["content"] if item["type"] == "image")
+        b, a = pixels(before), pixels(after)
+        assert b.shape != a.shape or not np.array_equal(b, a)
+        assert 1 <= len(s.answer) <= 3 and all(a.endswith(".") for a in s.answer)
+        for sentence in s.answer:  # a recolour never names the colour its object already has
+            if sentence.startswith("Change the colour of"):
+                named, colour = re.match(r"Change the colour of (.+) to (\w+)\.", sentence).groups()
+                assert colour not in named.split(), sentence
+        assert t.reward(t.reference_completion(s), s).score > 0.95
