@@ -192,7 +192,7 @@ def view(drawn: Drawn, video_dir: Path) -> SampleView:
         items = content_items(message)
         for k, item in enumerate(items):
             if item["type"] == "text":
-                lines.append(item["text"])
+                lines.append(_escape(item["text"]))
                 continue
             prev = items[k - 1] if k > 0 else None
             caption = prev["text"].strip() if prev and prev["type"] == "text" and len(prev["text"]) <= 40 else ""
@@ -214,6 +214,11 @@ def view(drawn: Drawn, video_dir: Path) -> SampleView:
         evidence=[(p.image, p.title) for p in panels],
         evidence_error=error,
     )
+
+
+def _escape(text: str) -> str:
+    """Prompt text shown literally in Markdown: tags such as `<answer>` are text, not HTML."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _write_mp4(item: dict[str, Any], path: Path) -> None:

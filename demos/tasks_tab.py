@@ -109,7 +109,8 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
             else gr.update(value=None, visible=False)
             for i in range(MAX_VIDEOS)
         ]
-        return [drawn, note, shown.prompt, shown.images, shown.answer, shown.reference, shown.evidence, *video_updates]
+        pictures = gr.update(value=shown.images, visible=bool(shown.images))
+        return [drawn, note, shown.prompt, pictures, shown.answer, shown.reference, shown.evidence, *video_updates]
 
     inputs = [task_dd, params_state, source, uploads, seed]
     draw_btn.click(show, inputs=inputs, outputs=outputs)
