@@ -140,7 +140,7 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
 
 def _field_component(f: task_view.FormField, task_name: str) -> gr.components.Component:
     key = f"{task_name}.{f.name}"
-    common = dict(label=f.name, info=f.doc, key=key, elem_classes=["param-field"], min_width=220)
+    common = dict(label=f.name, info=f.doc, key=key, elem_classes=["param-field"], min_width=220, interactive=True)
     if f.kind == "bool":
         return gr.Checkbox(value=f.default, **common)
     if f.kind == "choice":
