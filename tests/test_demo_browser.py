@@ -116,6 +116,7 @@ def test_the_first_task_shows_its_pictures_and_scores_a_typed_answer(page, corpu
 
 
 def test_a_video_task_plays_its_clips(page, shots: Path):
+    open_tab(page, "Tasks")
     choose(page, "task-select", "video_jigsaw")
     page.wait_for_selector("#task-video-0 video")
     page.wait_for_function(
@@ -129,6 +130,7 @@ def test_a_video_task_plays_its_clips(page, shots: Path):
 
 
 def test_the_params_form_shows_field_docs_and_a_bad_value_shows_an_error(page):
+    open_tab(page, "Tasks")
     choose(page, "task-select", "image_jigsaw")
     page.wait_for_selector("#task-status:has-text('image_jigsaw-000000')")
     page.click("text=Parameters (the task's Params")
@@ -186,6 +188,7 @@ def test_the_datasets_tab_filters_and_shows_eval_results(page, workspace: Path, 
 
 @pytest.mark.slow
 def test_the_model_samples_a_group_and_the_spy_game_ends_with_votes(page, shots: Path):
+    open_tab(page, "Tasks")
     choose(page, "task-select", "dominant_color")
     page.wait_for_selector("#task-status:has-text('dominant_color-000000')")
     open_tab(page, "Model")
