@@ -77,9 +77,7 @@ def build(ctx: DemoContext) -> None:
     plots = []
     with gr.Row():
         for title in CURVES:
-            plots.append(
-                gr.LinePlot(x="step", y="value", color="series", title=title, height=240, min_width=300)
-            )
+            plots.append(gr.LinePlot(x="step", y="value", color="series", title=title, height=240, min_width=300))
     table = gr.Dataframe(label="Metrics per step (newest first)", interactive=False, elem_id="runs-table")
     with gr.Row():
         step_dd = gr.Dropdown([], label="Logged step", scale=1, elem_id="runs-step")

@@ -72,7 +72,9 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
             reference = gr.Textbox(label="Reference completion", interactive=False, elem_id="task-reference")
             evidence = gr.Gallery(label="Evidence", columns=1, height="auto", elem_id="task-evidence")
     with gr.Row():
-        answer = gr.Textbox(label="Your answer (a completion, e.g. <answer>...</answer>)", scale=4, elem_id="task-answer")
+        answer = gr.Textbox(
+            label="Your answer (a completion, e.g. <answer>...</answer>)", scale=4, elem_id="task-answer"
+        )
         score_btn = gr.Button("Score", scale=1, elem_id="task-score")
     score_note = gr.Markdown("")
     scores = gr.Dataframe(label="Reward, part by part", interactive=False, wrap=True, elem_id="task-scores")

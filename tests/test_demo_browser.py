@@ -155,7 +155,9 @@ def test_the_runs_tab_plots_a_run_and_follows_it(page, workspace: Path, shots: P
     page.click("#runs-open")
     page.wait_for_selector("#runs-status:has-text('4 logged steps')")
     page.wait_for_function("() => document.querySelectorAll('.vega-embed svg .mark-line path').length >= 5")
-    lines = page.evaluate("() => [...document.querySelectorAll('.vega-embed svg .mark-line path')].map(p => p.getAttribute('d'))")
+    lines = page.evaluate(
+        "() => [...document.querySelectorAll('.vega-embed svg .mark-line path')].map(p => p.getAttribute('d'))"
+    )
     assert len(lines) >= 5 and all(d and d.count("L") >= 2 for d in lines)  # a line through every logged step
     with open(workspace / "run" / "metrics.jsonl", "a") as f:  # the run goes on: the page follows
         f.write(json.dumps({"step": 5, "time": 0, "reward/mean": 0.9}) + "\n")
