@@ -108,7 +108,7 @@ def build(ctx: DemoContext) -> None:
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         sample = next(s for s in data["samples"] if s.id == ids[int(row)])
         table = [
-            [name, r.get("reward"), r.get("accuracy"), r.get("completion")]
+            [name, round(float(r.get("reward", 0.0)), 4), r.get("accuracy"), r.get("completion")]
             for name, rows_of in data["evals"].items()
             if (r := rows_of.get(sample.id)) is not None
         ]

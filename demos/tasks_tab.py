@@ -62,7 +62,7 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Markdown(label="Prompt", elem_id="task-prompt")
-            images = gr.Gallery(label="Images, as the model sees them", columns=4, height="auto", elem_id="task-images")
+            images = gr.Gallery(label="Images, as the model sees them", columns=4, height="auto", object_fit="contain", elem_id="task-images")
             videos = [
                 gr.Video(label=f"video {i + 1}", visible=False, autoplay=False, loop=True, elem_id=f"task-video-{i}")
                 for i in range(MAX_VIDEOS)
@@ -70,7 +70,7 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
         with gr.Column(scale=2):
             truth = gr.Textbox(label="Ground truth", interactive=False, elem_id="task-truth")
             reference = gr.Textbox(label="Reference completion", interactive=False, elem_id="task-reference")
-            evidence = gr.Gallery(label="Evidence", columns=1, height="auto", elem_id="task-evidence")
+            evidence = gr.Gallery(label="Evidence", columns=1, height="auto", object_fit="contain", elem_id="task-evidence")
     with gr.Row():
         answer = gr.Textbox(
             label="Your answer (a completion, e.g. <answer>...</answer>)", scale=4, elem_id="task-answer"

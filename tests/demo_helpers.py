@@ -27,14 +27,19 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_demo(
-    corpus_root: Path, roots: Sequence[Path], env: dict[str, str] | None = None, log: Path | None = None
+    corpus_root: Path,
+    roots: Sequence[Path],
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    overrides: Sequence[str] = SMALL_CORPUS,
 ) -> Iterator[str]:
-    """`mmrl demo` serving `corpus_root` (built small on first use) with the given `--root`s; yields its URL."""
+    """`mmrl demo` serving the default corpus at `corpus_root`, described by the corpus `overrides` (built on first
+    use; default: the small one), with the given `--root`s; yields its URL."""
     port = free_port()
     args = [sys.executable, "-m", "mmrl.cli", "demo", "--port", str(port)]
     for root in roots:
         args += ["--root", str(root)]
-    args += [f"root={corpus_root}", *SMALL_CORPUS]
+    args += [f"root={corpus_root}", *overrides]
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}/"
