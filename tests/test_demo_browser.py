@@ -219,3 +219,25 @@ def test_the_model_samples_a_group_and_the_spy_game_ends_with_votes(page, shots:
     page.wait_for_selector("#spy-outcome .virtual-body [role=row]")
     assert len(table_rows(page, "spy-outcome")) == 4
     save_screenshot(page, "demo_spy", shots)
+
+
+def test_typed_paths_are_confined_to_the_roots(tmp_path: Path):
+    from demos.safety import PathRefused, Roots, check_uploads
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "run").mkdir(parents=True)
+    outside.mkdir()
+    (allowed / "escape").symlink_to(outside)
+    roots = Roots.of([allowed])
+    assert roots.resolve(str(allowed / "run")) == (allowed / "run").resolve()
+    assert roots.resolve("run") == (allowed / "run").resolve()  # relative: inside a root
+    for typed in (str(outside), str(allowed / ".." / "outside"), "escape", "../outside", "", "run\x00"):
+        with pytest.raises(PathRefused):
+            roots.resolve(typed)
+    with pytest.raises(PathRefused, match="--root"):
+        Roots().resolve(str(allowed))
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (2 * 2**20))
+    assert check_uploads([big], max_mb=3) == [big]
+    with pytest.raises(Exception, match="big.bin is 2.0 MB; the limit is 1 MB"):
+        check_uploads([big], max_mb=1)
