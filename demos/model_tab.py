@@ -127,7 +127,7 @@ def build(ctx: DemoContext, drawn_state: gr.State) -> None:
                                elem_id="model-sample")  # fmt: skip
         cancel_btn = gr.Button("Cancel", elem_id="model-cancel")
     sample_status = gr.Markdown("", elem_id="model-sample-status")
-    table = gr.Dataframe(label="Completions, rewards and group advantages", interactive=False, wrap=True,
+    table = gr.Dataframe(label="Completions, rewards and group advantages", interactive=False, wrap=True, max_chars=70,
                          elem_id="model-table")  # fmt: skip
 
     def load(typed: str, progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008 - gradio's injection

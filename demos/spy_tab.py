@@ -118,7 +118,9 @@ def build(ctx: DemoContext) -> None:
         start = gr.Button("New game", variant="primary", elem_id="spy-start")
     status = gr.Markdown("Plays with the model loaded in the Model tab (the tiny model if none).", elem_id="spy-status")
     with gr.Row():
-        seats = gr.Gallery(label="What each player sees", columns=4, height="auto", object_fit="contain", elem_id="spy-seats")
+        seats = gr.Gallery(
+            label="What each player sees", columns=4, height="auto", object_fit="contain", elem_id="spy-seats"
+        )
     with gr.Row():
         step_btn = gr.Button("Next turn", elem_id="spy-next")
         rest_btn = gr.Button("Play the rest", elem_id="spy-rest")

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 MAX_VIDEOS = 8
 """Video players on the page; a sample with more videos shows the first ones (and says so)."""
+VIDEOS_PER_ROW = 4
+VIDEO_HEIGHT = 200
 DEFAULT_TASK = "image_jigsaw"
 
 
@@ -62,24 +64,44 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Markdown(label="Prompt", elem_id="task-prompt")
-            images = gr.Gallery(label="Images, as the model sees them", columns=4, height="auto", object_fit="contain", elem_id="task-images")
-            videos = [
-                gr.Video(label=f"video {i + 1}", visible=False, autoplay=False, loop=True, elem_id=f"task-video-{i}")
-                for i in range(MAX_VIDEOS)
-            ]
+            images = gr.Gallery(
+                label="Images, as the model sees them",
+                columns=4,
+                height="auto",
+                object_fit="contain",
+                elem_id="task-images",
+            )
+            videos = []
+            for first in range(0, MAX_VIDEOS, VIDEOS_PER_ROW):
+                with gr.Row():
+                    videos += [
+                        gr.Video(
+                            label=f"video {i + 1}",
+                            visible=False,
+                            loop=True,
+                            height=VIDEO_HEIGHT,
+                            min_width=160,
+                            elem_id=f"task-video-{i}",
+                        )  # fmt: skip
+                        for i in range(first, first + VIDEOS_PER_ROW)
+                    ]
         with gr.Column(scale=2):
             truth = gr.Textbox(label="Ground truth", interactive=False, elem_id="task-truth")
             reference = gr.Textbox(label="Reference completion", interactive=False, elem_id="task-reference")
-            evidence = gr.Gallery(label="Evidence", columns=1, height="auto", object_fit="contain", elem_id="task-evidence")
+            evidence = gr.Gallery(
+                label="Evidence", columns=1, height="auto", object_fit="contain", elem_id="task-evidence"
+            )
     with gr.Row():
         answer = gr.Textbox(
             label="Your answer (a completion, e.g. <answer>...</answer>)", scale=4, elem_id="task-answer"
         )
         score_btn = gr.Button("Score", scale=1, elem_id="task-score")
     score_note = gr.Markdown("")
-    scores = gr.Dataframe(label="Reward, part by part", interactive=False, wrap=True, elem_id="task-scores")
+    scores = gr.Dataframe(
+        label="Reward, part by part", interactive=False, wrap=True, max_chars=70, elem_id="task-scores"
+    )
 
-    outputs = [drawn_state, status, prompt, images, truth, reference, evidence, *videos]
+    outputs = [drawn_state, status, prompt, images, truth, reference, evidence, score_note, scores, *videos]
 
     def show(task_name: str, params: dict, source_kind: str, files: list | None, seed_value: float | None) -> list:
         try:
@@ -99,7 +121,7 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
             shown = task_view.view(drawn, Path(tempfile.mkdtemp(prefix="videos-", dir=ctx.work_dir)))
         except Exception as e:  # any task failure is shown on the page; the app stays up
             log.warning("task %s failed: %s", task_name, e)
-            return [None, error_text(e), "", [], "", "", [], *[gr.update(visible=False) for _ in videos]]
+            return [None, error_text(e), "", [], "", "", [], "", None, *[gr.update(visible=False) for _ in videos]]
         note = f"Sample `{drawn.sample.id}` of task `{task_name}` (seed {drawn.seed})."
         if len(shown.videos) > MAX_VIDEOS:
             note += f" Showing the first {MAX_VIDEOS} of {len(shown.videos)} videos."
@@ -112,7 +134,8 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
             for i in range(MAX_VIDEOS)
         ]
         pictures = gr.update(value=shown.images, visible=bool(shown.images))
-        return [drawn, note, shown.prompt, pictures, shown.answer, shown.reference, shown.evidence, *video_updates]
+        shown_parts = [shown.prompt, pictures, shown.answer, shown.reference, shown.evidence]
+        return [drawn, note, *shown_parts, "", None, *video_updates]  # an earlier sample's scores are cleared
 
     inputs = [task_dd, params_state, source, uploads, seed]
     draw_btn.click(show, inputs=inputs, outputs=outputs)
