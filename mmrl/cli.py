@@ -232,6 +232,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise MMRLError(f"mmrl demo needs the demo extra: pip install 'mmrl[demo]' ({e})") from e
     from mmrl.config import CorpusConfig, load_config
 
+    if args.max_upload_mb <= 0:
+        raise MMRLError(f"--max-upload-mb must be > 0, got {args.max_upload_mb:g}")
     corpus = load_config(CorpusConfig, args.config, args.overrides)
     ctx = DemoContext(corpus=corpus, roots=Roots.of(args.root or [Path.cwd()]), max_upload_mb=args.max_upload_mb)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.share:

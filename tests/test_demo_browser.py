@@ -11,6 +11,7 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("gradio")
@@ -95,8 +96,10 @@ def table_headers(page, elem_id: str) -> list[str]:
 
 def test_the_first_task_shows_its_pictures_and_scores_a_typed_answer(page, corpus_cfg: CorpusConfig, shots: Path):
     page.wait_for_selector("#task-evidence img")
-    widths = page.evaluate(IMAGES_LOADED, ["task-images", "task-evidence"])
-    assert len(widths) >= 10 and all(w > 0 for w in widths), widths  # 9 tiles + the evidence panels
+    page.wait_for_function(  # 9 tiles + the evidence panels, every one decoded
+        f"() => {{ const w = ({IMAGES_LOADED})(['task-images', 'task-evidence']);"
+        " return w.length >= 10 && w.every(x => x > 0); }"
+    )
     drawn = task_view.draw("image_jigsaw", {}, 0, "default", corpus_cfg)  # what the page drew: sample 0, seed 0
     assert page.input_value("#task-truth textarea") == str(drawn.sample.answer).strip("[]")
     typed = "<think>guess</think><answer>1, 2, 3, 4, 5, 6, 7, 8, 9</answer>"
@@ -147,6 +150,27 @@ def test_the_params_form_shows_field_docs_and_a_bad_value_shows_an_error(page):
     time.sleep(0.5)
     page.click("#task-draw")  # the app is still up and draws with the fixed value: 2 x 3 tiles
     page.wait_for_function("() => document.querySelectorAll('#task-images img').length === 6")
+
+
+def test_an_uploaded_picture_becomes_the_source(page, corpus_cfg: CorpusConfig, tmp_path: Path):
+    from PIL import Image
+
+    picture = tmp_path / "stripes.png"
+    Image.fromarray((np.indices((240, 320)).sum(axis=0) % 64 * 4).astype(np.uint8)).convert("RGB").save(picture)
+    open_tab(page, "Tasks")
+    choose(page, "task-select", "dominant_color")  # then back: the form starts from the defaults again
+    page.wait_for_selector("#task-status:has-text('dominant_color-000000')")
+    choose(page, "task-select", "image_jigsaw")
+    page.wait_for_selector("#task-status:has-text('image_jigsaw-000000')")
+    page.click("#task-source label:has-text('upload')")
+    page.set_input_files("#task-upload input[type=file]", str(picture))
+    page.wait_for_selector("#task-upload:has-text('stripes.png')")
+    drawn = task_view.draw("image_jigsaw", {}, 0, tmp_path, corpus_cfg)  # the same picture, drawn here
+    expected = str(drawn.sample.answer).strip("[]")
+    page.click("#task-draw")
+    page.wait_for_function("v => document.querySelector('#task-truth textarea').value === v", arg=expected)
+    page.wait_for_function(f"() => ({IMAGES_LOADED})(['task-images']).filter(w => w > 0).length === 9")
+    page.click("#task-source label:has-text('default')")
 
 
 def test_the_runs_tab_plots_a_run_and_follows_it(page, workspace: Path, shots: Path):
@@ -207,8 +231,7 @@ def test_the_model_samples_a_group_and_the_spy_game_ends_with_votes(page, shots:
     open_tab(page, "Spy game")
     page.click("#spy-start")
     page.wait_for_selector("#spy-status:has-text('the spy is player')", timeout=240_000)
-    widths = page.evaluate(IMAGES_LOADED, ["spy-seats"])
-    assert len(widths) == 4 and all(w > 0 for w in widths)
+    page.wait_for_function(f"() => ({IMAGES_LOADED})(['spy-seats']).filter(w => w > 0).length === 4")
     page.click("#spy-next")
     page.wait_for_selector("#spy-transcript:has-text('Round 1, Player 1')")
     assert "Vote" not in page.inner_text("#spy-transcript")
