@@ -116,6 +116,7 @@ def build(ctx: DemoContext) -> None:
         folder = gr.Textbox(label="Photo pair folder (photo source; inside an allowed root)", elem_id="spy-folder")
         seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="spy-seed")
         start = gr.Button("New game", variant="primary", elem_id="spy-start")
+        cancel = gr.Button("Cancel", elem_id="spy-cancel")
     status = gr.Markdown("Plays with the model loaded in the Model tab (the tiny model if none).", elem_id="spy-status")
     with gr.Row():
         seats = gr.Gallery(
@@ -159,7 +160,10 @@ def build(ctx: DemoContext) -> None:
             return [count, text, gr.update(value=outcome_table(game), visible=True)]
         return [count, text + f"\n\n*({len(lines) - count} turns to go)*", gr.update(visible=False)]
 
-    start.click(new_game, inputs=[kind, folder, seed], outputs=[game_state, shown, status, seats, transcript, outcome])
+    started = start.click(
+        new_game, inputs=[kind, folder, seed], outputs=[game_state, shown, status, seats, transcript, outcome]
+    )
+    cancel.click(lambda: "Cancelled.", outputs=status, cancels=[started])
     step_btn.click(lambda g, c: reveal(g, c, 1), inputs=[game_state, shown], outputs=[shown, transcript, outcome])
     rest_btn.click(lambda g, c: reveal(g, c, None), inputs=[game_state, shown], outputs=[shown, transcript, outcome])
 

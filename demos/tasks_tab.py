@@ -46,7 +46,7 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
         visible=False,
         elem_id="task-upload",
     )
-    with gr.Accordion("Parameters (the task's Params; hover a field for its meaning)", open=False):
+    with gr.Accordion("Parameters (the task's Params dataclass; each field's docstring under its name)", open=False):
 
         @gr.render(inputs=[task_dd])
         def params_form(task_name: str) -> None:

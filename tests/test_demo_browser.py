@@ -136,7 +136,7 @@ def test_the_params_form_shows_field_docs_and_a_bad_value_shows_an_error(page):
     open_tab(page, "Tasks")
     choose(page, "task-select", "image_jigsaw")
     page.wait_for_selector("#task-status:has-text('image_jigsaw-000000')")
-    page.click("text=Parameters (the task's Params")
+    page.click("text=Parameters (the task's Params dataclass")
     rows_field = page.locator(".param-field", has_text="rows").first
     rows_field.wait_for()
     assert "row" in rows_field.inner_text().lower()  # the field's docstring is its help text
