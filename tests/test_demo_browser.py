@@ -264,3 +264,19 @@ def test_typed_paths_are_confined_to_the_roots(tmp_path: Path):
     assert check_uploads([big], max_mb=3) == [big]
     with pytest.raises(Exception, match="big.bin is 2.0 MB; the limit is 1 MB"):
         check_uploads([big], max_mb=1)
+
+
+def test_every_task_gets_a_params_form_that_round_trips_its_defaults():
+    from mmrl import registry
+
+    for name in registry.task_names():
+        fields = task_view.params_form(name)
+        assert fields, name
+        untouched = {f.name: f.default for f in fields}
+        assert task_view.form_values(name, untouched) == {}, name  # an untouched form changes nothing
+        assert (
+            registry.get_task(name, **task_view.form_values(name, untouched)).params == registry.get_task(name).params
+        )
+        assert sum(bool(f.doc) for f in fields) == len(fields), [f.name for f in fields if not f.doc]
+    changed = task_view.form_values("image_jigsaw", {"rows": 2.0, "composed": True})
+    assert changed == {"rows": 2, "composed": True} and isinstance(changed["rows"], int)
