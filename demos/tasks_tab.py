@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 
 from demos import task_view
 from demos.context import DemoContext
@@ -19,9 +20,12 @@ log = logging.getLogger(__name__)
 
 MAX_VIDEOS = 8
 """Video players on the page; a sample with more videos shows the first ones (and says so)."""
+MAX_PANELS = 6
+"""Evidence panels on the page (no task draws more today)."""
 VIDEOS_PER_ROW = 4
 VIDEO_HEIGHT = 200
 DEFAULT_TASK = "image_jigsaw"
+EMPTY_SCORES = pd.DataFrame(columns=["who", "reward", "completion"])
 
 
 def error_text(e: Exception) -> str:
@@ -88,20 +92,25 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
         with gr.Column(scale=2):
             truth = gr.Textbox(label="Ground truth", interactive=False, elem_id="task-truth")
             reference = gr.Textbox(label="Reference completion", interactive=False, elem_id="task-reference")
-            evidence = gr.Gallery(
-                label="Evidence", columns=1, height="auto", object_fit="contain", elem_id="task-evidence"
-            )
-    with gr.Row():
-        answer = gr.Textbox(
-            label="Your answer (a completion, e.g. <answer>...</answer>)", scale=4, elem_id="task-answer"
-        )
-        score_btn = gr.Button("Score", scale=1, elem_id="task-score")
+            answer = gr.Textbox(label="Your answer (a completion, e.g. <answer>...</answer>)", elem_id="task-answer")
+            score_btn = gr.Button("Score", elem_id="task-score")
     score_note = gr.Markdown("")
     scores = gr.Dataframe(
-        label="Reward, part by part", interactive=False, wrap=True, max_chars=70, elem_id="task-scores"
+        value=EMPTY_SCORES,
+        label="Reward, part by part, next to the baselines",
+        interactive=False,
+        wrap=True,
+        max_chars=70,
+        elem_id="task-scores",
     )
+    with gr.Column(elem_id="task-evidence"):
+        gr.Markdown("**Evidence**: the task's proof of the answer, made from the sample's own media")
+        panels = [
+            gr.Image(type="pil", interactive=False, visible=False, elem_id=f"task-evidence-{i}")
+            for i in range(MAX_PANELS)
+        ]
 
-    outputs = [drawn_state, status, prompt, images, truth, reference, evidence, score_note, scores, *videos]
+    outputs = [drawn_state, status, prompt, images, truth, reference, score_note, scores, *videos, *panels]
 
     def show(task_name: str, params: dict, source_kind: str, files: list | None, seed_value: float | None) -> list:
         try:
@@ -121,7 +130,8 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
             shown = task_view.view(drawn, Path(tempfile.mkdtemp(prefix="videos-", dir=ctx.work_dir)))
         except Exception as e:  # any task failure is shown on the page; the app stays up
             log.warning("task %s failed: %s", task_name, e)
-            return [None, error_text(e), "", [], "", "", [], "", None, *[gr.update(visible=False) for _ in videos]]
+            hidden = [gr.update(visible=False) for _ in (*videos, *panels)]
+            return [None, error_text(e), "", [], "", "", "", EMPTY_SCORES, *hidden]
         note = f"Sample `{drawn.sample.id}` of task `{task_name}` (seed {drawn.seed})."
         if len(shown.videos) > MAX_VIDEOS:
             note += f" Showing the first {MAX_VIDEOS} of {len(shown.videos)} videos."
@@ -133,9 +143,18 @@ def build(ctx: DemoContext, blocks: gr.Blocks, drawn_state: gr.State) -> None:
             else gr.update(value=None, visible=False)
             for i in range(MAX_VIDEOS)
         ]
+        if len(shown.evidence) > MAX_PANELS:
+            note += f" Showing the first {MAX_PANELS} of {len(shown.evidence)} evidence panels."
+        panel_updates = [
+            gr.update(value=shown.evidence[i][0], label=shown.evidence[i][1], visible=True)
+            if i < len(shown.evidence)
+            else gr.update(value=None, visible=False)
+            for i in range(MAX_PANELS)
+        ]
         pictures = gr.update(value=shown.images, visible=bool(shown.images))
-        shown_parts = [shown.prompt, pictures, shown.answer, shown.reference, shown.evidence]
-        return [drawn, note, *shown_parts, "", None, *video_updates]  # an earlier sample's scores are cleared
+        shown_parts = [shown.prompt, pictures, shown.answer, shown.reference]
+        # an earlier sample's scores are cleared
+        return [drawn, note, *shown_parts, "", EMPTY_SCORES, *video_updates, *panel_updates]
 
     inputs = [task_dd, params_state, source, uploads, seed]
     draw_btn.click(show, inputs=inputs, outputs=outputs)
