@@ -223,6 +223,24 @@ def cmd_serve_data(args: argparse.Namespace) -> None:
     serve(cfg)
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    try:
+        from demos.app import launch  # gradio loads only here: `mmrl --help` stays fast
+        from demos.context import DemoContext
+        from demos.safety import Roots
+    except ImportError as e:
+        raise MMRLError(f"mmrl demo needs the demo extra: pip install 'mmrl[demo]' ({e})") from e
+    from mmrl.config import CorpusConfig, load_config
+
+    if args.max_upload_mb <= 0:
+        raise MMRLError(f"--max-upload-mb must be > 0, got {args.max_upload_mb:g}")
+    corpus = load_config(CorpusConfig, args.config, args.overrides)
+    ctx = DemoContext(corpus=corpus, roots=Roots.of(args.root or [Path.cwd()]), max_upload_mb=args.max_upload_mb)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.share:
+        print(f"mmrl demo: serving on {args.host}: every machine that reaches it can use the app", file=sys.stderr)
+    launch(ctx, host=args.host, port=args.port, share=args.share)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mmrl.config import CorpusConfig, ModelConfig, RunConfig
     from mmrl.dataserver.server_config import ServerConfig
@@ -465,6 +483,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpr", type=float, default=1.0, help="Mind2Web / BrowserGym device pixel ratio (1)")
     p.add_argument("--viewport", default="1280x720", help="Mind2Web window WxH in CSS px cut from full pages")
     p.set_defaults(func=cmd_import_gui)
+
+    p = verbs.add_parser(
+        "demo",
+        help="the Gradio app: see every task, try a model on it, watch a spy game, a run and a dataset",
+        description="Serve the demo app (docs/demo.md) on http://127.0.0.1:PORT. Tabs: Tasks (any registered task, "
+        "its parameters form, default or uploaded sources, the sample as the model sees it with its evidence, a "
+        "typed answer scored next to the random and best-constant baselines), Model (sample K completions and "
+        "their group advantages), Spy game, Runs (curves of a run folder, refreshed while it runs) and Datasets. "
+        "Paths typed in the page must lie inside a --root folder (default: the current folder). Overrides "
+        "`key=value` set the default corpus (as for `mmrl corpus`).\n\nexamples:\n  mmrl demo"
+        "\n  mmrl demo --root runs --root data --port 7861",
+        formatter_class=formatter,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_int_at_least(1), default=7860, help="TCP port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio.live link (off by default)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        action="append",
+        help="a folder whose runs, datasets and checkpoints the page may open (repeatable; default: the current one)",
+    )
+    p.add_argument("--max-upload-mb", type=_non_negative_float, default=50.0, help="largest upload, MB (default 50)")
+    _add_config_args(p, CorpusConfig)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

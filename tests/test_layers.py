@@ -13,7 +13,7 @@ import pytest
 from importlinter.api import read_configuration
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mmrl", "pretext_tasks", "games", "rewards")
+PACKAGES = ("mmrl", "pretext_tasks", "games", "rewards", "demos")
 LINT = Path(sys.executable).parent / "lint-imports"
 
 
