@@ -254,25 +254,20 @@ def _axis_runs(n_depth: int, n_colour: int, k: int, border: int) -> tuple[np.nda
     return runs
 
 
-def _run_window_reduce(a: np.ndarray, window: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum and maximum of `a` along `axis` over each run's window (`_axis_runs`: one run per
-    output slot); a window reaching outside the image gives 0, as `_window_filter` pads with 0.
+def _run_window_reduce(a: np.ndarray, window: np.ndarray, axis: int, op: np.ufunc) -> np.ndarray:
+    """`op` (np.minimum or np.maximum) of `a` along `axis` over each run's window (`_axis_runs`: one
+    run per output slot); a window reaching outside the image gives 0, as `_window_filter` pads with 0.
 
     A window lists its distinct indices first, then repeats its largest, so only the first slots that
     hold a new index for some run are gathered (3 when depth is upscaled about 2x with k = 5)."""
     valid = window[:, 0] >= 0
     fresh = (window[valid, 1:] != window[valid, :-1]).any(axis=0)
     slots = 1 + (int(np.flatnonzero(fresh)[-1]) + 1 if fresh.any() else 0)
-    low = np.take(a, np.where(valid, window[:, 0], 0), axis=axis)
-    high = low.copy()
+    out = np.take(a, np.where(valid, window[:, 0], 0), axis=axis)
     for slot in range(1, slots):
-        values = np.take(a, np.where(valid, window[:, slot], 0), axis=axis)
-        np.minimum(low, values, out=low)
-        np.maximum(high, values, out=high)
-    outside = (slice(None),) * axis + (~valid,)
-    low[outside] = 0
-    high[outside] = 0
-    return low, high
+        op(out, np.take(a, np.where(valid, window[:, slot], 0), axis=axis), out=out)
+    out[(slice(None),) * axis + (~valid,)] = 0
+    return out
 
 
 @dataclass(frozen=True)
@@ -335,9 +330,9 @@ def _block_candidates(
     with np.errstate(invalid="ignore"):
         grid = (z_grid >= params.min_depth) & (z_grid <= params.max_depth)
         any_valid = bool((grid & (z_grid > 0)).any())
-        col_low, col_high = _run_window_reduce(depth, col_window, 1)
-        low = to_metres(_run_window_reduce(col_low, row_window, 0)[0])
-        high = to_metres(_run_window_reduce(col_high, row_window, 0)[1])
+        low = _run_window_reduce(_run_window_reduce(depth, col_window, 1, np.minimum), row_window, 0, np.minimum)
+        high = _run_window_reduce(_run_window_reduce(depth, col_window, 1, np.maximum), row_window, 0, np.maximum)
+        low, high = to_metres(low), to_metres(high)
         grid &= low > 0
         grid &= high - low <= np.float32(params.edge_max_range)
     if not (height > 2 * b and width > 2 * b):  # as `candidate_mask`: then no pixel is inside
@@ -346,7 +341,9 @@ def _block_candidates(
     grid &= col_inside[None, :]
     row_height = np.diff(np.append(row_start, height))
     col_width = np.diff(np.append(col_start, width))
-    row_count = np.rint(grid.astype(np.float64) @ col_width.astype(np.float64)).astype(np.int64)
+    # Candidates per colour row by a matrix product: exact in float32 (BLAS) below 2**24 pixels a row.
+    exact = np.float32 if width < 2**24 else np.float64
+    row_count = np.rint(grid.astype(exact) @ col_width.astype(exact)).astype(np.int64)
     count = int(row_count @ row_height)
     z_min = float(np.min(z_grid, where=grid, initial=np.inf)) if count else 0.0
     z_max = float(np.max(z_grid, where=grid, initial=-np.inf)) if count else 0.0
@@ -414,14 +411,15 @@ def _draw_block_points(cand: _BlockCandidates, params: DepthJigsawParams, rng: n
     kill = np.empty(cand.grid.shape, dtype=bool)
     for _ in range(params.max_tries):
         grid = cand.grid.copy()
+        flat_grid = grid.ravel()
         row_count = cand.row_count.copy()
         near = np.zeros((height, width), dtype=bool)  # closer than min_pixel_distance to an accepted point
-        near_rows, near_cols = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        near_rows, near_blocks = np.zeros(0, np.int64), np.zeros(0, np.int64)  # pixels of `near`
         chosen: list[DepthPoint] = []
         while len(chosen) < k:
             per_row = row_count[cand.row_block]
             if len(near_rows):
-                hit = grid[cand.row_block[near_rows], cand.col_block[near_cols]]
+                hit = flat_grid[near_blocks]
                 per_row = per_row - np.bincount(near_rows[hit], minlength=height)
             ends = np.cumsum(per_row)
             total = int(ends[-1])
@@ -438,7 +436,7 @@ def _draw_block_points(cand: _BlockCandidates, params: DepthJigsawParams, rng: n
             kill &= cand.z_grid <= hi
             kill &= grid
             gone = np.flatnonzero(kill)
-            grid.ravel()[gone] = False
+            flat_grid[gone] = False
             lost = np.bincount(gone // run_cols, weights=cand.col_width[gone % run_cols], minlength=runs)
             row_count -= np.rint(lost).astype(np.int64)
             # Pixels: the disc of the accepted point, added to the mask (pixels already in it count once).
@@ -446,8 +444,10 @@ def _draw_block_points(cand: _BlockCandidates, params: DepthJigsawParams, rng: n
             patch = disc[r0 - r + reach : r1 - r + reach, c0 - c + reach : c1 - c + reach]
             fresh_rows, fresh_cols = np.nonzero(patch & ~near[r0:r1, c0:c1])
             near[r0:r1, c0:c1] |= patch
-            near_rows = np.concatenate([near_rows, fresh_rows + r0])
-            near_cols = np.concatenate([near_cols, fresh_cols + c0])
+            fresh_rows += r0
+            fresh_blocks = cand.row_block[fresh_rows] * run_cols + cand.col_block[fresh_cols + c0]
+            near_rows = np.concatenate([near_rows, fresh_rows])
+            near_blocks = np.concatenate([near_blocks, fresh_blocks])
         if len(chosen) == k:
             return sorted(chosen, key=lambda p: p.depth)
     raise SkipItem(
