@@ -23,6 +23,11 @@ The method:
 3. A cheap necessary condition is checked first: the candidates' depths must span more than
    (K − 1)·`min_depth_gap`. A source that fails raises `SkipItem` (`no_valid_depth` when no pixel
    has valid depth in range, `depth_constraints_unsatisfiable` otherwise); loops skip and count it.
+
+Speed, not results: `rgbd_candidates` caches a source's candidates; when the depth map is smaller than
+the colour image, they are kept as blocks of alike pixels at the depth map's resolution (about one per
+depth pixel, `_block_candidates`) and drawn from with `_draw_block_points`, which consumes `rng` as
+the pixel sampler does and returns the same points. The registered depth is never built then.
 """
 
 from __future__ import annotations
@@ -319,7 +324,7 @@ def _block_candidates(
         raise MMRLError(f"depth map must be 2-D (H, W), got shape {depth.shape}")
 
     def to_metres(values: np.ndarray) -> np.ndarray:
-        return values if metres is None else metres[values]
+        return values if metres is None else np.take(metres, values)  # take: faster than indexing
 
     width, height = size
     k, b = params.edge_window, params.border
