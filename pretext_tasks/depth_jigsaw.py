@@ -182,8 +182,11 @@ def font_name(params: DepthJigsawParams) -> str:
     return " ".join(font.getname()) if isinstance(font, ImageFont.FreeTypeFont) else "PIL bitmap default"
 
 
-def draw_markers(image: Image.Image, centres: Sequence[tuple[int, int]], params: DepthJigsawParams) -> Image.Image:
+def draw_markers(
+    image: Image.Image, centres: Sequence[tuple[int, int]], params: DepthJigsawParams, *, in_place: bool = False
+) -> Image.Image:
     """`image` with a numbered marker at each (row, col) of `centres`: the i-th gets label i+1.
+    `in_place`: an RGB `image` may be drawn on and returned (saves a copy of a large image).
 
     Each marker: a circle of `marker_radius` filled with `marker_fill` (RGBA), outlined in
     `marker_outline`, the number centred in `label_color`; alpha-composited in one layer.
@@ -198,7 +201,7 @@ def draw_markers(image: Image.Image, centres: Sequence[tuple[int, int]], params:
     everything = [([0, 0, image.width, image.height], list(range(1, len(centres) + 1)))]
     reach = max(r + params.marker_outline_width, params.font_size * len(str(len(centres)))) + 3
     if 32 * len(centres) * (2 * reach + 1) ** 2 > image.width * image.height:  # small image: one layer
-        return _composite_markers(image, centres, everything, params)
+        return _composite_markers(image, centres, everything, params, in_place)
     measure = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
     groups: list[tuple[list[int], list[int]]] = []  # (box, labels drawn in it)
     for label, (row, col) in enumerate(centres, start=1):
@@ -222,7 +225,7 @@ def draw_markers(image: Image.Image, centres: Sequence[tuple[int, int]], params:
                 del groups[j]
                 merged = True
                 break
-    return _composite_markers(image, centres, groups, params)
+    return _composite_markers(image, centres, groups, params, in_place)
 
 
 def _composite_markers(
@@ -230,17 +233,23 @@ def _composite_markers(
     centres: Sequence[tuple[int, int]],
     groups: list[tuple[list[int], list[int]]],
     params: DepthJigsawParams,
+    in_place: bool,
 ) -> Image.Image:
     """`image` with, in each (box, labels) of `groups`, those markers drawn on a layer of the box's size
     and alpha-composited; markers are drawn in label order, as on one layer."""
     font = load_font(params.font, params.font_size)
     r = params.marker_radius
     whole = len(groups) == 1 and groups[0][0] == [0, 0, *image.size]
-    out = image if whole else image.copy() if image.mode == "RGB" else image.convert("RGB")
+    if whole:
+        out = image
+    elif image.mode == "RGB":
+        out = image if in_place else image.copy()
+    else:
+        out = image.convert("RGB")
     for (x0, y0, x1, y1), labels in groups:
         if x1 <= x0 or y1 <= y0:
             continue
-        base = out.convert("RGBA") if out is image else out.crop((x0, y0, x1, y1)).convert("RGBA")
+        base = out.convert("RGBA") if whole else out.crop((x0, y0, x1, y1)).convert("RGBA")
         layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
         draw = ImageDraw.Draw(layer)
         for label in sorted(labels):  # in label order, as on one full-size layer
@@ -253,7 +262,7 @@ def _composite_markers(
             )
             draw.text((col, row), str(label), fill=params.label_color, font=font, anchor="mm")
         marked = Image.alpha_composite(base, layer).convert("RGB")
-        if out is image:
+        if whole:
             return marked
         out.paste(marked, (x0, y0))
     return out
@@ -396,14 +405,14 @@ class DepthJigsaw(OrderingTask):
         if isinstance(source_item, RGBDItem):  # the depth's candidates are cached per file
             from mmrl import media
 
-            image = media.load_image(source_item.rgb_path).convert("RGB")
+            image = media.load_image(source_item.rgb_path)  # always RGB (a convert would copy it)
             points = draw_points(rgbd_candidates(source_item, image.size, p), p, sub)
         else:
             image, depth = load_rgbd(source_item, p)
             points = sample_points(depth, p, sub)
         shuffle = shuffle_and_label(p.points, sub)
         shown = shuffle.shown(points)
-        marked = draw_markers(image, [(q.row, q.col) for q in shown], p)
+        marked = draw_markers(image, [(q.row, q.col) for q in shown], p, in_place=True)  # image is ours
         if p.resize_to is not None:
             marked = marked.resize(p.resize_to, Image.Resampling.BICUBIC)
         messages: list[dict[str, Any]] = []

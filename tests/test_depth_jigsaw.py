@@ -526,7 +526,9 @@ def test_markers_drawn_in_boxes_equal_one_full_size_layer() -> None:
         centres += [(int(rng.integers(0, image.height)), int(rng.integers(0, image.width))) for _ in range(6)]
         centres = centres[: params.points]
         drawn = draw_markers(image, centres, params)
-        assert np.array_equal(np.asarray(drawn), np.asarray(_markers_reference(image, centres, params)))
+        expected = np.asarray(_markers_reference(image, centres, params))
+        assert np.array_equal(np.asarray(drawn), expected)
+        assert np.array_equal(np.asarray(draw_markers(image.copy(), centres, params, in_place=True)), expected)
         assert drawn is not image and np.array_equal(np.asarray(image), np.asarray(big if trial % 4 else image))
 
 
