@@ -259,20 +259,25 @@ def _axis_runs(n_depth: int, n_colour: int, k: int, border: int) -> tuple[np.nda
     return runs
 
 
-def _run_window_reduce(a: np.ndarray, window: np.ndarray, axis: int, op: np.ufunc) -> np.ndarray:
-    """`op` (np.minimum or np.maximum) of `a` along `axis` over each run's window (`_axis_runs`: one
-    run per output slot); a window reaching outside the image gives 0, as `_window_filter` pads with 0.
+def _run_window_reduce(a: np.ndarray, window: np.ndarray, axis: int, ops: tuple[np.ufunc, ...]) -> list[np.ndarray]:
+    """Each of `ops` (np.minimum, np.maximum) of `a` along `axis` over each run's window (`_axis_runs`:
+    one run per output slot); a window reaching outside the image gives 0, as `_window_filter` pads
+    with 0. Each gather serves every op.
 
     A window lists its distinct indices first, then repeats its largest, so only the first slots that
     hold a new index for some run are gathered (3 when depth is upscaled about 2x with k = 5)."""
     valid = window[:, 0] >= 0
     fresh = (window[valid, 1:] != window[valid, :-1]).any(axis=0)
     slots = 1 + (int(np.flatnonzero(fresh)[-1]) + 1 if fresh.any() else 0)
-    out = np.take(a, np.where(valid, window[:, 0], 0), axis=axis)
+    first = np.take(a, np.where(valid, window[:, 0], 0), axis=axis)
+    outs = [first] + [first.copy() for _ in ops[1:]]
     for slot in range(1, slots):
-        op(out, np.take(a, np.where(valid, window[:, slot], 0), axis=axis), out=out)
-    out[(slice(None),) * axis + (~valid,)] = 0
-    return out
+        values = np.take(a, np.where(valid, window[:, slot], 0), axis=axis)
+        for op, out in zip(ops, outs):
+            op(out, values, out=out)
+    for out in outs:
+        out[(slice(None),) * axis + (~valid,)] = 0
+    return outs
 
 
 @dataclass(frozen=True)
@@ -307,37 +312,28 @@ class _BlockCandidates:
         return sum(a.nbytes for a in arrays)
 
 
-def _block_candidates(
-    depth: np.ndarray, size: tuple[int, int], params: DepthJigsawParams, metres: np.ndarray | None = None
-) -> _BlockCandidates:
+def _block_candidates(depth: np.ndarray, size: tuple[int, int], params: DepthJigsawParams) -> _BlockCandidates:
     """The candidates `_candidates(register_depth(depth, size), params)` finds, as blocks; the window
     filters run on the depth map's own resolution (per run of columns, then per run of rows).
 
-    `metres`: None, or a non-decreasing float32 table of the metres of each raw value, `depth` then
-    holding raw integers (a 16-bit PNG as read, see `_read_depth`). Window minima and maxima commute
-    with a non-decreasing map, so they are taken on the raw values and looked up after.
     `register_depth` turns NaN, ±inf and negative depth into 0 first; here they are left as they are,
     with the same outcome: each fails the range test, and a window holding one fails the window test
     (its minimum is NaN, negative or 0, or its range is NaN or inf)."""
-    depth = np.asarray(depth) if metres is not None else np.asarray(depth, dtype=np.float32)
+    depth = np.asarray(depth, dtype=np.float32)
     if depth.ndim != 2:
         raise MMRLError(f"depth map must be 2-D (H, W), got shape {depth.shape}")
-
-    def to_metres(values: np.ndarray) -> np.ndarray:
-        return values if metres is None else np.take(metres, values)  # take: faster than indexing
-
     width, height = size
     k, b = params.edge_window, params.border
     row_start, row_window, row_inside = _axis_runs(depth.shape[0], height, k, b)
     col_start, col_window, col_inside = _axis_runs(depth.shape[1], width, k, b)
     rows, cols = _axis_map(depth.shape[0], height), _axis_map(depth.shape[1], width)
-    z_grid = to_metres(np.take(np.take(depth, rows[row_start], axis=0), cols[col_start], axis=1))
+    z_grid = np.take(np.take(depth, rows[row_start], axis=0), cols[col_start], axis=1)
     with np.errstate(invalid="ignore"):
         grid = (z_grid >= params.min_depth) & (z_grid <= params.max_depth)
         any_valid = bool((grid & (z_grid > 0)).any())
-        low = _run_window_reduce(_run_window_reduce(depth, col_window, 1, np.minimum), row_window, 0, np.minimum)
-        high = _run_window_reduce(_run_window_reduce(depth, col_window, 1, np.maximum), row_window, 0, np.maximum)
-        low, high = to_metres(low), to_metres(high)
+        col_low, col_high = _run_window_reduce(depth, col_window, 1, (np.minimum, np.maximum))
+        (low,) = _run_window_reduce(col_low, row_window, 0, (np.minimum,))
+        (high,) = _run_window_reduce(col_high, row_window, 0, (np.maximum,))
         grid &= low > 0
         grid &= high - low <= np.float32(params.edge_max_range)
     if not (height > 2 * b and width > 2 * b):  # as `candidate_mask`: then no pixel is inside
@@ -414,6 +410,7 @@ def _draw_block_points(cand: _BlockCandidates, params: DepthJigsawParams, rng: n
     offsets = np.arange(-reach, reach + 1)
     disc = (offsets[:, None] ** 2 + offsets[None, :] ** 2).astype(np.float64) < min_d2
     kill = np.empty(cand.grid.shape, dtype=bool)
+    widths = cand.col_width.astype(np.float32 if width < 2**24 else np.float64)
     for _ in range(params.max_tries):
         grid = cand.grid.copy()
         flat_grid = grid.ravel()
@@ -440,10 +437,9 @@ def _draw_block_points(cand: _BlockCandidates, params: DepthJigsawParams, rng: n
             np.greater_equal(cand.z_grid, lo, out=kill)
             kill &= cand.z_grid <= hi
             kill &= grid
-            gone = np.flatnonzero(kill)
-            flat_grid[gone] = False
-            lost = np.bincount(gone // run_cols, weights=cand.col_width[gone % run_cols], minlength=runs)
-            row_count -= np.rint(lost).astype(np.int64)
+            grid &= ~kill
+            # Pixels lost per colour row of each row-run: a matrix product, exact as in _block_candidates.
+            row_count -= np.rint(kill.astype(widths.dtype) @ widths).astype(np.int64)
             # Pixels: the disc of the accepted point, added to the mask (pixels already in it count once).
             r0, r1, c0, c1 = max(r - reach, 0), min(r + reach + 1, height), max(c - reach, 0), min(c + reach + 1, width)
             patch = disc[r0 - r + reach : r1 - r + reach, c0 - c + reach : c1 - c + reach]
@@ -477,10 +473,10 @@ def _metres_table(scale: float) -> np.ndarray:
     return table
 
 
-def _read_depth(path: Path, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """(depth, metres): a 16-bit depth PNG as its raw values with `_metres_table(scale)`, which gives
-    exactly `mmrl.media.load_depth`'s metres; any other file through `load_depth` itself (metres None),
-    which also raises the clear error for a missing or broken file."""
+def _read_depth(path: Path, scale: float) -> np.ndarray:
+    """`mmrl.media.load_depth(path, scale)`, the same float32 metres; a 16-bit PNG (ScanNet, NYU, TUM)
+    by a lookup in `_metres_table` instead of float64 arithmetic on every pixel. Other files, and
+    missing or broken ones (its clear error), go through `load_depth` itself."""
     from PIL import Image
 
     from mmrl import media
@@ -489,10 +485,10 @@ def _read_depth(path: Path, scale: float) -> tuple[np.ndarray, np.ndarray | None
         try:
             with Image.open(path) as im:
                 if im.mode in ("I;16", "I;16B", "I;16L"):
-                    return np.asarray(im).astype(np.uint16), _metres_table(float(scale))
+                    return np.take(_metres_table(float(scale)), np.asarray(im).astype(np.uint16))
         except Exception:  # noqa: BLE001 - load_depth below reports what is wrong with the file
             pass
-    return media.load_depth(path, scale), None
+    return media.load_depth(path, scale)
 
 
 def rgbd_candidates(item: Any, size: tuple[int, int], params: DepthJigsawParams) -> _Candidates | _BlockCandidates:
@@ -523,11 +519,11 @@ def rgbd_candidates(item: Any, size: tuple[int, int], params: DepthJigsawParams)
         if hit is not None:
             _CANDIDATE_CACHE.move_to_end(key)
             return hit
-    depth, metres = _read_depth(path, item.depth_scale)
+    depth = _read_depth(path, item.depth_scale)
     if depth.shape != (size[1], size[0]):  # registered by blocks, never at the colour resolution
-        cand: _Candidates | _BlockCandidates = _block_candidates(depth, size, params, metres)
+        cand: _Candidates | _BlockCandidates = _block_candidates(depth, size, params)
     else:
-        cand = _candidates(register_depth(depth if metres is None else metres[depth], size), params)
+        cand = _candidates(register_depth(depth, size), params)
     if stamp is not None:
         with _CANDIDATE_CACHE_LOCK:
             _CANDIDATE_CACHE[key] = cand

@@ -39,7 +39,7 @@ from pretext_tasks.depth_points import (
     _block_candidates,
     _BlockCandidates,
     _conflict_bounds,
-    _metres_table,
+    _read_depth,
     candidate_mask,
     draw_points,
     register_depth,
@@ -454,9 +454,9 @@ def _markers_reference(image: Image.Image, centres: list, params: DepthJigsawPar
     return Image.alpha_composite(base, layer).convert("RGB")
 
 
-def _block_points_or_reason(depth: np.ndarray, size: tuple, params: DepthJigsawParams, seed: int, metres=None):
+def _block_points_or_reason(depth: np.ndarray, size: tuple, params: DepthJigsawParams, seed: int) -> object:
     try:
-        return draw_points(_block_candidates(depth, size, params, metres), params, np.random.default_rng(seed))
+        return draw_points(_block_candidates(depth, size, params), params, np.random.default_rng(seed))
     except SkipItem as e:
         return e.reason
 
@@ -475,20 +475,17 @@ def test_block_sampler_draws_the_points_of_the_registered_depth(tmp_path: Path) 
         depth = scene_rendering(300 + seed).depth.astype(np.float32)
         if seed == 1:  # invalid values stay invalid without the cleaning pass
             depth[:, 40:44], depth[100:103, :], depth[20:30, 200:230] = np.nan, np.inf, -1.0
-        raw = np.clip(np.rint(np.nan_to_num(depth, posinf=0) * 1000), 0, 65535).astype(np.uint16)
-        metres = _metres_table(1000.0)
         for size, params in itertools.product(sizes if seed == 0 else sizes[:1], variants):
             registered = register_depth(depth, size)
             for draw_seed in range(2):
                 expected = _points_or_reason(registered, params, draw_seed)
                 assert _block_points_or_reason(depth, size, params, draw_seed) == expected, (seed, size, params)
-            # A 16-bit depth PNG's raw values with the metres table == its metres as load_depth gives them.
-            expected = _points_or_reason(register_depth(metres[raw], size), params, 0)
-            assert _block_points_or_reason(raw, size, params, 0, metres) == expected
-    # The table is load_depth's conversion, value by value.
-    values = np.arange(0, 2**16, 7, dtype=np.uint16).reshape(1, -1)
-    Image.fromarray(values).save(tmp_path / "values.png")
-    assert np.array_equal(_metres_table(1000.0)[values], media.load_depth(tmp_path / "values.png", 1000.0))
+    # 16-bit depth PNGs are read through a table of metres: exactly load_depth's float32 metres.
+    Image.fromarray(np.arange(2**16, dtype=np.uint16).reshape(256, 256)).save(tmp_path / "d.png")
+    for scale in (1000.0, 5000.0, 1.0, 0.37):
+        assert np.array_equal(_read_depth(tmp_path / "d.png", scale), media.load_depth(tmp_path / "d.png", scale))
+    with pytest.raises(MediaError, match="not found"):
+        _read_depth(tmp_path / "missing.png", 1000.0)
     # Skips: no valid depth, too few candidates, too little depth span.
     assert _block_points_or_reason(np.zeros((48, 64), np.float32), (130, 97), p, 0) == "no_valid_depth"
     wall = np.full((48, 64), 2.0, np.float32)
