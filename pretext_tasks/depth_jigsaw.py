@@ -18,6 +18,7 @@ centred number) are alpha-composited at native resolution, then the image is opt
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -181,26 +182,90 @@ def font_name(params: DepthJigsawParams) -> str:
     return " ".join(font.getname()) if isinstance(font, ImageFont.FreeTypeFont) else "PIL bitmap default"
 
 
-def draw_markers(image: Image.Image, centres: Sequence[tuple[int, int]], params: DepthJigsawParams) -> Image.Image:
+def draw_markers(
+    image: Image.Image, centres: Sequence[tuple[int, int]], params: DepthJigsawParams, *, in_place: bool = False
+) -> Image.Image:
     """`image` with a numbered marker at each (row, col) of `centres`: the i-th gets label i+1.
+    `in_place`: an RGB `image` may be drawn on and returned (saves a copy of a large image).
 
     Each marker: a circle of `marker_radius` filled with `marker_fill` (RGBA), outlined in
     `marker_outline`, the number centred in `label_color`; alpha-composited in one layer.
+
+    The layer is transparent away from the markers, and compositing is per pixel, so on a large image
+    (boxes under 1/32 of it) only the boxes around the markers are composited, boxes that overlap
+    merged first; the pixels equal those of compositing a layer as large as the image (the test
+    `tests/test_depth_jigsaw.py::test_markers_drawn_in_boxes_equal_one_full_size_layer` checks it).
     """
-    base = image.convert("RGBA")
-    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
     font = load_font(params.font, params.font_size)
     r = params.marker_radius
+    everything = [([0, 0, image.width, image.height], list(range(1, len(centres) + 1)))]
+    reach = max(r + params.marker_outline_width, params.font_size * len(str(len(centres)))) + 3
+    if 32 * len(centres) * (2 * reach + 1) ** 2 > image.width * image.height:  # small image: one layer
+        return _composite_markers(image, centres, everything, params, in_place)
+    measure = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
+    groups: list[tuple[list[int], list[int]]] = []  # (box, labels drawn in it)
     for label, (row, col) in enumerate(centres, start=1):
-        draw.ellipse(
-            (col - r, row - r, col + r, row + r),
-            fill=params.marker_fill,
-            outline=params.marker_outline,
-            width=params.marker_outline_width,
-        )
-        draw.text((col, row), str(label), fill=params.label_color, font=font, anchor="mm")
-    return Image.alpha_composite(base, layer).convert("RGB")
+        left, top, right, bottom = measure.textbbox((col, row), str(label), font=font, anchor="mm")
+        pad = 2  # antialiasing and outline rounding stay inside
+        box = [
+            min(col - r, left) - pad,
+            min(row - r, top) - pad,
+            max(col + r, right) + pad + 1,
+            max(row + r, bottom) + pad + 1,
+        ]
+        groups.append(([max(box[0], 0), max(box[1], 0), min(box[2], image.width), min(box[3], image.height)], [label]))
+    merged = True
+    while merged:  # merge overlapping boxes, so that no pixel is composited twice
+        merged = False
+        for i, j in itertools.combinations(range(len(groups)), 2):
+            (a, in_a), (b, in_b) = groups[i], groups[j]
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                box = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                groups[i] = (box, in_a + in_b)
+                del groups[j]
+                merged = True
+                break
+    return _composite_markers(image, centres, groups, params, in_place)
+
+
+def _composite_markers(
+    image: Image.Image,
+    centres: Sequence[tuple[int, int]],
+    groups: list[tuple[list[int], list[int]]],
+    params: DepthJigsawParams,
+    in_place: bool,
+) -> Image.Image:
+    """`image` with, in each (box, labels) of `groups`, those markers drawn on a layer of the box's size
+    and alpha-composited; markers are drawn in label order, as on one layer."""
+    font = load_font(params.font, params.font_size)
+    r = params.marker_radius
+    whole = len(groups) == 1 and groups[0][0] == [0, 0, *image.size]
+    if whole:
+        out = image
+    elif image.mode == "RGB":
+        out = image if in_place else image.copy()
+    else:
+        out = image.convert("RGB")
+    for (x0, y0, x1, y1), labels in groups:
+        if x1 <= x0 or y1 <= y0:
+            continue
+        base = out.convert("RGBA") if whole else out.crop((x0, y0, x1, y1)).convert("RGBA")
+        layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(layer)
+        for label in sorted(labels):  # in label order, as on one full-size layer
+            row, col = centres[label - 1][0] - y0, centres[label - 1][1] - x0
+            draw.ellipse(
+                (col - r, row - r, col + r, row + r),
+                fill=params.marker_fill,
+                outline=params.marker_outline,
+                width=params.marker_outline_width,
+            )
+            draw.text((col, row), str(label), fill=params.label_color, font=font, anchor="mm")
+        marked = Image.alpha_composite(base, layer).convert("RGB")
+        if whole:
+            return marked
+        out.paste(marked, (x0, y0))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,14 +405,14 @@ class DepthJigsaw(OrderingTask):
         if isinstance(source_item, RGBDItem):  # the depth's candidates are cached per file
             from mmrl import media
 
-            image = media.load_image(source_item.rgb_path).convert("RGB")
+            image = media.load_image(source_item.rgb_path)  # always RGB (a convert would copy it)
             points = draw_points(rgbd_candidates(source_item, image.size, p), p, sub)
         else:
             image, depth = load_rgbd(source_item, p)
             points = sample_points(depth, p, sub)
         shuffle = shuffle_and_label(p.points, sub)
         shown = shuffle.shown(points)
-        marked = draw_markers(image, [(q.row, q.col) for q in shown], p)
+        marked = draw_markers(image, [(q.row, q.col) for q in shown], p, in_place=True)  # image is ours
         if p.resize_to is not None:
             marked = marked.resize(p.resize_to, Image.Resampling.BICUBIC)
         messages: list[dict[str, Any]] = []

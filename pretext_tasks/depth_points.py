@@ -23,10 +23,16 @@ The method:
 3. A cheap necessary condition is checked first: the candidates' depths must span more than
    (K − 1)·`min_depth_gap`. A source that fails raises `SkipItem` (`no_valid_depth` when no pixel
    has valid depth in range, `depth_constraints_unsatisfiable` otherwise); loops skip and count it.
+
+Speed, not results: `rgbd_candidates` caches a source's candidates; when the depth map is smaller than
+the colour image, they are kept as blocks of alike pixels at the depth map's resolution (about one per
+depth pixel, `_block_candidates`) and drawn from with `_draw_block_points`, which consumes `rng` as
+the pixel sampler does and returns the same points. The registered depth is never built then.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -146,8 +152,10 @@ def sample_points(depth: np.ndarray, params: DepthJigsawParams, rng: np.random.G
     return draw_points(_candidates(np.asarray(depth), params), params, rng)
 
 
-def draw_points(cand: _Candidates, params: DepthJigsawParams, rng: np.random.Generator) -> list[DepthPoint]:
-    """`sample_points` on precomputed candidates.
+def draw_points(
+    cand: _Candidates | _BlockCandidates, params: DepthJigsawParams, rng: np.random.Generator
+) -> list[DepthPoint]:
+    """`sample_points` on precomputed candidates (`_BlockCandidates`: see `_draw_block_points`).
 
     Each accepted point removes the candidates it conflicts with, as a test against every candidate
     would, but only looks at those that can conflict: the depth-sorted candidates within
@@ -155,6 +163,8 @@ def draw_points(cand: _Candidates, params: DepthJigsawParams, rng: np.random.Gen
     candidates within `min_pixel_distance` rows (one slice). The candidates are kept in raster order
     and `rng` is called exactly as by a test against every candidate, so the points are the same.
     """
+    if isinstance(cand, _BlockCandidates):
+        return _draw_block_points(cand, params, rng)
     k, gap = params.points, params.min_depth_gap
     if not cand.any_valid:
         raise SkipItem("no_valid_depth", f"no pixel has valid depth in [{params.min_depth}, {params.max_depth}] m")
@@ -204,19 +214,289 @@ def draw_points(cand: _Candidates, params: DepthJigsawParams, rng: np.random.Gen
     )
 
 
-_CANDIDATE_CACHE: OrderedDict[tuple[Any, ...], _Candidates] = OrderedDict()
+# --------------------------------------------------------------------------------------------------
+# Depth at another resolution than the colour image (ScanNet: 640x480 depth, 1296x968 colour). The
+# registered depth is piecewise constant: colour rows (columns) that map to the same depth rows over
+# their whole `edge_window` form runs, and every pixel of a run-row x run-column block has the same
+# depth and the same candidate test. The sampler below works on those blocks (about one per depth
+# pixel) instead of the registered map, and draws exactly the points `sample_points` draws on it.
+
+
+def _axis_map(n_depth: int, n_colour: int) -> np.ndarray:
+    """Depth index of each colour pixel along one axis, pixel centres mapped as in `register_depth`."""
+    if n_depth == n_colour:
+        return np.arange(n_colour, dtype=np.int64)
+    return np.minimum(((np.arange(n_colour) + 0.5) * n_depth / n_colour).astype(np.int64), n_depth - 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _axis_runs(n_depth: int, n_colour: int, k: int, border: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of alike colour pixels along one axis: (start of each run, its window (runs, k), its
+    inside-the-border flag).
+
+    Pixel x's window is the set of depth indices of the pixels x - k//2 ... x + k//2, written as its
+    distinct values in increasing order, the last repeated to k slots (all -1 when the window reaches
+    outside the image). Consecutive pixels with the same depth index, window and inside flag form a run;
+    the registered depth and the window test are the same along it. Cached per geometry (read-only)."""
+    index = _axis_map(n_depth, n_colour)
+    n, r = n_colour, k // 2
+    at = np.arange(n)[:, None] + np.arange(-r, r + 1)[None, :]
+    valid = ((at >= 0) & (at < n)).all(axis=1)
+    window = index[np.clip(at, 0, n - 1)]  # never decreasing along a row: `index` is monotone
+    repeat = np.zeros(window.shape, dtype=bool)
+    repeat[:, 1:] = window[:, 1:] == window[:, :-1]
+    distinct = np.sort(np.where(repeat, n + int(index.max(initial=0)) + 1, window), axis=1)
+    window = np.minimum(distinct, window[:, -1:])  # the placeholders become the largest index
+    window[~valid] = -1
+    inside = np.zeros(n, dtype=bool)
+    inside[border : n - border] = True  # empty when n <= 2 * border
+    change = np.ones(n, dtype=bool)
+    change[1:] = (window[1:] != window[:-1]).any(axis=1) | (inside[1:] != inside[:-1]) | (index[1:] != index[:-1])
+    starts = np.flatnonzero(change)
+    runs = (starts, window[starts], inside[starts])
+    for a in runs:
+        a.setflags(write=False)
+    return runs
+
+
+def _run_window_reduce(a: np.ndarray, window: np.ndarray, axis: int, ops: tuple[np.ufunc, ...]) -> list[np.ndarray]:
+    """Each of `ops` (np.minimum, np.maximum) of `a` along `axis` over each run's window (`_axis_runs`:
+    one run per output slot); a window reaching outside the image gives 0, as `_window_filter` pads
+    with 0. Each gather serves every op.
+
+    A window lists its distinct indices first, then repeats its largest, so only the first slots that
+    hold a new index for some run are gathered (3 when depth is upscaled about 2x with k = 5)."""
+    valid = window[:, 0] >= 0
+    fresh = (window[valid, 1:] != window[valid, :-1]).any(axis=0)
+    slots = 1 + (int(np.flatnonzero(fresh)[-1]) + 1 if fresh.any() else 0)
+    first = np.take(a, np.where(valid, window[:, 0], 0), axis=axis)
+    outs = [first] + [first.copy() for _ in ops[1:]]
+    for slot in range(1, slots):
+        values = np.take(a, np.where(valid, window[:, slot], 0), axis=axis)
+        for op, out in zip(ops, outs):
+            op(out, values, out=out)
+    for out in outs:
+        out[(slice(None),) * axis + (~valid,)] = 0
+    return outs
+
+
+@dataclass(frozen=True)
+class _BlockCandidates:
+    """The candidates of a depth map registered to a colour size, as blocks of alike pixels (see above);
+    read-only arrays. Candidate pixels are counted in the raster order of the colour image."""
+
+    any_valid: bool
+    """Some colour pixel has valid registered depth in [`min_depth`, `max_depth`]."""
+    row_block: np.ndarray
+    """(H,) the row-run of each colour row."""
+    col_block: np.ndarray
+    """(W,) the column-run of each colour column."""
+    col_width: np.ndarray
+    """(column runs,) width of each column-run in colour pixels."""
+    grid: np.ndarray
+    """(row runs, column runs) bool: the block's pixels are candidates."""
+    z_grid: np.ndarray
+    """(row runs, column runs) float32: the registered depth of the block's pixels."""
+    row_count: np.ndarray
+    """(row runs,) candidate pixels in one colour row of each row-run."""
+    count: int
+    """Candidate pixels in the whole image."""
+    z_min: float
+    """Smallest candidate depth (0 without candidates)."""
+    z_max: float
+    """Largest candidate depth (0 without candidates)."""
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.row_block, self.col_block, self.col_width, self.grid, self.z_grid, self.row_count)
+        return sum(a.nbytes for a in arrays)
+
+
+def _block_candidates(depth: np.ndarray, size: tuple[int, int], params: DepthJigsawParams) -> _BlockCandidates:
+    """The candidates `_candidates(register_depth(depth, size), params)` finds, as blocks; the window
+    filters run on the depth map's own resolution (per run of columns, then per run of rows).
+
+    `register_depth` turns NaN, ±inf and negative depth into 0 first; here they are left as they are,
+    with the same outcome: each fails the range test, and a window holding one fails the window test
+    (its minimum is NaN, negative or 0, or its range is NaN or inf)."""
+    depth = np.asarray(depth, dtype=np.float32)
+    if depth.ndim != 2:
+        raise MMRLError(f"depth map must be 2-D (H, W), got shape {depth.shape}")
+    width, height = size
+    k, b = params.edge_window, params.border
+    row_start, row_window, row_inside = _axis_runs(depth.shape[0], height, k, b)
+    col_start, col_window, col_inside = _axis_runs(depth.shape[1], width, k, b)
+    rows, cols = _axis_map(depth.shape[0], height), _axis_map(depth.shape[1], width)
+    z_grid = np.take(np.take(depth, rows[row_start], axis=0), cols[col_start], axis=1)
+    with np.errstate(invalid="ignore"):
+        grid = (z_grid >= params.min_depth) & (z_grid <= params.max_depth)
+        any_valid = bool((grid & (z_grid > 0)).any())
+        col_low, col_high = _run_window_reduce(depth, col_window, 1, (np.minimum, np.maximum))
+        (low,) = _run_window_reduce(col_low, row_window, 0, (np.minimum,))
+        (high,) = _run_window_reduce(col_high, row_window, 0, (np.maximum,))
+        grid &= low > 0
+        grid &= high - low <= np.float32(params.edge_max_range)
+    if not (height > 2 * b and width > 2 * b):  # as `candidate_mask`: then no pixel is inside
+        grid[...] = False
+    grid &= row_inside[:, None]
+    grid &= col_inside[None, :]
+    row_height = np.diff(np.append(row_start, height))
+    col_width = np.diff(np.append(col_start, width))
+    # Candidates per colour row by a matrix product: exact in float32 (BLAS) below 2**24 pixels a row.
+    exact = np.float32 if width < 2**24 else np.float64
+    row_count = np.rint(grid.astype(exact) @ col_width.astype(exact)).astype(np.int64)
+    count = int(row_count @ row_height)
+    z_min = float(np.min(z_grid, where=grid, initial=np.inf)) if count else 0.0
+    z_max = float(np.max(z_grid, where=grid, initial=-np.inf)) if count else 0.0
+    arrays = (
+        np.repeat(np.arange(len(row_start)), row_height),
+        np.repeat(np.arange(len(col_start)), col_width),
+        col_width,
+        grid,
+        z_grid,
+        row_count,
+    )
+    for a in arrays:
+        a.setflags(write=False)
+    return _BlockCandidates(any_valid, *arrays, count=count, z_min=z_min, z_max=z_max)
+
+
+def _conflict_bounds(zi: float, gap: float) -> tuple[np.float32, np.float32]:
+    """The float32 interval [lo, hi] of the depths v that `draw_points` removes with a point at depth
+    `zi` (a float32 value): those with not (|float64(v) - zi| > gap). The test is monotone in v on each
+    side of zi, so they form an interval; its ends are found by stepping one float32 at a time."""
+
+    def removed(v: np.float32) -> bool:
+        return not (abs(float(v) - zi) > gap)
+
+    ends = []
+    for sign in (-1.0, 1.0):
+        toward, away = np.float32(sign * -np.inf), np.float32(sign * np.inf)
+        v = np.float32(zi + sign * gap)
+        while removed(v) and np.isfinite(v):
+            v = np.nextafter(v, away)
+        while not removed(v):
+            v = np.nextafter(v, toward)
+        ends.append(v)
+    return ends[0], ends[1]
+
+
+def _draw_block_points(cand: _BlockCandidates, params: DepthJigsawParams, rng: np.random.Generator) -> list[DepthPoint]:
+    """`draw_points` on blocks: the same checks, the same calls of `rng`, the same points.
+
+    The alive candidates are the alive blocks' pixels minus the pixels closer than `min_pixel_distance`
+    to an accepted point (a pixel mask: at most K discs). A draw counts the alive pixels of each colour
+    row, finds the row of the drawn raster index by a cumulative sum, then the column within the row.
+    An accepted point kills the blocks whose depth is in its `_conflict_bounds`."""
+    k, gap = params.points, params.min_depth_gap
+    if not cand.any_valid:
+        raise SkipItem("no_valid_depth", f"no pixel has valid depth in [{params.min_depth}, {params.max_depth}] m")
+    n = cand.count
+    if n < k:
+        raise SkipItem(
+            "depth_constraints_unsatisfiable",
+            f"{n} candidate pixels (in range, inside the border, off depth edges)",
+        )
+    span = cand.z_max - cand.z_min
+    if span <= (k - 1) * gap:
+        raise SkipItem(
+            "depth_constraints_unsatisfiable",
+            f"candidate depths span {span:.3f} m, not more than (K - 1) * {gap} m for K = {k}",
+        )
+    height, width = len(cand.row_block), len(cand.col_block)
+    runs, run_cols = cand.grid.shape
+    min_d2 = float(params.min_pixel_distance) ** 2
+    reach = int(np.ceil(params.min_pixel_distance))
+    offsets = np.arange(-reach, reach + 1)
+    disc = (offsets[:, None] ** 2 + offsets[None, :] ** 2).astype(np.float64) < min_d2
+    kill = np.empty(cand.grid.shape, dtype=bool)
+    widths = cand.col_width.astype(np.float32 if width < 2**24 else np.float64)
+    for _ in range(params.max_tries):
+        grid = cand.grid.copy()
+        flat_grid = grid.ravel()
+        row_count = cand.row_count.copy()
+        near = np.zeros((height, width), dtype=bool)  # closer than min_pixel_distance to an accepted point
+        near_rows, near_blocks = np.zeros(0, np.int64), np.zeros(0, np.int64)  # pixels of `near`
+        chosen: list[DepthPoint] = []
+        while len(chosen) < k:
+            per_row = row_count[cand.row_block]
+            if len(near_rows):
+                hit = flat_grid[near_blocks]
+                per_row = per_row - np.bincount(near_rows[hit], minlength=height)
+            ends = np.cumsum(per_row)
+            total = int(ends[-1])
+            if not total:
+                break  # dead end: restart
+            u = int(rng.integers(total))
+            r = int(np.searchsorted(ends, u, side="right"))
+            in_row = grid[cand.row_block[r]][cand.col_block] & ~near[r]
+            c = int(np.flatnonzero(in_row)[u - int(ends[r] - per_row[r])])
+            zi = float(cand.z_grid[cand.row_block[r], cand.col_block[c]])
+            chosen.append(DepthPoint(r, c, zi))
+            lo, hi = _conflict_bounds(zi, gap)
+            np.greater_equal(cand.z_grid, lo, out=kill)
+            kill &= cand.z_grid <= hi
+            kill &= grid
+            grid &= ~kill
+            # Pixels lost per colour row of each row-run: a matrix product, exact as in _block_candidates.
+            row_count -= np.rint(kill.astype(widths.dtype) @ widths).astype(np.int64)
+            # Pixels: the disc of the accepted point, added to the mask (pixels already in it count once).
+            r0, r1, c0, c1 = max(r - reach, 0), min(r + reach + 1, height), max(c - reach, 0), min(c + reach + 1, width)
+            patch = disc[r0 - r + reach : r1 - r + reach, c0 - c + reach : c1 - c + reach]
+            fresh_rows, fresh_cols = np.nonzero(patch & ~near[r0:r1, c0:c1])
+            near[r0:r1, c0:c1] |= patch
+            fresh_rows += r0
+            fresh_blocks = cand.row_block[fresh_rows] * run_cols + cand.col_block[fresh_cols + c0]
+            near_rows = np.concatenate([near_rows, fresh_rows])
+            near_blocks = np.concatenate([near_blocks, fresh_blocks])
+        if len(chosen) == k:
+            return sorted(chosen, key=lambda p: p.depth)
+    raise SkipItem(
+        "depth_constraints_unsatisfiable",
+        f"no {k} points {params.min_pixel_distance:g} px and > {params.min_depth_gap:g} m apart "
+        f"in {params.max_tries} tries ({n} candidates)",
+    )
+
+
+_CANDIDATE_CACHE: OrderedDict[tuple[Any, ...], _Candidates | _BlockCandidates] = OrderedDict()
 _CANDIDATE_CACHE_ITEMS = 64
 _CANDIDATE_CACHE_BYTES = 512 * 2**20
 _CANDIDATE_CACHE_LOCK = threading.Lock()
 
 
-def rgbd_candidates(item: Any, size: tuple[int, int], params: DepthJigsawParams) -> _Candidates:
+@functools.lru_cache(maxsize=4)
+def _metres_table(scale: float) -> np.ndarray:
+    """float32 metres of every 16-bit value, computed as `mmrl.media.load_depth` does (value / scale in
+    float64, then float32); non-decreasing. Read-only."""
+    table = (np.arange(2**16, dtype=np.float64) / scale).astype(np.float32)
+    table.setflags(write=False)
+    return table
+
+
+def _read_depth(path: Path, scale: float) -> np.ndarray:
+    """`mmrl.media.load_depth(path, scale)`, the same float32 metres; a 16-bit PNG (ScanNet, NYU, TUM)
+    by a lookup in `_metres_table` instead of float64 arithmetic on every pixel. Other files, and
+    missing or broken ones (its clear error), go through `load_depth` itself."""
+    from PIL import Image
+
+    from mmrl import media
+
+    if scale > 0:
+        try:
+            with Image.open(path) as im:
+                if im.mode in ("I;16", "I;16B", "I;16L"):
+                    return np.take(_metres_table(float(scale)), np.asarray(im).astype(np.uint16))
+        except Exception:  # noqa: BLE001 - load_depth below reports what is wrong with the file
+            pass
+    return media.load_depth(path, scale)
+
+
+def rgbd_candidates(item: Any, size: tuple[int, int], params: DepthJigsawParams) -> _Candidates | _BlockCandidates:
     """The candidates of an `RGBDItem`'s depth registered to `size` = (width, height), cached per depth
     file (path, mtime, size: a rewritten file is read again), scale and candidate parameters; an LRU of
     at most `_CANDIDATE_CACHE_ITEMS` items and `_CANDIDATE_CACHE_BYTES` (the newest is always kept).
-    `mmrl generate` draws sources with replacement, so a hit skips the depth decode and the mask."""
-    from mmrl import media
-
+    `mmrl generate` draws sources with replacement, so a hit skips the depth decode and the mask.
+    Depth at another size than `size` gives `_BlockCandidates`."""
     path = Path(item.depth_path)
     try:
         stat = path.stat()
@@ -239,7 +519,11 @@ def rgbd_candidates(item: Any, size: tuple[int, int], params: DepthJigsawParams)
         if hit is not None:
             _CANDIDATE_CACHE.move_to_end(key)
             return hit
-    cand = _candidates(register_depth(media.load_depth(path, item.depth_scale), size), params)
+    depth = _read_depth(path, item.depth_scale)
+    if depth.shape != (size[1], size[0]):  # registered by blocks, never at the colour resolution
+        cand: _Candidates | _BlockCandidates = _block_candidates(depth, size, params)
+    else:
+        cand = _candidates(register_depth(depth, size), params)
     if stamp is not None:
         with _CANDIDATE_CACHE_LOCK:
             _CANDIDATE_CACHE[key] = cand

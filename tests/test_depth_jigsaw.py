@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import open3d as o3d
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from skimage.measure import label as connected_components
 from skimage.measure import regionprops
 
@@ -32,8 +32,20 @@ from mmrl.models import load_policy
 from mmrl.registry import get_task, task_class
 from mmrl.rollout import encode_prompt, make_engine, sampling_params
 from mmrl.sample import Sample, read_dataset, write_dataset
-from pretext_tasks.depth_jigsaw import DepthJigsaw, DepthJigsawParams, draw_markers, prompt_text
-from pretext_tasks.depth_points import DepthPoint, candidate_mask, register_depth, sample_points
+from pretext_tasks.base import shuffle_and_label
+from pretext_tasks.depth_jigsaw import DepthJigsaw, DepthJigsawParams, draw_markers, load_font, prompt_text
+from pretext_tasks.depth_points import (
+    DepthPoint,
+    _block_candidates,
+    _BlockCandidates,
+    _conflict_bounds,
+    _read_depth,
+    candidate_mask,
+    draw_points,
+    register_depth,
+    rgbd_candidates,
+    sample_points,
+)
 
 K = 6
 RADIUS = 15
@@ -420,6 +432,129 @@ def test_sampler_draws_exactly_the_points_of_the_reference_sampler(corpus: Corpu
     sub_seed = int(np.random.default_rng(0).integers(2**63))
     expected = _sample_points_reference(depth, p, np.random.default_rng(sub_seed))
     assert flipped == [[q.row, q.col, round(q.depth, 6)] for q in expected] != first
+
+
+# --------------------------------------------------------------------------------------------------
+# Depth smaller than colour (ScanNet: 640x480 depth, 1296x968 colour): the sampler on blocks of the
+# depth map's resolution and the markers composited on their boxes give what the registered depth and
+# one full-size layer give (the code before the speed-up, kept here and in `sample_points`).
+
+
+def _markers_reference(image: Image.Image, centres: list, params: DepthJigsawParams) -> Image.Image:
+    """`draw_markers` as first written: one transparent layer as large as the image, composited once."""
+    base = image.convert("RGBA")
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    font = load_font(params.font, params.font_size)
+    r = params.marker_radius
+    for label, (row, col) in enumerate(centres, start=1):
+        box = (col - r, row - r, col + r, row + r)
+        draw.ellipse(box, fill=params.marker_fill, outline=params.marker_outline, width=params.marker_outline_width)
+        draw.text((col, row), str(label), fill=params.label_color, font=font, anchor="mm")
+    return Image.alpha_composite(base, layer).convert("RGB")
+
+
+def _block_points_or_reason(depth: np.ndarray, size: tuple, params: DepthJigsawParams, seed: int) -> object:
+    try:
+        return draw_points(_block_candidates(depth, size, params), params, np.random.default_rng(seed))
+    except SkipItem as e:
+        return e.reason
+
+
+def test_block_sampler_draws_the_points_of_the_registered_depth(tmp_path: Path) -> None:
+    p = DepthJigsawParams()
+    variants = [
+        p,
+        DepthJigsawParams(points=4, min_pixel_distance=60.5, min_depth_gap=0.5, border=5, edge_window=3),
+        DepthJigsawParams(points=8, min_pixel_distance=30, min_depth_gap=0.05, max_tries=3, edge_window=7),
+        DepthJigsawParams(points=3, min_pixel_distance=30, min_depth_gap=0.0, border=0, edge_window=1),
+    ]
+    # ScanNet's sizes (about 2x), an odd ratio, a downscale (windows with gaps), one axis equal.
+    sizes = [(1296, 968), (500, 333), (200, 150), (320, 300)]
+    for seed in range(3):
+        depth = scene_rendering(300 + seed).depth.astype(np.float32)
+        if seed == 1:  # invalid values stay invalid without the cleaning pass
+            depth[:, 40:44], depth[100:103, :], depth[20:30, 200:230] = np.nan, np.inf, -1.0
+        for size, params in itertools.product(sizes if seed == 0 else sizes[:1], variants):
+            registered = register_depth(depth, size)
+            for draw_seed in range(2):
+                expected = _points_or_reason(registered, params, draw_seed)
+                assert _block_points_or_reason(depth, size, params, draw_seed) == expected, (seed, size, params)
+    # 16-bit depth PNGs are read through a table of metres: exactly load_depth's float32 metres.
+    Image.fromarray(np.arange(2**16, dtype=np.uint16).reshape(256, 256)).save(tmp_path / "d.png")
+    for scale in (1000.0, 5000.0, 1.0, 0.37):
+        assert np.array_equal(_read_depth(tmp_path / "d.png", scale), media.load_depth(tmp_path / "d.png", scale))
+    with pytest.raises(MediaError, match="not found"):
+        _read_depth(tmp_path / "missing.png", 1000.0)
+    # Skips: no valid depth, too few candidates, too little depth span.
+    assert _block_points_or_reason(np.zeros((48, 64), np.float32), (130, 97), p, 0) == "no_valid_depth"
+    wall = np.full((48, 64), 2.0, np.float32)
+    assert _block_points_or_reason(wall, (130, 97), p, 0) == "depth_constraints_unsatisfiable"
+    assert _points_or_reason(register_depth(wall, (130, 97)), p, 0) == "depth_constraints_unsatisfiable"
+
+
+def test_conflict_bounds_are_the_exact_float32_interval_of_the_depth_test() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        zi = float(np.float32(rng.uniform(0.1, 10)))
+        gap = float(rng.choice([0.0, 0.2, 0.05, rng.uniform(0, 3)]))
+        lo, hi = _conflict_bounds(zi, gap)
+        assert lo.dtype == hi.dtype == np.float32
+        for v, removed in ((lo, True), (hi, True), (np.nextafter(lo, np.float32(-np.inf)), False)):
+            assert (not abs(float(v) - zi) > gap) == removed
+        assert abs(float(np.nextafter(hi, np.float32(np.inf))) - zi) > gap
+
+
+def test_markers_drawn_in_boxes_equal_one_full_size_layer() -> None:
+    rng = np.random.default_rng(0)
+    photo = scene_rendering(1, 324, 242).rgb
+    big = Image.fromarray(photo).resize((1296, 968), Image.Resampling.BICUBIC)
+    for trial in range(16):
+        image = big if trial % 4 else big.resize((320, 240))
+        params = DepthJigsawParams(
+            points=int(rng.integers(3, 12)),
+            marker_radius=int(rng.choice([5, 15, 20])),
+            font_size=int(rng.choice([9, 15, 31])),
+            marker_outline_width=int(rng.integers(0, 4)),
+        )
+        # Anywhere, touching edges, overlapping (boxes merged), or off the image.
+        centres = [(int(rng.integers(-10, image.height + 10)), int(rng.integers(-10, image.width + 10)))]
+        centres += [(centres[0][0] + 12, centres[0][1] - 9)]
+        centres += [(int(rng.integers(0, image.height)), int(rng.integers(0, image.width))) for _ in range(6)]
+        centres = centres[: params.points]
+        drawn = draw_markers(image, centres, params)
+        expected = np.asarray(_markers_reference(image, centres, params))
+        assert np.array_equal(np.asarray(drawn), expected)
+        assert np.array_equal(np.asarray(draw_markers(image.copy(), centres, params, in_place=True)), expected)
+        assert drawn is not image and np.array_equal(np.asarray(image), np.asarray(big if trial % 4 else image))
+
+
+def test_scannet_sized_samples_equal_the_registered_depth_path(tmp_path: Path) -> None:
+    """make on a ScanNet-sized pair (1296x968 colour, 640x480 16-bit depth) == the slow path: depth
+    registered to the colour size, `sample_points` on it, one full-size marker layer."""
+    task = get_task("depth_jigsaw")
+    p = task.params
+    for scene in range(2):
+        rendering = scene_rendering(400 + scene, 640, 480)
+        folder = tmp_path / f"scan{scene}"
+        (folder / "color").mkdir(parents=True)
+        (folder / "depth").mkdir()
+        rgb = Image.fromarray(rendering.rgb).resize((1296, 968), Image.Resampling.BICUBIC)
+        rgb.save(folder / "color" / "0.png")
+        media.save_depth(folder / "depth" / "0.png", rendering.depth)
+        (item,) = task.sources(folder)
+        image = media.load_image(item.rgb_path)
+        assert isinstance(rgbd_candidates(item, image.size, p), _BlockCandidates)  # the fast path is taken
+        depth = register_depth(media.load_depth(item.depth_path), image.size)
+        for seed in range(3):
+            sample = task.make(item, np.random.default_rng(seed))
+            sub = np.random.default_rng(int(np.random.default_rng(seed).integers(2**63)))
+            points = sample_points(depth, p, sub)
+            shuffle = shuffle_and_label(p.points, sub)
+            expected = _markers_reference(image, [(q.row, q.col) for q in shuffle.shown(points)], p)
+            assert sample.meta["points"] == [[q.row, q.col, round(q.depth, 6)] for q in points]
+            assert sample.answer == list(shuffle.labels)
+            assert png_bytes(image_of(sample)) == png_bytes(expected)
 
 
 # --------------------------------------------------------------------------------------------------
