@@ -98,6 +98,16 @@ def test_the_traced_sample_is_unsolved_when_iterations_run_out_first() -> None:
     assert result.record()["K"] is None
 
 
+def test_a_node_whose_final_children_were_all_judged_wrong_is_widened() -> None:
+    # A policy that answers in one step. iter 1: expand root -> BLUE, BLUE, GREEN; draw 0 -> the first, wrong.
+    # iters 2, 3: the two final children never rolled out are judged as they are (no engine call), wrong.
+    # iter 4: no live child left -> the root gets 3 more: BLUE, RED, BLUE; draw 2 -> the last, wrong.
+    # iter 5: live BLUE (first of the tie), wrong; iter 6: RED -> K = 6, with two engine calls.
+    engine = ScriptedEngine({"s000": {"": [BLUE, BLUE, GREEN, BLUE, RED, BLUE]}})
+    (result,), stats = run(pool(1), engine, max_iterations=10, seed=0)
+    assert (result.K, result.steps, engine.calls) == (6, ["<answer>red</answer>"], [3, 3])
+
+
 def test_batched_search_matches_one_at_a_time_with_fewer_engine_calls() -> None:
     samples = pool(24)
     one, one_stats = run(samples, ScriptedEngine(fallback=lottery), max_steps=3, max_iterations=12, max_trees=1)

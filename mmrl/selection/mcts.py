@@ -16,6 +16,10 @@ those still unsolved after 50 iterations. The search (docs/thinklite.md):
   answer format: `<answer>…</answer>` or `\\boxed{}`; see `Verifier.is_final`), the policy ends its
   turn, or the path reaches `max_steps` steps; simulated steps are not added to the tree;
 - a wrong final answer adds one visit to every node from the rollout's start back to the root;
+- a node whose children are all final and judged wrong is expanded again: k more children (progressive
+  widening, our addition: without it a policy that answers in one step would exhaust the tree after its
+  first expansion and burn its remaining iterations without sampling anything new); a final child that
+  was never rolled out stays selectable and is judged when selection reaches it;
 - the search stops at the first correct rollout or after `max_iterations`.
 
 Batched across trees: up to `max_trees` samples are searched at once, in lock-step. Every wave collects
@@ -128,6 +132,8 @@ class Node:
     terminal: bool = False
     """The path already ends the reply (final answer, end of turn, or `max_steps`)."""
     visits: int = 0
+    judged: bool = False
+    """A final node whose reply was judged (wrong: a right one ends the search); selection skips it."""
     children: list[Node] = field(default_factory=list)
 
     def path(self) -> list[Step]:
@@ -223,9 +229,9 @@ class Tree:
             self.tokens += spent
             steps.append(step)
         if want.kind == "expand":
-            node = want.node
-            node.children = [self._child(node, step) for step in steps]
-            self._start = node.children[int(self.rng.integers(len(node.children)))]
+            new = [self._child(want.node, step) for step in steps]
+            want.node.children.extend(new)
+            self._start = new[int(self.rng.integers(len(new)))]
             self._simulated = []
             self._continue_rollout()
         else:
@@ -258,6 +264,7 @@ class Tree:
             self.want = _Want("step", start, path, 1)
 
     def _judge(self, start: Node, path: list[Step]) -> None:
+        start.judged = start.judged or start.terminal
         if self.verifier.solves(self.sample, "".join(s.text for s in path)):
             self._finish(solved=True, steps=[s.text for s in path])
             return
@@ -279,17 +286,21 @@ class Tree:
         """Select leaves until one needs the engine (a want) or the search ends."""
         while not self.done and self.want is None and self._start is None:
             leaf = self._select()
-            if leaf.terminal:  # an ended reply (a child never rolled out, or one judged wrong): judge it as it is
+            if leaf.terminal:  # a final child never rolled out: judge its reply as it is
                 self._start = leaf
                 self._judge(leaf, leaf.path())
                 continue
             self.want = _Want("expand", leaf, leaf.path(), self.params.expansions)
 
     def _select(self) -> Node:
+        """Walk down by the selection rule among live children (not final-and-judged); a node without live
+        children is the leaf (an unexpanded one, or one to widen)."""
         node = self.root
-        while node.children:
-            node = node.children[int(np.argmax([self._score(node, c) for c in node.children]))]
-        return node
+        while True:
+            live = [c for c in node.children if not c.judged]
+            if not live:
+                return node
+            node = live[int(np.argmax([self._score(node, c) for c in live]))]
 
     def _score(self, parent: Node, child: Node) -> float:
         c = self.params.exploration
