@@ -466,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--viewport", default="1280x720", help="Mind2Web window WxH in CSS px cut from full pages")
     p.set_defaults(func=cmd_import_gui)
     add_select_parser(verbs)
+    add_import_vqa_parser(verbs)
     return parser
 
 
@@ -577,6 +578,36 @@ def cmd_select(args: argparse.Namespace) -> None:
                          passrate=passrate, keep=keep, progress=not args.quiet)  # fmt: skip
     print(f"selected in {args.out}: {report.summary()}")
     print((args.out / "sweep.md").read_text(), end="")
+
+
+def add_import_vqa_parser(verbs: argparse._SubParsersAction) -> None:
+    """`mmrl import-vqa`: (image, question, answer) JSON records -> a native dataset of the `vqa` task."""
+    p = verbs.add_parser(
+        "import-vqa",
+        help="import a VQA JSON file (image, question, answer records) as a dataset, e.g. a pool for mmrl select",
+        description="Read a JSON list (or JSON Lines) of records with `image` (path relative to the file), `question`, "
+        "`answer` and optional `choices` and `id`, and write them as a dataset of the `vqa` task (samples.jsonl + "
+        "media/, images copied in). Multiple-choice records become open-ended questions (options dropped, answer = "
+        "the option's text) unless --keep-choices. Unusable records are skipped and counted by reason."
+        "\n\nexample:\n  mmrl import-vqa --in ~/data/geoqa/vqa.json --out data/geoqa && "
+        "mmrl select --data data/geoqa --model M --out runs/geoqa_select",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--in", dest="in_path", required=True, type=Path, help="the JSON / JSONL file (or its folder)")
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to write (its samples.jsonl is replaced)")
+    p.add_argument("--keep-choices", action="store_true", help="keep multiple choice (answer = the option letter)")
+    p.add_argument("--answer-mode", default="boxed", choices=["boxed", "answer_tag", "raw"], help="reply format")
+    p.set_defaults(func=cmd_import_vqa)
+
+
+def cmd_import_vqa(args: argparse.Namespace) -> None:
+    _check_out(args.out, "--out")
+    start = time.perf_counter()
+    # the importer belongs to the task plugin; the CLI reaches it by the task's name
+    report = registry.task_class("vqa").import_dataset(
+        args.in_path, args.out, open_ended=not args.keep_choices, answer_mode=args.answer_mode
+    )
+    print(f"imported in {time.perf_counter() - start:.1f}s into {args.out}: {report.summary()}")
 
 
 def main(argv: list[str] | None = None) -> int:
