@@ -23,6 +23,7 @@ from mmrl.selection import (
     DIFFICULTY_FILE,
     KeepRule,
     MCTSParams,
+    PassRateParams,
     SearchStats,
     TaskVerifier,
     difficulty_value,
@@ -233,3 +234,15 @@ def test_spearman_and_difficulty_values() -> None:
     assert spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833)  # ties take their mean rank
     assert difficulty_value({"method": "mcts", "K": None, "iterations": 50}) == 51
     assert difficulty_value({"method": "passrate", "pass_rate": 0.25}) == 0.75
+
+
+def test_pass_rate_counts_accepted_replies_and_keeps_the_rarely_solved(tmp_path: Path) -> None:
+    script = {"s000": {"": [RED, BLUE, BLUE, BLUE]}, "s001": {"": [BLUE]}, "s002": {"": [RED, RED, BLUE, RED]}}
+    engine = ScriptedEngine(script)
+    report = select_pool(pool(3), tmp_path, engine, CharCodec(), TaskVerifier(), method="passrate",
+                         passrate=PassRateParams(n=4, batch_prompts=2), progress=False)  # fmt: skip
+    records = {r["id"]: r for r in map(json.loads, (tmp_path / DIFFICULTY_FILE).read_text().splitlines())}
+    assert {i: r["pass_rate"] for i, r in records.items()} == {"s000": 0.25, "s001": 0.0, "s002": 0.75}
+    assert records["s001"]["difficulty"] == 1.0 and engine.calls == [8, 4]
+    assert [s.id for s in read_dataset(tmp_path / "selected")] == ["s001"] and report.kept == 1
+    assert dict(sweep(list(records.values()), "passrate"))["pass rate < 0.3"] == 2

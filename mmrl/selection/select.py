@@ -12,6 +12,7 @@ OUT gets:
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -129,20 +130,32 @@ def select_pool(
         skipped=sum(bool(r.get("skipped")) for r in ordered), kept=len(kept), rule=keep.describe(method),
         seconds=time.perf_counter() - start, engine_calls=stats.engine_calls,
     )  # fmt: skip
-    (out / "select.json").write_text(json.dumps({**settings, "report": asdict(report)}, indent=1) + "\n")
+    _write_json(out / "select.json", {**settings, "report": asdict(report)})
     return report
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:
     """A resumed run must score the same way, or its lines would mix two difficulty scales."""
     if not path.exists():
-        path.write_text(json.dumps(settings, indent=1) + "\n")
+        _write_json(path, settings)
         return
     old = json.loads(path.read_text())
+    scheduling = ("max_trees", "batch_prompts")  # how many samples share an engine call: free to change
     for key in ("method", settings["method"]):
-        if old.get(key) != settings[key]:
-            raise MMRLError(f"{path.parent} was scored with other settings ({key}: {old.get(key)} vs {settings[key]}); "
+        before, now = old.get(key), settings[key]
+        if isinstance(now, dict) and isinstance(before, dict):
+            before = {k: v for k, v in before.items() if k not in scheduling}
+            now = {k: v for k, v in now.items() if k not in scheduling}
+        if before != now:
+            raise MMRLError(f"{path.parent} was scored with other settings ({key}: {before} vs {now}); "
                             "use another --out or delete it")  # fmt: skip
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write by rename, so a kill never leaves half a settings file behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def load_pool(data: str | Path, limit: int | None = None) -> list[Sample]:
