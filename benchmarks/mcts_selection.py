@@ -62,12 +62,13 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="the policy (e.g. runs/quickstart/final)")
     ap.add_argument("--data", required=True, help="dataset folder of the pool (mmrl generate)")
     ap.add_argument("--n", type=int, default=48, help="samples from the pool (default 48)")
-    ap.add_argument("--trees", type=int, default=16, help="trees searched at once on the batched side (16)")
+    ap.add_argument("--trees", default="16", help="trees searched at once on the batched side; a list runs each (16)")
     ap.add_argument("--max-iterations", type=int, default=50)
     ap.add_argument("--step-tokens", type=int, default=16)
     ap.add_argument("--step-instruction", action="store_true", help="append the one-step-per-line request")
     ap.add_argument("--passrate-n", type=int, default=16, help="replies per sample of the pass-rate scorer (16)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=256, help="HF engine: most sequences per generate batch (256)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -76,12 +77,14 @@ def main() -> None:
     samples = load_pool(args.data, args.n)
     model_cfg = ModelConfig(path=args.model)
     model, processor = load_policy(model_cfg, device="cpu")
-    engine = HFEngine(model, processor, batch_size=64, seed=args.seed)
+    engine = HFEngine(model, processor, batch_size=args.batch_size, seed=args.seed)
     codec = ProcessorCodec(processor, model_cfg, instruction=STEP_INSTRUCTION if args.step_instruction else "")
     common = dict(max_iterations=args.max_iterations, step_tokens=args.step_tokens, seed=args.seed)
 
-    batched = timed_search(samples, engine, codec, MCTSParams(max_trees=args.trees, **common))
+    trees = [int(t) for t in args.trees.split(",")]
+    sides = {t: timed_search(samples, engine, codec, MCTSParams(max_trees=t, **common)) for t in trees}
     single = timed_search(samples, engine, codec, MCTSParams(max_trees=1, **common))
+    batched = sides[trees[0]]
     ids = [s.id for s in samples]
     k_batched = [batched["results"][i].K for i in ids]
     k_single = [single["results"][i].K for i in ids]
@@ -106,7 +109,7 @@ def main() -> None:
     result = {
         "model": args.model,
         "samples": len(samples),
-        "trees": args.trees,
+        "trees": trees[0],
         "threads": args.threads,
         "batched_samples_per_hour": round(per_hour(batched)),
         "one_at_a_time_samples_per_hour": round(per_hour(single)),
@@ -118,6 +121,8 @@ def main() -> None:
         "same_k_share": round(sum(a == b for a, b in zip(k_batched, k_single)) / len(ids), 3),
         "mean_k_solved": [mean_k(k_batched), mean_k(k_single)],
         "unsolved": [k_batched.count(None), k_single.count(None)],
+        "speedup_by_trees": {t: round(per_hour(side) / per_hour(single), 2) for t, side in sides.items()},
+        "engine_calls_by_trees": {t: side["calls"] for t, side in sides.items()},
         "passrate_n": args.passrate_n,
         "passrate_seconds": round(passrate_seconds, 1),
         "spearman_k_vs_1_minus_passrate": round(spearman(mcts_difficulty, pr_difficulty), 3),
