@@ -7,7 +7,8 @@ rank correlation of the cheap pass-rate scorer with MCTS K.
 
 Both sides run `mmrl.selection.search` with the same settings and seed on the same samples; only
 `max_trees` differs (`--trees` vs 1). Each side is one `search` over the samples with the HF engine on CPU
-(`torch.set_num_threads(--threads)`); samples per hour = samples / wall time. Sampling is real, so the
+(`torch.set_num_threads(--threads)`); samples per hour = samples / wall time. On a shared machine the CPU
+time of the process (all its threads) is reported too, as a ratio less disturbed by other jobs. Sampling is real, so the
 sampled steps depend on the batch a sequence lands in (the HF engine draws one random stream per batch): K
 agrees between the two sides in distribution, not sample by sample; the report gives the share of samples
 with equal K and both mean Ks. The scripted-engine test (tests/test_selection_mcts.py) checks that the two
@@ -51,10 +52,16 @@ from mmrl.selection import (  # noqa: E402
 
 def timed_search(samples, engine, codec, params: MCTSParams) -> dict:
     stats = SearchStats()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     results = {r.sample_id: r for r in search(samples, engine, codec, TaskVerifier(), params, stats)}
-    seconds = time.perf_counter() - start
-    return {"results": results, "seconds": seconds, "calls": stats.engine_calls, "sequences": stats.sequences}
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    return {
+        "results": results,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "calls": stats.engine_calls,
+        "sequences": stats.sequences,
+    }
 
 
 def main() -> None:
@@ -122,6 +129,9 @@ def main() -> None:
         "mean_k_solved": [mean_k(k_batched), mean_k(k_single)],
         "unsolved": [k_batched.count(None), k_single.count(None)],
         "speedup_by_trees": {t: round(per_hour(side) / per_hour(single), 2) for t, side in sides.items()},
+        "cpu_time_ratio_by_trees": {
+            t: round(single["cpu_seconds"] / side["cpu_seconds"], 2) for t, side in sides.items()
+        },
         "engine_calls_by_trees": {t: side["calls"] for t, side in sides.items()},
         "passrate_n": args.passrate_n,
         "passrate_seconds": round(passrate_seconds, 1),

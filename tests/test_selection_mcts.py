@@ -246,3 +246,19 @@ def test_pass_rate_counts_accepted_replies_and_keeps_the_rarely_solved(tmp_path:
     assert records["s001"]["difficulty"] == 1.0 and engine.calls == [8, 4]
     assert [s.id for s in read_dataset(tmp_path / "selected")] == ["s001"] and report.kept == 1
     assert dict(sweep(list(records.values()), "passrate"))["pass rate < 0.3"] == 2
+
+
+def test_task_verifier_thresholds_and_the_step_instruction() -> None:
+    from mmrl.config import ModelConfig
+    from mmrl.selection import STEP_INSTRUCTION, ProcessorCodec
+
+    (sample,) = pool(1)
+    strict, lenient = TaskVerifier(), TaskVerifier({"dominant_color": 0.9})
+    prose = "it is <answer>red</answer> I think"  # right answer, not the exact format: score 0.9
+    assert strict.solves(sample, "<answer>red</answer>") and strict.solves(sample, prose)  # accuracy part is 1
+    assert lenient.solves(sample, prose) and not lenient.solves(sample, "<answer>blue</answer>")
+    assert strict.is_final(sample, "x\n<answer>red</answer>") and not strict.is_final(sample, "<answer>red")
+    codec = ProcessorCodec(None, ModelConfig(), instruction=STEP_INSTRUCTION)
+    messages = codec.messages(sample)
+    assert messages[-1]["content"][-1]["text"] == " " + STEP_INSTRUCTION
+    assert sample.messages[-1]["content"] == "Which colour?"  # the sample itself is untouched
