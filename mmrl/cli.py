@@ -508,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=_non_negative_float, default=50.0, help="largest upload, MB (default 50)")
     _add_config_args(p, CorpusConfig)
     p.set_defaults(func=cmd_demo)
+    add_select_parser(verbs)
+    add_import_vqa_parser(verbs)
     return parser
 
 
@@ -525,6 +527,129 @@ def cmd_import_gui(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     # the importers belong to the task plugin; the CLI reaches them by its name, like every plugin
     report = registry.task_class("gui_inverse_dynamics").import_dataset(args.format, args.in_dir, args.out, **options)
+    print(f"imported in {time.perf_counter() - start:.1f}s into {args.out}: {report.summary()}")
+
+
+def add_select_parser(verbs: argparse._SubParsersAction) -> None:
+    """`mmrl select`: difficulty selection (ThinkLite-VL MCTS or pass rate) over a dataset folder."""
+    from mmrl.config import ModelConfig
+
+    p = verbs.add_parser(
+        "select",
+        help="score a dataset's difficulty for a policy (MCTS iterations or pass rate) and keep the hard samples",
+        description="Difficulty selection (ThinkLite-VL, docs/thinklite.md). `--method mcts` runs a Monte-Carlo tree "
+        "search over reasoning steps with the policy for every sample and records K, the 1-based iteration of the "
+        "first correct rollout (null: unsolved after --max-iterations); many samples' trees advance in lock-step, "
+        "one engine call per wave. `--method passrate` samples --n whole replies per sample and records 1 - pass "
+        "rate. Replies are judged by each sample's own task reward. Writes OUT/difficulty.jsonl (one line per "
+        "sample, saved as it is scored: a killed run resumes where it stopped when rerun with the same OUT), "
+        "OUT/selected/ (the kept samples, native format: train on it with data.sources: [{path: OUT/selected, ...}]), "
+        "OUT/sweep.md (kept count per threshold) and OUT/select.json. Rerunning with other --min-k / "
+        "--drop-unsolved / --max-pass-rate re-applies the rule without scoring again.\n\nexamples:"
+        "\n  mmrl generate --task dominant_color --n 200 --out data/pool"
+        "\n  mmrl select --data data/pool --model runs/quickstart/final --method mcts --out runs/select"
+        "\n  mmrl select --data data/pool --model runs/quickstart/final --method passrate --n 16 --out runs/select_pr",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    positive = _int_at_least(1)
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (samples.jsonl + media/)")
+    p.add_argument("--model", required=True, help="the policy: checkpoint folder, hub id or tiny:<family>")
+    p.add_argument("--method", choices=["mcts", "passrate"], default="mcts", help="difficulty scorer (default mcts)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (reused to resume)")
+    p.add_argument("--min-k", type=_int_at_least(0), default=5, help="mcts: keep solved samples with K > this (5)")
+    p.add_argument("--drop-unsolved", action="store_true", help="mcts: do not keep the unsolved samples")
+    p.add_argument("--max-pass-rate", type=_non_negative_float, default=0.2, help="passrate: keep rate < this (0.2)")
+    p.add_argument("--max-iterations", type=positive, default=50, help="mcts: iterations before unsolved (50)")
+    p.add_argument("--expansions", type=positive, default=3, help="mcts: children per expansion, k (3)")
+    p.add_argument("--max-steps", type=positive, default=10, help="mcts: most reasoning steps per reply (10)")
+    p.add_argument("--step-tokens", type=positive, default=64, help="mcts: most new tokens per step (64)")
+    p.add_argument("--trees", type=positive, default=16, help="mcts: samples searched at once (16; 1 = one by one)")
+    p.add_argument("--no-step-instruction", action="store_true",
+                   help="mcts: send the sample's own prompt, without the one-step-per-line request")  # fmt: skip
+    p.add_argument("--n", type=positive, default=8, help="passrate: replies per sample (8; the paper's proxy: 50)")
+    p.add_argument("--temperature", type=_non_negative_float, default=1.0, help="passrate: temperature (1.0)")
+    p.add_argument("--max-new-tokens", type=positive, default=256, help="passrate: most tokens per reply (256)")
+    p.add_argument("--threshold", action="append", default=[], metavar="TASK=SCORE",
+                   help="a reply of TASK solves it when its reward >= SCORE (default: an exact answer)")  # fmt: skip
+    p.add_argument("--batch-size", type=positive, default=64, help="most sequences per generate batch (64)")
+    p.add_argument("--limit", type=positive, help="score only the first N samples of --data")
+    p.add_argument("--max-prompt-tokens", type=positive, default=4096, help="longer prompts are skipped (4096)")
+    p.add_argument("--max-pixels", type=_int_at_least(ModelConfig.min_pixels), help="per-image pixel budget")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the search and the sampling (0)")
+    p.add_argument("--allow-download", action="store_true", help="let a hub id in --model download")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_select)
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    _check_out(args.out, "--out")
+    thresholds = {}
+    for item in args.threshold:
+        task, _, value = item.partition("=")
+        try:
+            thresholds[task] = float(value)
+        except ValueError:
+            raise MMRLError(f"--threshold takes TASK=SCORE (e.g. dominant_color=0.9), got {item!r}") from None
+    from mmrl.config import ModelConfig, RolloutConfig
+    from mmrl.models import load_policy
+    from mmrl.rollout import make_engine
+    from mmrl.selection import (
+        STEP_INSTRUCTION,
+        KeepRule,
+        MCTSParams,
+        PassRateParams,
+        ProcessorCodec,
+        TaskVerifier,
+        load_pool,
+        select_pool,
+    )
+
+    samples = load_pool(args.data, args.limit)
+    model_cfg = ModelConfig(path=args.model, allow_download=args.allow_download)
+    if args.max_pixels:
+        model_cfg.max_pixels = args.max_pixels
+    mcts = MCTSParams(max_iterations=args.max_iterations, expansions=args.expansions, max_steps=args.max_steps,
+                      step_tokens=args.step_tokens, max_trees=args.trees, seed=args.seed)  # fmt: skip
+    passrate = PassRateParams(n=args.n, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                              batch_prompts=max(1, args.batch_size // args.n), seed=args.seed)  # fmt: skip
+    keep = KeepRule(min_k=args.min_k, unsolved=not args.drop_unsolved, max_pass_rate=args.max_pass_rate)
+    model, processor = load_policy(model_cfg)
+    engine = make_engine(RolloutConfig(batch_size=args.batch_size), model, processor, seed=args.seed)
+    instruction = "" if args.method == "passrate" or args.no_step_instruction else STEP_INSTRUCTION
+    codec = ProcessorCodec(processor, model_cfg, max_prompt_tokens=args.max_prompt_tokens, instruction=instruction)
+    report = select_pool(samples, args.out, engine, codec, TaskVerifier(thresholds), method=args.method, mcts=mcts,
+                         passrate=passrate, keep=keep, progress=not args.quiet)  # fmt: skip
+    print(f"selected in {args.out}: {report.summary()}")
+    print((args.out / "sweep.md").read_text(), end="")
+
+
+def add_import_vqa_parser(verbs: argparse._SubParsersAction) -> None:
+    """`mmrl import-vqa`: (image, question, answer) JSON records -> a native dataset of the `vqa` task."""
+    p = verbs.add_parser(
+        "import-vqa",
+        help="import a VQA JSON file (image, question, answer records) as a dataset, e.g. a pool for mmrl select",
+        description="Read a JSON list (or JSON Lines) of records with `image` (path relative to the file), `question`, "
+        "`answer` and optional `choices` and `id`, and write them as a dataset of the `vqa` task (samples.jsonl + "
+        "media/, images copied in). Multiple-choice records become open-ended questions (options dropped, answer = "
+        "the option's text) unless --keep-choices. Unusable records are skipped and counted by reason."
+        "\n\nexample:\n  mmrl import-vqa --in ~/data/geoqa/vqa.json --out data/geoqa && "
+        "mmrl select --data data/geoqa --model M --out runs/geoqa_select",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--in", dest="in_path", required=True, type=Path, help="the JSON / JSONL file (or its folder)")
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to write (its samples.jsonl is replaced)")
+    p.add_argument("--keep-choices", action="store_true", help="keep multiple choice (answer = the option letter)")
+    p.add_argument("--answer-mode", default="boxed", choices=["boxed", "answer_tag", "raw"], help="reply format")
+    p.set_defaults(func=cmd_import_vqa)
+
+
+def cmd_import_vqa(args: argparse.Namespace) -> None:
+    _check_out(args.out, "--out")
+    start = time.perf_counter()
+    # the importer belongs to the task plugin; the CLI reaches it by the task's name
+    report = registry.task_class("vqa").import_dataset(
+        args.in_path, args.out, open_ended=not args.keep_choices, answer_mode=args.answer_mode
+    )
     print(f"imported in {time.perf_counter() - start:.1f}s into {args.out}: {report.summary()}")
 
 

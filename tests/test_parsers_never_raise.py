@@ -217,6 +217,8 @@ TASK_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "gui_inverse_dynamics",
         {"coords": "qwen2-vl", "answer_mode": "raw", "allow_untagged": True, "text_match": "f1"},
     ),
+    "vqa": ("vqa", {}),
+    "vqa[answer_tag]": ("vqa", {"answer_mode": "answer_tag"}),
 }
 TASK_PARTS = {
     "dominant_color": match.PARTS,
@@ -231,6 +233,7 @@ TASK_PARTS = {
     "gui_inverse_dynamics": gui.PARTS,
     "caption_refine": statements.PARTS,
     "edit_prediction": statements.PARTS,
+    "vqa": match.PARTS,
 }
 NAMES = [*PURE, *(f"task:{v}" for v in TASK_VARIANTS)]
 
@@ -254,6 +257,10 @@ def _source(task: str, video: Path, pairs: Path) -> Any:
         return CHELSEA
     if task == "depth_jigsaw":
         return scenes.random_scene(np.random.default_rng(11))
+    if task == "vqa":
+        from pretext_tasks.vqa import VQARecord
+
+        return VQARecord("r0", str(CHELSEA), "Which animal is this?", "1,000 cats", ("1,000 cats", "a dog"))
     return video
 
 

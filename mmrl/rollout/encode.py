@@ -266,3 +266,27 @@ def _placeholders(processor: ProcessorMixin) -> tuple[str, str]:
 
 def _placeholder_ids(processor: ProcessorMixin) -> list[int]:
     return [int(processor.image_token_id), int(processor.video_token_id)]
+
+
+def continue_assistant(prompt: EncodedPrompt, prefix_ids: list[int], prefix_text: str = "") -> EncodedPrompt:
+    """`prompt` (ending with the assistant's generation header) with the start of the assistant's reply
+    appended as token ids, so that generation continues that reply (a prefill, e.g. MCTS steps).
+
+    The reply's tokens go after the header exactly as the model produced them; nothing is re-templated or
+    sliced off the chat template's text. The visual tensors are shared with `prompt` (the new tokens are
+    text: `mm_token_type_ids` grows by zeros). An empty prefix returns `prompt` itself.
+    """
+    if not prefix_ids:
+        return prompt
+    extra = torch.as_tensor(prefix_ids, dtype=prompt.input_ids.dtype)
+    vision = dict(prompt.vision)
+    if "mm_token_type_ids" in vision:
+        types = vision["mm_token_type_ids"]
+        vision["mm_token_type_ids"] = torch.cat([types, torch.zeros(len(prefix_ids), dtype=types.dtype)])
+    return EncodedPrompt(
+        input_ids=torch.cat([prompt.input_ids, extra]),
+        vision=vision,
+        text=prompt.text + prefix_text,
+        num_visual_tokens=prompt.num_visual_tokens,
+        media=prompt.media,
+    )

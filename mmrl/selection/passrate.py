@@ -1,0 +1,118 @@
+"""Pass-rate difficulty: the cheap proxy of MCTS K.
+
+For each sample the policy writes `n` whole replies to the task's own prompt at the GRPO temperature;
+
+    pass rate  p = (replies the verifier accepts) / n,      difficulty = 1 − p
+
+ThinkLite-VL (arXiv 2504.07934, §4.3) compares this "self-consistency" selection (accuracy < 0.2 over 50
+rollouts) with MCTS and finds it within about 0.7 benchmark points at a fraction of the cost. Replies are
+generated for `batch_prompts` samples per engine call (n each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mmrl.contracts import Engine, SamplingParams
+from mmrl.errors import MMRLError
+from mmrl.sample import Sample
+from mmrl.selection.mcts import Codec, Verifier, _reason
+
+
+@dataclass
+class PassRateParams:
+    """Settings of the pass-rate scorer."""
+
+    n: int = 8
+    """Replies per sample (the paper's proxy uses 50; fewer is cheaper and noisier)."""
+    temperature: float = 1.0
+    """Sampling temperature (the GRPO rollout temperature)."""
+    max_new_tokens: int = 256
+    """Most tokens per reply."""
+    batch_prompts: int = 8
+    """Samples per engine call (each sampled n times)."""
+    seed: int = 0
+    """Seed of every engine call's sampling."""
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or self.batch_prompts < 1 or self.max_new_tokens < 1 or self.temperature < 0:
+            from mmrl.errors import ConfigError
+
+            raise ConfigError(f"pass-rate settings out of range: {self}")
+
+
+@dataclass
+class PassRateResult:
+    """One sample's pass rate (a line of `difficulty.jsonl`)."""
+
+    sample_id: str
+    task: str
+    passes: int
+    n: int
+    tokens: int
+    skipped: str | None = None
+
+    @property
+    def pass_rate(self) -> float | None:
+        return None if self.skipped else self.passes / self.n
+
+    def record(self) -> dict[str, Any]:
+        rate = self.pass_rate
+        out = {"id": self.sample_id, "task": self.task, "method": "passrate", "pass_rate": rate, "passes": self.passes,
+               "n": self.n, "difficulty": None if rate is None else 1.0 - rate, "solved": bool(self.passes),
+               "tokens": self.tokens}  # fmt: skip
+        if self.skipped:
+            out["skipped"] = self.skipped
+        return out
+
+
+@dataclass
+class PassRateStats:
+    engine_calls: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def pass_rates(
+    samples: Iterable[Sample],
+    engine: Engine,
+    codec: Codec,
+    verifier: Verifier,
+    params: PassRateParams,
+    stats: PassRateStats | None = None,
+) -> Iterator[PassRateResult]:
+    """Score every sample; yields results in pool order, a batch at a time."""
+    stats = stats if stats is not None else PassRateStats()
+    batch: list[tuple[Sample, Any]] = []
+    call = 0
+    for sample in samples:
+        try:
+            batch.append((sample, codec.encode(sample)))
+        except MMRLError as e:
+            reason = _reason(e)
+            stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+            yield PassRateResult(sample.id, sample.task, 0, params.n, 0, skipped=f"{reason}: {e}")
+            continue
+        if len(batch) == params.batch_prompts:
+            yield from _score(batch, engine, codec, verifier, params, call)
+            stats.engine_calls += 1
+            call += 1
+            batch = []
+    if batch:
+        yield from _score(batch, engine, codec, verifier, params, call)
+        stats.engine_calls += 1
+
+
+def _score(batch, engine, codec, verifier, params, call) -> Iterator[PassRateResult]:
+    seed = int(np.random.default_rng([params.seed, 2, call]).integers(2**31))
+    sampling = SamplingParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature, seed=seed)
+    outputs = engine.generate([prompt for _, prompt in batch], params.n, sampling)
+    for (sample, _), group in zip(batch, outputs):
+        passes = sum(verifier.solves(sample, c.text) for c in group)
+        yield PassRateResult(sample.id, sample.task, passes, params.n, sum(len(c.token_ids) for c in group))
+
+
+__all__ = ["PassRateParams", "PassRateResult", "PassRateStats", "pass_rates"]
