@@ -163,6 +163,9 @@ def test_an_uploaded_picture_becomes_the_source(page, corpus_cfg: CorpusConfig, 
     choose(page, "task-select", "image_jigsaw")
     page.wait_for_selector("#task-status:has-text('image_jigsaw-000000')")
     page.click("#task-source label:has-text('upload')")
+    # The upload box is shown by a server round trip; files set before it is rendered land in an input that
+    # the render then replaces (seen once in the full suite under load).
+    page.wait_for_selector("#task-upload", state="visible")
     page.set_input_files("#task-upload input[type=file]", str(picture))
     page.wait_for_selector("#task-upload:has-text('stripes.png')")
     drawn = task_view.draw("image_jigsaw", {}, 0, tmp_path, corpus_cfg)  # the same picture, drawn here
