@@ -81,8 +81,8 @@ def sft(cfg: RunConfig) -> Path:
                               "time/step": time.perf_counter() - t0})  # fmt: skip
         if done % cfg.train.save_every == 0 or done == cfg.sft.steps:
             checkpoint(policy, producer, run_dir, done, cfg)
+    save_final(policy, run_dir / "final")  # every rank: under FSDP the weights are gathered first
     if logger:
-        save_final(policy, run_dir / "final")
         logger.close()
     policy.accelerator.wait_for_everyone()  # every rank may load `final` next (cold start)
     return run_dir
