@@ -414,7 +414,9 @@ def load_sharded_state(folder: Path, model: torch.nn.Module, optimizer: torch.op
         dcp.load(state, checkpoint_id=folder)
         set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state.get("optimizer", {}))
     except (CheckpointException, RuntimeError, ValueError, KeyError) as e:  # CheckpointException: a BaseException
-        raise MMRLError(f"checkpoint {folder.parent}: sharded model/optimizer state does not fit this run: {e}") from None
+        raise MMRLError(
+            f"checkpoint {folder.parent}: sharded model/optimizer state does not fit this run: {e}"
+        ) from None
 
 
 def _model_class(model: torch.nn.Module) -> str:
