@@ -117,22 +117,34 @@ def save_checkpoint(
     root = Path(run_dir) / CHECKPOINTS
     final = checkpoint_dir(run_dir, step)
     tmp = root / f".tmp-{final.name}-{owner()}"
+    setup_error = ""
     if main:
-        root.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(root)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    if sharded:
-        tmp = _from_rank0(tmp)  # every rank writes its shard into rank 0's temp folder
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            clean_leftovers(root)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        except OSError as e:
+            if not sharded:
+                raise
+            setup_error = str(e)
+    if sharded:  # every rank writes its shard into rank 0's temp folder (or learns why there is none)
+        tmp, setup_error = _from_rank0((tmp, setup_error))
+        if setup_error:
+            raise MMRLError(f"cannot write the checkpoint of step {step} into {root}: {setup_error}")
+    shards_written = False
     try:
         if sharded:
-            save_sharded_state(tmp / SHARDED, model, optimizer)  # collective; returns once all shards are written
+            save_sharded_state(tmp / SHARDED, model, optimizer)  # collective: fails on every rank if one fails
+            shards_written = True
             model_kind = SHARDED
         else:
             model_kind = save_model(model, tmp)
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if not main:
-            _barrier()  # wait until rank 0 has published
+            problem = _from_rank0("")  # wait until rank 0 has published, or failed to
+            if problem:
+                raise MMRLError(f"the checkpoint of step {step} failed on rank 0: {problem}")
             return final
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -158,12 +170,14 @@ def save_checkpoint(
         write_durably(tmp / MARKER, hashlib.sha256(meta_bytes).hexdigest().encode())
         fsync_dir(tmp)
         publish(tmp, final)
-    except BaseException:
+    except BaseException as e:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
+            if shards_written:  # the other ranks wait for the outcome
+                _from_rank0(f"{type(e).__name__}: {e}")
         raise
     if sharded:
-        _barrier()
+        _from_rank0("")
     prune_checkpoints(run_dir, keep, current=final)
     return final
 
@@ -436,13 +450,6 @@ def _rank() -> int:
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _from_rank0(value: Any) -> Any:
