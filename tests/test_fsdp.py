@@ -101,13 +101,14 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(tmp_path):
     _launch("fsdp.yaml", resumed, f"train.resume={checkpoint_dir(fsdp, 2)}")
 
     # Same losses as DDP. The random-init model earns no reward (every group has zero spread), so the
-    # gradient is the entropy bonus's: the entropy and gradient norm at steps 2 and 3 depend on the updates.
+    # gradient is the entropy bonus's: the entropy and gradient norm at steps 2 and 3 depend on the updates
+    # (the entropy moves by ~1e-4 relative per step; FSDP and DDP agree to ~1e-7).
     ddp_rows, fsdp_rows = _by_step(ddp), _by_step(fsdp)
     assert sorted(fsdp_rows) == [0, 1, 2, 3]
     for step in (1, 2, 3):
         assert fsdp_rows[step]["world_size"] == 2
         for key in ("entropy", "grad_norm", "loss/policy"):
-            assert fsdp_rows[step][key] == pytest.approx(ddp_rows[step][key], rel=1e-4, abs=1e-8), (step, key)
+            assert fsdp_rows[step][key] == pytest.approx(ddp_rows[step][key], rel=1e-5, abs=1e-9), (step, key)
 
     # Sharded checkpoints: one file per rank.
     meta = json.loads((checkpoint_dir(fsdp, 2) / "meta.json").read_text())
