@@ -81,8 +81,8 @@ def sft(cfg: RunConfig) -> Path:
                               "time/step": time.perf_counter() - t0})  # fmt: skip
         if done % cfg.train.save_every == 0 or done == cfg.sft.steps:
             checkpoint(policy, producer, run_dir, done, cfg)
+    save_final(policy, run_dir / "final")  # every rank: under FSDP the weights are gathered first
     if logger:
-        save_final(policy, run_dir / "final")
         logger.close()
     policy.accelerator.wait_for_everyone()  # every rank may load `final` next (cold start)
     return run_dir
@@ -167,7 +167,7 @@ def _nll_step(
     for i in range(0, len(prompts), micro):
         inputs = collate(prompts[i : i + micro], targets[i : i + micro], policy.pad_id)
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        logprobs, _, mask = completion_logprobs(policy.model, inputs)  # (B, Lc)
+        logprobs, _, mask = completion_logprobs(policy.model, inputs, share_vision=not policy.sharded)  # (B, Lc)
         loss = -torch.where(mask, logprobs, 0.0).sum() / total_tokens  # selected: a padded NaN/-inf adds nothing
         policy.accelerator.backward(loss)
         total += float(loss.detach())

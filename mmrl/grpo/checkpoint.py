@@ -5,6 +5,9 @@ A checkpoint is one folder, `<run_dir>/checkpoints/step-0000010/`:
     model/                  the weights (written and read by `mmrl.grpo.weights`): the full model, or
                             for a peft model `adapter/` and `trainable.safetensors` instead
     optimizer.pt            optimizer state dict (AdamW moments, step counts)
+    sharded/                instead of the two above, under FSDP: weights and optimizer state as each
+                            rank holds them, one `__<rank>_0.distcp` file per rank plus `.metadata`
+                            (torch.distributed.checkpoint; loads into any number of ranks, or one)
     scheduler.pt            learning-rate scheduler state dict
     rng.pt                  python `random`, numpy's global state, torch CPU and CUDA generators
     producer_state.json     the Producer's own state (data order, numpy Generators, baselines, replay)
@@ -19,7 +22,9 @@ complete one; `latest_checkpoint` trusts only folders that hold the marker and w
 sizes `meta.json` lists. Old checkpoints are renamed to `.del-…` before being deleted, so a kill
 during deletion never leaves a marked folder with missing files. Leftovers of dead processes are
 removed the next time the folder is scanned. The fsyncs, the publishing rename and the removal by
-rename are `mmrl.durable`'s.
+rename are `mmrl.durable`'s. A sharded checkpoint is written by every rank into the temp folder
+rank 0 named (the run folder must then be on a file system all ranks share); rank 0 writes the rest
+and publishes it once every rank's shard is on disk.
 
 Integrity: the quick check (`checkpoint_problem`: marker, meta.json's digest, sizes) is cheap enough
 to run on every listing. `resolve_resume` also recomputes the sha256 of every file, since a flipped
@@ -66,6 +71,8 @@ CHECKPOINTS = "checkpoints"
 """Sub-folder of the run folder that holds the checkpoints."""
 MARKER = "COMPLETE"
 META = "meta.json"
+SHARDED = "sharded"
+"""Sub-folder (and meta.json `model` kind) of the torch.distributed.checkpoint files of an FSDP run."""
 FORMAT = 2
 """Layout version written into meta.json (1: sizes only; 2: also sha256 of every file, marker holds meta's)."""
 
@@ -92,6 +99,7 @@ def save_checkpoint(
     producer_state: dict,
     extra: dict | None = None,
     keep: int = 2,
+    sharded: bool = False,
 ) -> Path:
     """Write the checkpoint of `step` atomically, prune old ones, and return its folder.
 
@@ -100,17 +108,44 @@ def save_checkpoint(
     abandoned by resuming from an earlier step, and would otherwise win `resume=auto`.
     `producer_state` and `extra` must be representable in tagged JSON (see the module docstring);
     anything else is an MMRLError naming its key, raised before anything is published.
+
+    `sharded` (FSDP: each rank holds a shard of the weights and optimizer state): every rank calls
+    this with its own shard; the model and optimizer go to `sharded/` through
+    torch.distributed.checkpoint, and rank 0 alone writes the other files, publishes and prunes.
     """
+    main = _rank() == 0
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(root)
     final = checkpoint_dir(run_dir, step)
     tmp = root / f".tmp-{final.name}-{owner()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    setup_error = ""
+    if main:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            clean_leftovers(root)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        except OSError as e:
+            if not sharded:
+                raise
+            setup_error = str(e)
+    if sharded:  # every rank writes its shard into rank 0's temp folder (or learns why there is none)
+        tmp, setup_error = _from_rank0((tmp, setup_error))
+        if setup_error:
+            raise MMRLError(f"cannot write the checkpoint of step {step} into {root}: {setup_error}")
+    shards_written = False
     try:
-        model_kind = save_model(model, tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if sharded:
+            save_sharded_state(tmp / SHARDED, model, optimizer)  # collective: fails on every rank if one fails
+            shards_written = True
+            model_kind = SHARDED
+        else:
+            model_kind = save_model(model, tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not main:
+            problem = _from_rank0("")  # wait until rank 0 has published, or failed to
+            if problem:
+                raise MMRLError(f"the checkpoint of step {step} failed on rank 0: {problem}")
+            return final
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(capture_rng_state(), tmp / "rng.pt")
@@ -122,7 +157,7 @@ def save_checkpoint(
             "step": step,
             "saved_at": time.time(),
             "model": model_kind,
-            "model_class": type(unwrap(model)).__name__,
+            "model_class": _model_class(model),
             "scheduler": scheduler is not None,
             "producer_state": producer_file,
             "extra": extra_file,
@@ -135,9 +170,14 @@ def save_checkpoint(
         write_durably(tmp / MARKER, hashlib.sha256(meta_bytes).hexdigest().encode())
         fsync_dir(tmp)
         publish(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if shards_written:  # the other ranks wait for the outcome
+                _from_rank0(f"{type(e).__name__}: {e}")
         raise
+    if sharded:
+        _from_rank0("")
     prune_checkpoints(run_dir, keep, current=final)
     return final
 
@@ -148,6 +188,7 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     scheduler: Any | None,
+    sharded: bool = False,
 ) -> dict:
     """Restore weights, optimizer, scheduler and RNG states in place; return step, producer state, extra.
 
@@ -155,15 +196,27 @@ def load_checkpoint(
     references stay valid. Every saved key must match a key of `model` and vice versa (tied weights
     excepted); a mismatch is an MMRLError naming the keys. Only the quick check runs here (marker,
     sizes, file names); `resolve_resume`, the way a run finds its checkpoint, verifies the checksums.
+
+    A sharded checkpoint (`sharded/`, written under FSDP) loads into a model sharded over any number
+    of ranks, or into a plain model; under FSDP every rank calls this. `sharded` says that `model`
+    is FSDP-sharded: a full-model checkpoint cannot be copied into it and is an MMRLError.
     """
     path = Path(path)
     problem = checkpoint_problem(path)
     if problem:
         raise MMRLError(f"cannot resume from {path}: {problem}")
     meta = json.loads((path / META).read_text())
-    load_model(model, path, meta["model"])
+    if meta["model"] == SHARDED:
+        load_sharded_state(path / SHARDED, model, optimizer)
+    elif sharded:
+        raise MMRLError(
+            f"cannot resume from {path} under FSDP: it holds a full {meta['model']!r} model written without FSDP; "
+            "resume it with the launch config it was written with (e.g. configs/accelerate/ddp.yaml)"
+        )
+    else:
+        load_model(model, path, meta["model"])
     try:
-        if optimizer is not None:
+        if optimizer is not None and meta["model"] != SHARDED:
             optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
         if scheduler is not None and meta.get("scheduler", True):
             scheduler.load_state_dict(_load_tensors(path / "scheduler.pt"))
@@ -344,6 +397,73 @@ def clean_leftovers(root: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Sharded (FSDP) model and optimizer state
+
+
+def save_sharded_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Write the model and optimizer state as this rank holds it (its shards) with torch.distributed.checkpoint.
+
+    Collective under torch.distributed: every rank calls it with the same `folder`; it returns once
+    every rank's file and rank 0's `.metadata` are written (and fsynced). Without a process group it
+    writes a single rank's (full) state.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, _plain_optimizer(optimizer))
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=folder)
+
+
+def load_sharded_state(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
+    """Inverse of `save_sharded_state`, into the shards this rank holds now (the saving run may have had
+    another number of ranks). Missing or unexpected keys are an MMRLError naming the checkpoint."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    optimizers = [_plain_optimizer(optimizer)] if optimizer is not None else []
+    model_state, optimizer_state = get_state_dict(model, optimizers)
+    state = {"model": model_state} | ({"optimizer": optimizer_state} if optimizers else {})
+    try:
+        dcp.load(state, checkpoint_id=folder)
+        set_state_dict(model, optimizers, model_state_dict=state["model"], optim_state_dict=state.get("optimizer", {}))
+    except (CheckpointException, RuntimeError, ValueError, KeyError) as e:  # CheckpointException: a BaseException
+        raise MMRLError(
+            f"checkpoint {folder.parent}: sharded model/optimizer state does not fit this run: {e}"
+        ) from None
+
+
+def _model_class(model: torch.nn.Module) -> str:
+    """The model's own class name (FSDP2 swaps in a subclass named `FSDP<name>`)."""
+    cls = type(unwrap(model))
+    if cls.__name__.startswith("FSDP") and cls.__bases__[0].__name__ == cls.__name__[4:]:
+        cls = cls.__bases__[0]
+    return cls.__name__
+
+
+def _plain_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's wrapper (which would count the step DCP uses to build empty state)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _from_rank0(value: Any) -> Any:
+    """Rank 0's `value` on every rank (itself without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --------------------------------------------------------------------------------------------------
 # RNG states
 
 
@@ -434,14 +554,17 @@ def _is_main_process() -> bool:
 
 __all__ = [
     "CHECKPOINTS",
+    "SHARDED",
     "capture_rng_state",
     "checkpoint_dir",
     "checkpoint_problem",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_sharded_state",
     "prune_checkpoints",
     "resolve_resume",
     "restore_rng_state",
     "save_checkpoint",
+    "save_sharded_state",
 ]

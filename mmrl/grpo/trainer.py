@@ -9,7 +9,10 @@
 The loop knows nothing about tasks or games: a Producer hands it Rollouts with advantages. It runs
 unchanged under `accelerate launch` (DDP): every rank produces its own prompts, gradients are
 averaged by DDP, and token counts that normalise the loss are summed over ranks first (R12 in
-docs/requirements.md; docs/grpo.md).
+docs/requirements.md; docs/grpo.md). Under FSDP (`configs/accelerate/fsdp.yaml`) each rank holds a
+shard of the weights and optimizer state, so every forward pass is collective: all ranks evaluate,
+and checkpoints (sharded) and the final model (gathered) are written by all ranks together
+(docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ class Policy:
         return self.accelerator.unwrap_model(self.model)
 
     @property
+    def sharded(self) -> bool:
+        """Whether the weights are sharded over ranks (FSDP): forward passes and saving then involve every rank."""
+        return is_sharded(self.accelerator)
+
+    @property
     def pad_id(self) -> int:
         return int(self.processor.tokenizer.pad_token_id)
 
@@ -73,6 +81,14 @@ def setup_policy(cfg: RunConfig, total_optimizer_steps: int, *, lr: float | None
 
     cuda = torch.cuda.is_available()
     accelerator = Accelerator(cpu=not cuda, mixed_precision=cfg.train.mixed_precision if cuda else "no")
+    _fsdp_on_cpu(accelerator)
+    if is_sharded(accelerator) and not accelerator.is_fsdp2:
+        raise MMRLError("FSDP version 1 is not supported: set fsdp_version: 2 (configs/accelerate/fsdp.yaml)")
+    if is_sharded(accelerator) and cfg.train.lora_rank > 0:
+        raise MMRLError(
+            "train.lora_rank > 0 under FSDP is not supported: the adapter is small, launch with DDP "
+            "(configs/accelerate/ddp.yaml) instead"
+        )
     torch.manual_seed(cfg.train.seed)  # model-side randomness (LoRA init); sampling is seeded per call
     model, processor = load_policy(cfg.model, device=accelerator.device)
     freeze_parts(model, vision=cfg.train.freeze_vision, projector=cfg.train.freeze_projector)
@@ -96,6 +112,67 @@ def setup_policy(cfg: RunConfig, total_optimizer_steps: int, *, lr: float | None
     model.train()
     model, optimizer = accelerator.prepare(model, optimizer)
     return Policy(model, processor, optimizer, scheduler, accelerator, ref_model)
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """Whether `accelerator` shards the model over ranks (FSDP, version 1 or 2)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _fsdp_on_cpu(accelerator: Any) -> None:
+    """Honour an FSDP launch config on CPU workers (gloo).
+
+    accelerate turns FSDP on only for accelerator devices; CPU workers silently fall back to plain
+    data parallelism. FSDP2 itself runs on CPU, so we switch the shared state to FSDP the way
+    accelerate does on GPUs, with the plugin it builds from the launcher's FSDP_* variables. This is
+    what lets the two-process CPU test (tests/test_fsdp.py) run the sharded code path.
+    """
+    from accelerate import FullyShardedDataParallelPlugin, PartialState
+    from accelerate.utils import DistributedType
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads FSDP_* as set by the launcher
+    accelerator.state.distributed_type = DistributedType.FSDP
+    # Every later AcceleratorState() copies the process-level state over its own: set it there too, as
+    # accelerate does when it picks FSDP itself.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+@contextlib.contextmanager
+def gathered_for_generation(policy: Policy):
+    """Under FSDP, hold the full weights on every rank while the engine generates; a no-op otherwise.
+
+    Two reasons. transformers' `generate` encodes images and videos before the model's forward (outside
+    the root module's FSDP hooks, which would all-gather the patch embedding), and decoding with sharded
+    layers would all-gather every layer again for every new token. So every FSDP unit is all-gathered
+    once here and kept (no resharding after each forward) until generation ends: rollouts cost the
+    memory of one full model copy per rank, the update keeps FSDP's sharded memory. The root's lazy
+    initialisation runs first: FSDP elects as root the first unit that runs, and the vision blocks
+    run before the root's forward. `generate` keeps ranks in step itself (`synced_gpus`).
+    """
+    if not policy.sharded:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    root = policy.model
+    root._get_fsdp_state()._lazy_init()  # private: FSDP2 offers no public way to fix the root early
+    units = [m for m in root.modules() if isinstance(m, FSDPModule)]
+    root.set_reshard_after_forward(False)
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+        root.set_reshard_after_forward(bool(policy.accelerator.state.fsdp_plugin.reshard_after_forward))
+        root.set_reshard_after_forward(False, recurse=False)  # FSDP's own choice for the root
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -197,6 +274,9 @@ def _micro_step(
     """Forward and backward of one micro-batch; returns its metrics, their weight (its token count) and whether
     its loss is finite.
 
+    Under FSDP the vision tower runs inside the model's forward (no features shared per group): encoded
+    outside it, the root module's sharded weights (patch embedding, merger) would not be gathered.
+
     The backward runs even for a NaN/inf loss: under DDP every rank must join the gradient all-reduce,
     and the step is then skipped on all ranks together (`optimizer_step_if_finite`).
     """
@@ -204,7 +284,7 @@ def _micro_step(
     device = policy.accelerator.device
     inputs = _to(collate([r.prompt for r in batch], [r.completion.token_ids for r in batch], policy.pad_id), device)
     logprobs, entropy, mask = completion_logprobs(
-        policy.model, inputs, temperature=cfg.rollout.temperature, with_entropy=True
+        policy.model, inputs, temperature=cfg.rollout.temperature, with_entropy=True, share_vision=not policy.sharded
     )  # (B, Lc) each
     width = logprobs.shape[1]
     old_lp = old_logprobs(batch, _pad_stack(old, width, device) if old is not None else logprobs.detach())
@@ -261,7 +341,8 @@ def _logprobs_of(model, policy: Policy, rollouts: list[Rollout], cfg: RunConfig)
         batch = rollouts[i : i + size]
         inputs = _to(collate([r.prompt for r in batch], [r.completion.token_ids for r in batch], policy.pad_id),
                      policy.accelerator.device)  # fmt: skip
-        logprobs, _, mask = completion_logprobs(model, inputs, temperature=cfg.rollout.temperature)
+        logprobs, _, mask = completion_logprobs(model, inputs, temperature=cfg.rollout.temperature,
+                                                share_vision=not policy.sharded)  # fmt: skip
         out += [lp[m.bool()] for lp, m in zip(logprobs, mask)]
     return out
 
@@ -286,8 +367,8 @@ def _clip(policy: Policy, max_norm: float) -> float:
     params = [p for p in policy.model.parameters() if p.grad is not None]
     if not params:
         return 0.0
-    if max_norm > 0:
-        return float(policy.accelerator.clip_grad_norm_(params, max_norm))
+    if max_norm > 0 or policy.sharded:  # sharded gradients: only the clip reduces their norm over ranks
+        return float(policy.accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf))
     return float(torch.norm(torch.stack([p.grad.detach().norm() for p in params])))
 
 
@@ -378,15 +459,20 @@ def train(cfg: RunConfig) -> Path:
     if resumed is not None:
         engine.sync_weights(policy.unwrapped)
     logger = RunLogger(run_dir, cfg.log, total_steps=cfg.train.steps, resume_step=resumed) if main else None
+    evaluates = main or policy.sharded  # FSDP: every rank takes part in each forward pass; rank 0 logs
     if logger:
         logger.log_config(to_dict(cfg))
-        if start == 0 and (before := producer.evaluate(engine)):
+    if start == 0 and evaluates:
+        with gathered_for_generation(policy):
+            before = producer.evaluate(engine)
+        if logger and before:
             logger.log(0, before)
 
     try:
         for step in range(start, cfg.train.steps):
             t_step = time.perf_counter()
-            rollouts, metrics = producer.produce(engine, step)
+            with gathered_for_generation(policy):
+                rollouts, metrics = producer.produce(engine, step)
             t_update = time.perf_counter()
             metrics |= update_policy(policy, rollouts, cfg, step)
             engine.sync_weights(policy.unwrapped)
@@ -396,9 +482,10 @@ def train(cfg: RunConfig) -> Path:
             metrics |= peak_memory()
             metrics["world_size"] = acc.num_processes
             done = step + 1
-            if logger:
-                if done == cfg.train.steps or (cfg.train.eval_every and done % cfg.train.eval_every == 0):
+            if evaluates and (done == cfg.train.steps or (cfg.train.eval_every and done % cfg.train.eval_every == 0)):
+                with gathered_for_generation(policy):
                     metrics |= producer.evaluate(engine)
+            if logger:
                 logger.log(done, metrics)
                 if cfg.log.samples_every and done % cfg.log.samples_every == 0:
                     logger.log_samples(done, [_sample_row(r) for r in _first_of_each_group(rollouts)])
@@ -407,8 +494,8 @@ def train(cfg: RunConfig) -> Path:
     finally:  # a producer with threads or connections (the Syn-GRPO data server's client) stops them
         if close := getattr(producer, "close", None):
             close()
+    save_final(policy, run_dir / "final")
     if logger:
-        save_final(policy, run_dir / "final")
         logger.close()
     acc.wait_for_everyone()
     return run_dir
@@ -420,26 +507,37 @@ def restore(policy: Policy, producer: Producer, resume: str, run_dir: Path) -> i
     path = resolve_resume(resume, run_dir) if resume else None
     if path is None:
         return None
-    state = load_checkpoint(path, model=policy.unwrapped, optimizer=policy.optimizer, scheduler=policy.scheduler)
+    model = policy.model if policy.sharded else policy.unwrapped
+    state = load_checkpoint(path, model=model, optimizer=policy.optimizer, scheduler=policy.scheduler,
+                            sharded=policy.sharded)  # fmt: skip
     producer.load_state_dict(state["producer_state"])
     return int(state["step"])
 
 
 def checkpoint(policy: Policy, producer: Producer, run_dir: Path, step: int, cfg: RunConfig) -> None:
-    """Save an atomic checkpoint of everything a resume needs (rank 0 writes; all ranks wait)."""
+    """Save an atomic checkpoint of everything a resume needs (rank 0 writes, or under FSDP every rank its
+    shard of the model and optimizer state; all ranks wait)."""
     policy.accelerator.wait_for_everyone()
-    if policy.accelerator.is_main_process:
-        save_checkpoint(run_dir, step, model=policy.unwrapped, optimizer=policy.optimizer, scheduler=policy.scheduler,
+    if policy.accelerator.is_main_process or policy.sharded:
+        model = policy.model if policy.sharded else policy.unwrapped
+        save_checkpoint(run_dir, step, model=model, optimizer=policy.optimizer, scheduler=policy.scheduler,
                         producer_state=producer.state_dict(), extra={"config": to_dict(cfg)},
-                        keep=cfg.train.keep_checkpoints)  # fmt: skip
+                        keep=cfg.train.keep_checkpoints, sharded=policy.sharded)  # fmt: skip
 
 
 def save_final(policy: Policy, out: Path) -> None:
-    """The trained model as a plain checkpoint folder (LoRA merged in) that `model.path` can point at."""
+    """The trained model as a plain checkpoint folder (LoRA merged in) that `model.path` can point at.
+
+    Every rank calls it; rank 0 writes. Under FSDP the full weights are first gathered (a collective)
+    to rank 0's CPU memory, so the folder is the same as a single-process run's.
+    """
     model = policy.unwrapped
+    state = policy.accelerator.get_state_dict(policy.model) if policy.sharded else None
+    if not policy.accelerator.is_main_process:
+        return
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state)
     policy.processor.save_pretrained(out)
 
 
@@ -458,6 +556,8 @@ def _sample_row(r: Rollout) -> dict[str, Any]:
 __all__ = [
     "Policy",
     "checkpoint",
+    "gathered_for_generation",
+    "is_sharded",
     "old_logprobs",
     "optimizer_step_if_finite",
     "prepare_run_dir",
