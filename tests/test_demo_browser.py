@@ -280,6 +280,7 @@ def test_every_task_gets_a_params_form_that_round_trips_its_defaults():
         assert (
             registry.get_task(name, **task_view.form_values(name, untouched)).params == registry.get_task(name).params
         )
-        assert sum(bool(f.doc) for f in fields) == len(fields), [f.name for f in fields if not f.doc]
+        if type(registry.get_task(name)).__module__.startswith("pretext_tasks."):  # ours document every field
+            assert all(f.doc for f in fields), (name, [f.name for f in fields if not f.doc])
     changed = task_view.form_values("image_jigsaw", {"rows": 2.0, "composed": True})
     assert changed == {"rows": 2, "composed": True} and isinstance(changed["rows"], int)
