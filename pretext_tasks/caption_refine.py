@@ -45,6 +45,7 @@ from pretext_tasks.viper_scenes import (
     image_columns,
     numbered,
     pair_panel,
+    scene_sources,
     statement_scores,
     statements_reply,
 )
@@ -369,9 +370,7 @@ class CaptionRefine(Task):
 
     def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[Any]:
         """Procedural scene indices (the default corpus or None: scenes are drawn, not read)."""
-        if isinstance(corpus, (str, Path)) and str(corpus) != "default":
-            raise ConfigError(f"{NAME}: source must be `default` (procedural scenes), got {corpus}")
-        return range(self.params.num_sources)
+        return scene_sources(NAME, self.params, corpus)
 
     def make(self, source_item: int, rng: np.random.Generator) -> Sample:
         from mmrl.scene_render import render  # open3d: only when scenes are drawn
@@ -412,13 +411,11 @@ class CaptionRefine(Task):
     def reward(self, completion: str, sample: Sample) -> Reward:
         """`rewards.statements.statement_reward`: w_format · format + w_correct · length-weighted F1 of the stated
         corrections against the true ones (sentence matches above τ with agreeing numbers, colours, sides)."""
-        think = bool(sample.meta.get("think", self.params.think))
-        return statement_scores([completion], sample.answer, self.params.reward, think)[0]
+        return statement_scores([completion], sample, self.params)[0]
 
     def reward_group(self, completions: Sequence[str], sample: Sample) -> list[Reward]:
         """`reward` of each completion, with one embedding call for the group's sentences."""
-        think = bool(sample.meta.get("think", self.params.think))
-        return statement_scores(completions, sample.answer, self.params.reward, think)
+        return statement_scores(completions, sample, self.params)
 
     def reference_completion(self, sample: Sample) -> str:
         """Every correction, one per line, after a short thought when the prompt asked."""

@@ -10,8 +10,9 @@ sentence matches under a sentence-embedding model, with agreement checks on numb
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, SkipItem
+from mmrl.sample import Sample
 from mmrl.scenes import COLORS, SHAPES, SIZES, Scene, random_scene
 from pretext_tasks import evidence
 from pretext_tasks.base import answer_instruction
@@ -170,13 +172,22 @@ def statements_reply(statements: Sequence[str], thought: str, think: bool) -> st
     return f"<think>{thought}</think>{body}" if think else body
 
 
-def statement_scores(
-    completions: Sequence[str], references: Sequence[str], reward_params: Mapping[str, Any], think: bool = True
-) -> list[Reward]:
-    """`rewards.statements.statement_rewards` of `completions` (one prompt's group) against `references`, with
-    the process's embedder (`rewards.embedding.default_embedder`, loaded once; one batched embedding call for
-    the group's distinct sentences) and `StatementRewardParams(**reward_params)`; the think block is required
-    exactly when the prompt asked for it (`think`), unless `reward_params` says otherwise."""
+def scene_sources(task: str, params: ViperSceneParams, corpus: Any) -> range:
+    """Both tasks' source items: procedural scene indices (the default corpus or None: scenes are drawn, not
+    read); any other source is refused."""
+    if isinstance(corpus, (str, Path)) and str(corpus) != "default":
+        raise ConfigError(f"{task}: source must be `default` (procedural scenes), got {corpus}")
+    return range(params.num_sources)
+
+
+def statement_scores(completions: Sequence[str], sample: Sample, params: ViperSceneParams) -> list[Reward]:
+    """`rewards.statements.statement_rewards` of `completions` (one prompt's group) against the sample's
+    statements (`sample.answer`), with the process's embedder (`rewards.embedding.default_embedder`, loaded once;
+    one batched embedding call for the group's distinct sentences) and `StatementRewardParams(**params.reward)`;
+    the think block is required exactly when the prompt asked for it (`sample.meta["think"]`, else
+    `params.think`), unless `params.reward` says otherwise."""
+    think = bool(sample.meta.get("think", params.think))
+    reward_params, references = params.reward, sample.answer
     from rewards.embedding import default_embedder  # the sentence-embedding model: only when scoring
     from rewards.statements import StatementRewardParams, statement_rewards
 
@@ -238,6 +249,7 @@ __all__ = [
     "number_word",
     "numbered",
     "pair_panel",
+    "scene_sources",
     "statement_scores",
     "statements_reply",
 ]
