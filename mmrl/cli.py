@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -571,6 +572,11 @@ def add_select_parser(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=positive, default=256, help="passrate: most tokens per reply (256)")
     p.add_argument("--threshold", action="append", default=[], metavar="TASK=SCORE",
                    help="a reply of TASK solves it when its reward >= SCORE (default: an exact answer)")  # fmt: skip
+    p.add_argument("--judge", choices=["task", "critic"], default="task",
+                   help="who judges a reply: the sample's own task reward (default; exact answers) or a critic "
+                        "model (--critic-model) that reads question, reference answer and reply")  # fmt: skip
+    p.add_argument("--critic-model", help="--judge critic: the critic's checkpoint folder, hub id or tiny:<family>")
+    p.add_argument("--critic-max-new-tokens", type=positive, default=64, help="--judge critic: verdict length (64)")
     p.add_argument("--batch-size", type=positive, default=64, help="most sequences per generate batch (64)")
     p.add_argument("--limit", type=positive, help="score only the first N samples of --data")
     p.add_argument("--max-prompt-tokens", type=positive, default=4096, help="longer prompts are skipped (4096)")
@@ -593,8 +599,10 @@ def cmd_select(args: argparse.Namespace) -> None:
     from mmrl.config import ModelConfig, RolloutConfig
     from mmrl.models import load_policy
     from mmrl.rollout import make_engine
+    from mmrl.rollout.encode import encode_prompt
     from mmrl.selection import (
         STEP_INSTRUCTION,
+        CriticVerifier,
         KeepRule,
         MCTSParams,
         PassRateParams,
@@ -604,6 +612,8 @@ def cmd_select(args: argparse.Namespace) -> None:
         select_pool,
     )
 
+    if (args.judge == "critic") != bool(args.critic_model):
+        raise MMRLError("--judge critic needs --critic-model, and --critic-model is only used with --judge critic")
     samples = load_pool(args.data, args.limit)
     model_cfg = ModelConfig(path=args.model, allow_download=args.allow_download)
     if args.max_pixels:
@@ -617,8 +627,17 @@ def cmd_select(args: argparse.Namespace) -> None:
     engine = make_engine(RolloutConfig(batch_size=args.batch_size), model, processor, seed=args.seed)
     instruction = "" if args.method == "passrate" or args.no_step_instruction else STEP_INSTRUCTION
     codec = ProcessorCodec(processor, model_cfg, max_prompt_tokens=args.max_prompt_tokens, instruction=instruction)
-    report = select_pool(samples, args.out, engine, codec, TaskVerifier(thresholds), method=args.method, mcts=mcts,
-                         passrate=passrate, keep=keep, progress=not args.quiet)  # fmt: skip
+    verifier: TaskVerifier | CriticVerifier = TaskVerifier(thresholds)
+    if args.judge == "critic":
+        critic_cfg = ModelConfig(path=args.critic_model, allow_download=args.allow_download)
+        critic, critic_processor = (model, processor) if args.critic_model == args.model else load_policy(critic_cfg)
+        encode_critic = partial(encode_prompt, critic_processor, model_cfg=critic_cfg,
+                                max_prompt_tokens=args.max_prompt_tokens, keep_media=False)  # fmt: skip
+        critic_engine = make_engine(RolloutConfig(batch_size=1), critic, critic_processor, seed=args.seed)
+        verifier = CriticVerifier(critic_engine, encode_critic, max_new_tokens=args.critic_max_new_tokens)
+    judge = "task" if args.judge == "task" else f"critic:{args.critic_model}"
+    report = select_pool(samples, args.out, engine, codec, verifier, method=args.method, mcts=mcts,
+                         passrate=passrate, keep=keep, progress=not args.quiet, judge=judge)  # fmt: skip
     print(f"selected in {args.out}: {report.summary()}")
     print((args.out / "sweep.md").read_text(), end="")
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CUES = ROOT / "runs" / "ladder" / "cues"
-"""Sources with a cue made visible on purpose (`write_ramps`), written before any rung trains."""
+"""Sources with a cue made visible on purpose (`write_ramps`, `write_fades`), written before any rung trains."""
 
 
 def write_ramps(folder: Path, count: int = 256, size: tuple[int, int] = (168, 56), seed: int = 0) -> Path:
@@ -44,6 +44,27 @@ def write_ramps(folder: Path, count: int = 256, size: tuple[int, int] = (168, 56
         tint = rng.uniform(0.85, 1.0, size=3)[None, None, :]  # (1, 1, 3)
         pixels = ramp * tint + rng.normal(0, 8, size=(height, width, 3))
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"ramp_{i:03d}.png")
+    return folder
+
+
+def write_fades(folder: Path, count: int = 96, size: int = 112, fps: float = 4.0, seconds: float = 13.0,
+                seed: int = 0) -> Path:
+    """`count` MP4s whose brightness rises from the first frame to the last: a video jigsaw's clips then give
+    their place in time away by their mean brightness alone, the video counterpart of `write_ramps`. Each
+    video draws its dark start in [0, 40], its bright end in [215, 255], a tint in [0.85, 1] per channel and
+    pixel noise (σ 8), from rng(seed): same seed, same bytes (libx264 is bit-exact here). `seconds` clears
+    video_jigsaw's 12 s `min_duration`. The folder is rewritten each time."""
+    from mmrl.video import write_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    frames = int(round(fps * seconds))
+    for i in range(count):
+        low, high = rng.uniform(0, 40), rng.uniform(215, 255)
+        ramp = np.linspace(low, high, frames)[:, None, None, None]  # (T, 1, 1, 1)
+        tint = rng.uniform(0.85, 1.0, size=3)[None, None, None, :]  # (1, 1, 1, 3)
+        pixels = ramp * tint + rng.normal(0, 8, size=(frames, size, size, 3))
+        write_video(folder / f"fade_{i:03d}.mp4", np.clip(pixels, 0, 255).astype(np.uint8), fps)
     return folder
 
 
@@ -148,6 +169,7 @@ def main() -> None:
     configs = args.configs or sorted((ROOT / "configs" / "ladder").glob("*.yaml"))
     if not args.table_only:
         write_ramps(CUES / "ramps")
+        write_fades(CUES / "fades")
     rows = []
     for config in configs:
         kept = args.runs / config.stem / "ladder_row.json"

@@ -13,6 +13,7 @@ import yaml
 from PIL import Image
 
 from mmrl.config import RunConfig, load_config
+from mmrl.video import read_frames, video_info
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("ladder", ROOT / "scripts" / "ladder.py")
@@ -58,6 +59,24 @@ def test_ramps_give_each_tile_its_column_by_brightness_and_repeat_byte_for_byte(
     for path in sorted(first.glob("*.png")):
         pixels = np.asarray(Image.open(path), dtype=float)
         thirds = [pixels[:, i * 56 : (i + 1) * 56].mean() for i in range(3)]
+        assert thirds[0] + 20 < thirds[1] < thirds[2] - 20, (path.name, thirds)
+
+
+def test_fades_give_each_clip_its_place_in_time_by_brightness_and_repeat_byte_for_byte(tmp_path: Path) -> None:
+    kwargs = dict(count=3, size=32, fps=4.0, seconds=6.0)
+    first = ladder.write_fades(tmp_path / "a", seed=3, **kwargs)
+    again = ladder.write_fades(tmp_path / "b", seed=3, **kwargs)
+    other = ladder.write_fades(tmp_path / "c", seed=4, **kwargs)
+
+    def digest(folder: Path) -> list[str]:
+        return [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.mp4"))]
+
+    assert digest(first) == digest(again) != digest(other)
+    for path in sorted(first.glob("*.mp4")):
+        info = video_info(path)
+        assert info.num_frames == 24 and abs(info.fps - 4.0) < 1e-6, (path.name, info)
+        frames = read_frames(path, list(range(24))).frames.astype(float)  # decoded back through decord
+        thirds = [frames[i * 8 : (i + 1) * 8].mean() for i in range(3)]
         assert thirds[0] + 20 < thirds[1] < thirds[2] - 20, (path.name, thirds)
 
 

@@ -5,7 +5,7 @@
 `difficulty.jsonl`, the selected dataset and the threshold sweep (docs/thinklite.md).
 """
 
-from mmrl.selection.judge import STEP_INSTRUCTION, ProcessorCodec, TaskVerifier
+from mmrl.selection.judge import STEP_INSTRUCTION, CriticVerifier, ProcessorCodec, TaskVerifier, critic_verdict
 from mmrl.selection.mcts import MCTSParams, SearchResult, SearchStats, search
 from mmrl.selection.passrate import PassRateParams, PassRateResult, pass_rates
 from mmrl.selection.records import DIFFICULTY_FILE, DifficultyLog, KeepRule, difficulty_value, spearman, sweep
@@ -13,6 +13,7 @@ from mmrl.selection.select import SELECTED_DIR, SelectReport, load_pool, select_
 
 __all__ = [
     "DIFFICULTY_FILE",
+    "CriticVerifier",
     "SELECTED_DIR",
     "STEP_INSTRUCTION",
     "DifficultyLog",
@@ -25,6 +26,7 @@ __all__ = [
     "SearchStats",
     "SelectReport",
     "TaskVerifier",
+    "critic_verdict",
     "difficulty_value",
     "load_pool",
     "pass_rates",

@@ -9,6 +9,12 @@ the parameters the sample was generated with: `mmrl.baselines.TaskCache`):
 and calls a reply final once the task's answer format can be read from it (`extract_answer` in the
 sample's answer mode; `raw` replies end only at the policy's end of turn or the step limit).
 
+`CriticVerifier` is the paper's optional LLM judge: a local model reads the question, the reference
+answer and the reply, and answers in one sentence whether the reply's final answer is right
+(`CRITIC_PROMPT`, our wording of the sheet's critic). The verdict is the first "true" or "false" word of
+that reply's first sentence (`critic_verdict`); a reply with neither counts as unsolved and is counted.
+Whether a reply is final still follows the task's answer format, as for `TaskVerifier`.
+
 `ProcessorCodec` encodes a Sample's chat with the model's processor (`encode_prompt`), optionally with a
 step instruction appended to the last user message, and decodes token ids with the tokenizer.
 """
@@ -16,16 +22,17 @@ step instruction appended to the last user message, and decodes token ids with t
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from mmrl.baselines import TaskCache
 from mmrl.config import ModelConfig
-from mmrl.contracts import EncodedPrompt
+from mmrl.contracts import EncodedPrompt, Engine, SamplingParams
 from mmrl.rollout.encode import encode_prompt
 from mmrl.sample import Sample
 from mmrl.task import score_completion
-from rewards.extract import extract_answer
+from rewards.extract import answer_payload, extract_answer
 
 STEP_INSTRUCTION = (
     "Work it out in short steps, one step per line, and give the final answer in the format asked above "
@@ -55,6 +62,82 @@ class TaskVerifier:
             return False
         threshold = self.thresholds.get(sample.task)
         return reward.is_exact if threshold is None else reward.score >= threshold
+
+
+CRITIC_PROMPT = (
+    "You are grading a student's reply against a reference answer.\n\n"
+    "Question:\n{question}\n\n"
+    "Reference answer: {reference}\n\n"
+    "Student's reply (reasoning, then the final answer):\n{reply}\n\n"
+    "Is the student's final answer the same as the reference answer? Answer with one sentence that begins "
+    "with True or False."
+)
+"""The critic's prompt (our wording of the sheet's critic: question, ground truth, generated rationale and
+answer; one sentence saying whether the answer is true or false)."""
+
+_FIRST_SENTENCE = re.compile(r"^\s*(.*?)(?:[.!?\n]|$)", re.S)
+_VERDICT_WORD = re.compile(r"\b(true|false)\b", re.I)
+
+
+def critic_verdict(reply: str) -> bool | None:
+    """True / False from the first "true" or "false" word of the critic's first sentence; None if it has neither.
+
+    The paper counts a sample solved when "true" appears in the critic's first sentence; taking the first
+    verdict word instead keeps "False, it is not true that ..." from counting as solved."""
+    first = _FIRST_SENTENCE.match(reply)
+    word = _VERDICT_WORD.search(first.group(1) if first else "")
+    return None if word is None else word.group(1).lower() == "true"
+
+
+def question_text(sample: Sample) -> str:
+    """The text of the sample's last user message (its media items left out)."""
+    for message in reversed(sample.messages):
+        if message.get("role") == "user":
+            content = message["content"]
+            if isinstance(content, str):
+                return content
+            return " ".join(item["text"] for item in content if item.get("type") == "text").strip()
+    return ""
+
+
+class CriticVerifier:
+    """Judge replies with a local critic model (the paper's LLM judge); see the module docstring.
+
+    `engine` generates with the critic (greedy, `max_new_tokens`); `encode` turns a chat (a list of
+    messages) into the critic's EncodedPrompt. Verdicts are cached per (sample id, reply): MCTS reaches
+    the same final reply along several paths."""
+
+    def __init__(self, engine: Engine, encode: Any, *, max_new_tokens: int = 64) -> None:
+        self.engine = engine
+        self.encode = encode
+        self.max_new_tokens = max_new_tokens
+        self.tasks = TaskCache()
+        self.calls = 0
+        """Critic generations run (cache hits are not counted)."""
+        self.unreadable = 0
+        """Critic replies with no true/false verdict in their first sentence: judged unsolved."""
+        self._verdicts: dict[tuple[str, str], bool] = {}
+
+    def is_final(self, sample: Sample, text: str) -> bool:
+        mode = self.tasks.of(sample).answer_mode(sample)
+        return mode != "raw" and extract_answer(text, mode) is not None
+
+    def critic_prompt(self, sample: Sample, text: str) -> str:
+        return CRITIC_PROMPT.format(question=question_text(sample), reference=answer_payload(sample.answer),
+                                    reply=text.strip())  # fmt: skip
+
+    def solves(self, sample: Sample, text: str) -> bool:
+        key = (sample.id, text)
+        if key not in self._verdicts:
+            prompt = self.encode([{"role": "user", "content": self.critic_prompt(sample, text)}])
+            sampling = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0, seed=0)
+            reply = self.engine.generate([prompt], 1, sampling)[0][0].text
+            self.calls += 1
+            verdict = critic_verdict(reply)
+            if verdict is None:
+                self.unreadable += 1
+            self._verdicts[key] = bool(verdict)
+        return self._verdicts[key]
 
 
 class ProcessorCodec:
@@ -90,4 +173,12 @@ class ProcessorCodec:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
 
-__all__ = ["STEP_INSTRUCTION", "ProcessorCodec", "TaskVerifier"]
+__all__ = [
+    "CRITIC_PROMPT",
+    "STEP_INSTRUCTION",
+    "CriticVerifier",
+    "ProcessorCodec",
+    "TaskVerifier",
+    "critic_verdict",
+    "question_text",
+]

@@ -70,11 +70,13 @@ def select_pool(
     passrate: PassRateParams | None = None,
     keep: KeepRule | None = None,
     progress: bool = True,
+    judge: str = "task",
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> SelectReport:
     """Score the samples of `samples` not yet in OUT/difficulty.jsonl, then write the selection (module docstring).
 
-    `on_record` is called after each line is durable (tests use it to pace a kill).
+    `judge` names the verifier in OUT/select.json (a resumed run must judge the same way, e.g.
+    "task" or "critic:<model>"). `on_record` is called after each line is durable (tests use it to pace a kill).
     """
     if method not in ("mcts", "passrate"):
         raise MMRLError(f"--method must be mcts or passrate, got {method!r}")
@@ -84,7 +86,7 @@ def select_pool(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mcts, passrate, keep = mcts or MCTSParams(), passrate or PassRateParams(), keep or KeepRule()
-    settings = {"method": method, "mcts": asdict(mcts), "passrate": asdict(passrate)}
+    settings = {"method": method, "judge": judge, "mcts": asdict(mcts), "passrate": asdict(passrate)}
     _check_settings(out / "select.json", settings)
     difficulty = DifficultyLog(out / DIFFICULTY_FILE)
     records = {r["id"]: r for r in difficulty.read()}
@@ -130,7 +132,8 @@ def select_pool(
         skipped=sum(bool(r.get("skipped")) for r in ordered), kept=len(kept), rule=keep.describe(method),
         seconds=time.perf_counter() - start, engine_calls=stats.engine_calls,
     )  # fmt: skip
-    _write_json(out / "select.json", {**settings, "report": asdict(report)})
+    judged = {k: getattr(verifier, k) for k in ("calls", "unreadable", "errors") if hasattr(verifier, k)}
+    _write_json(out / "select.json", {**settings, "report": asdict(report), "verifier": judged})
     return report
 
 
@@ -141,8 +144,8 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         return
     old = json.loads(path.read_text())
     scheduling = ("max_trees", "batch_prompts")  # how many samples share an engine call: free to change
-    for key in ("method", settings["method"]):
-        before, now = old.get(key), settings[key]
+    for key in ("method", "judge", settings["method"]):
+        before, now = old.get(key, "task" if key == "judge" else None), settings[key]  # older files: task judge
         if isinstance(now, dict) and isinstance(before, dict):
             before = {k: v for k, v in before.items() if k not in scheduling}
             now = {k: v for k, v in now.items() if k not in scheduling}
