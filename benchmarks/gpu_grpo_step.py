@@ -207,7 +207,7 @@ def decode_bench(args) -> None:
                 row[f"{path}_bound_fraction"] = round(tps / row["bound_tokens_per_s"], 4)
                 row[f"{path}_peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             if path == "static":
-                row["static_cache_len"] = cache_length(prompt_len, new)
+                row["static_cache_len"] = cache_length(prompt_len, new, engine._decoder.length_bucket)
                 row["static_compiled"] = engine._decoder.compile_step
             del engine
             if cuda:

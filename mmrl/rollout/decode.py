@@ -16,7 +16,8 @@ drawn (total mass < 152k · e^-23 ≈ 2e-5).
 Static decode (`StaticDecoder`). One prefill per distinct prompt with the model's own forward (vision
 tower + language model; M-RoPE positions from the model's `_prepare_position_ids_for_generation`,
 exactly what `generate` uses), then the cache rows are copied, repeated per sample, into a
-`transformers.StaticCache` of fixed length (prompt + max_new_tokens, rounded up to `LENGTH_BUCKET`),
+`transformers.StaticCache` of fixed length (prompt + max_new_tokens, rounded up to `LENGTH_BUCKET` when
+the step is compiled),
 and our own loop runs one token per step through the language model + lm_head. Decode positions are
 (prompt tokens of the row + step) + the row's `rope_deltas` on all three M-RoPE axes, as in
 `generate`. The one-token step (forward + sampling) is wrapped in `torch.compile(mode="reduce-overhead")`
@@ -31,7 +32,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import StaticCache, TopKLogitsWarper, TopPLogitsWarper
+import torch.nn.functional as F
+from transformers import AttentionInterface, StaticCache, TopKLogitsWarper, TopPLogitsWarper
 
 from mmrl.contracts import EncodedPrompt, SamplingParams
 
@@ -186,10 +188,10 @@ def sequences_that_fit(
     return max(1, min(requested, int(budget // max(per_sequence_bytes, 1))))
 
 
-def cache_length(prompt_len: int, max_new_tokens: int) -> int:
-    """Static cache length: prompt + new tokens, rounded up to a multiple of `LENGTH_BUCKET`."""
+def cache_length(prompt_len: int, max_new_tokens: int, bucket: int = LENGTH_BUCKET) -> int:
+    """Static cache length: prompt + new tokens, rounded up to a multiple of `bucket`."""
     need = prompt_len + max_new_tokens
-    return -(-need // LENGTH_BUCKET) * LENGTH_BUCKET
+    return -(-need // bucket) * bucket
 
 
 class StaticDecoder:
@@ -203,13 +205,18 @@ class StaticDecoder:
     def __init__(self, model: torch.nn.Module, *, compile_step: bool):
         self.model = model
         self.compile_step = compile_step
+        self.length_bucket = LENGTH_BUCKET if compile_step else 1  # uncompiled: no graph to share, no padding
         self.attn = model.config._attn_implementation
         if self.attn not in STATIC_ATTENTION:
             raise ValueError(f"static decode needs attn_implementation in {STATIC_ATTENTION}, got '{self.attn}'")
+        # The text configs the attention layers read their implementation from (switched during a decode step).
+        configs = {
+            id(m.config): m.config for m in model.model.language_model.modules() if hasattr(m, "num_key_value_groups")
+        }
+        self._attn_configs = list(configs.values()) if self.attn == "sdpa" else []
         self._cache: StaticCache | None = None
         self._cache_key: tuple | None = None
         self._step_fn = None
-        self.compile_s = 0.0  # seconds spent in calls that compiled or recorded a new graph (warm-up)
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -236,6 +243,10 @@ class StaticDecoder:
                 layer.lazy_initialization(shaped, shaped)
             self._cache, self._cache_key = cache, key
         return self._cache
+
+    def _switch_attention(self, implementation: str) -> None:
+        for config in self._attn_configs:
+            config._attn_implementation_internal = implementation
 
     def _step_impl(
         self,
@@ -293,7 +304,7 @@ class StaticDecoder:
         # Next text position of each row: its prompt token count (+ the M-RoPE offset of its prompt).
         next_pos = (valid.sum(1) + deltas.to(device).view(-1)[rows]).to(torch.long)
 
-        length = cache_length(prompt_len, max_new_tokens)
+        length = cache_length(prompt_len, max_new_tokens, self.length_bucket)
         like = prefix.layers[0].keys
         cache = self._get_cache(batch, length, like)
         for layer, src in zip(cache.layers, prefix.layers, strict=True):
@@ -316,6 +327,7 @@ class StaticDecoder:
         finished |= torch.isin(token, stops)
         step_fn = self._step()
         step_t = torch.zeros((), dtype=torch.long, device=device)
+        positions = next_pos - 1  # text position of the token fed at step s: next_pos - 1 + s
         steps = 1
         for s in range(1, max_new_tokens):
             if s % 16 == 0 and bool(finished.all()):  # a host sync now and then, not every step
@@ -323,12 +335,52 @@ class StaticDecoder:
             attend[:, 0, 0, prompt_len + s - 1] = True  # the slot the fed token is written to
             step_t.fill_(s)
             mask = attend if self.attn == "sdpa" else _additive(attend, like.dtype)
-            token, logp = step_fn(tokens[:, s - 1 : s], next_pos - 1, mask, keys, step_t, cache, chooser)
+            if self.compile_step:  # the last step's graph outputs were copied out: they may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
+            self._switch_attention(DECODE_ATTENTION)
+            try:
+                token, logp = step_fn(tokens[:, s - 1 : s], positions, mask, keys, step_t, cache, chooser)
+            finally:
+                self._switch_attention(self.attn)
             token = torch.where(finished, torch.full_like(token, pad_id), token)
             tokens[:, s], logprobs[:, s] = token, logp
             finished |= torch.isin(token, stops)
             steps = s + 1
         return tokens[:, :steps], logprobs[:, :steps]
+
+
+DECODE_ATTENTION = "mmrl_decode_sdpa"
+"""Attention implementation the static decode step switches sdpa layers to (`decode_sdpa_attention`)."""
+
+
+def decode_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA for one query token per sequence with grouped-query attention, without copying K/V per query head.
+
+    transformers' sdpa path repeats every key/value head n_rep times when a mask is given under
+    torch.compile (a full copy of the cache per layer and step). With one query token the n_rep query
+    heads sharing a key/value head can instead stand in the query-length axis: query (B, H, 1, d) ->
+    (B, H_kv, n_rep, d) (heads g·n_rep .. g·n_rep + n_rep - 1 use key/value head g, as in `repeat_kv`),
+    and the (B, 1, 1, L) mask broadcasts over it.
+    """
+    batch, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    if q_len != 1 or heads % kv_heads:
+        raise ValueError(f"decode attention takes one query token and H % H_kv == 0, got {tuple(query.shape)}")
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, dropout_p=0.0, scale=scaling)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(DECODE_ATTENTION, decode_sdpa_attention)
 
 
 def _additive(attend: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,17 +1,25 @@
-"""Generation with transformers' `generate`: runs everywhere, samples from the training model itself.
+"""The HF engine: samples from the training model itself with transformers, everywhere.
 
 Prompts arrive encoded (`mmrl.rollout.encode`), so the processor never runs here: each prompt's
 visual tensors are reused by its n samples. Sequences (prompts x samples) are generated in
 LEFT-padded batches of at most `batch_size`; the model derives M-RoPE positions from the attention
-mask and `mm_token_type_ids`, so a prompt's completion does not depend on its batch-mates (tested
-with greedy decoding).
+mask and `mm_token_type_ids`, so a prompt's completion does not depend on its batch-mates.
+
+Two decode loops (`HFEngine(decode=...)`, `rollout.decode`): transformers' `generate`, or the
+static-cache loop of `mmrl.rollout.decode.StaticDecoder` (one prefill per distinct prompt, then a
+one-token step over a `StaticCache`, compiled with CUDA graphs on CUDA; the default on CUDA).
+Both draw tokens with per-sequence keys (Gumbel-max with counter-based noise, `mmrl.rollout.decode`):
+sequence k's key comes from the call's seed, its prompt's content and its sample index, so its
+tokens do not depend on its batch-mates, its row or the batch size, and the two loops draw the same
+tokens from the same logits (tested). In `generate` the draw happens in a logits processor
+(`_SeededSampler`) that hands generate's greedy argmax a one-hot score.
 
 Shared prefill: when a batch holds several samples of one prompt, the prompt is encoded (vision
 tower + language model) once. Each distinct prompt minus its last token is run through the model
 with a cache, the cache rows are repeated for the prompt's samples (`Cache.reorder_cache`, the
 beam-search row selection), and `generate` continues from that cache with the full left-padded
-batch: it runs the last prompt token of every sequence, then samples as usual, with the same random
-draws as without the shared prefill. Qwen-VL models keep M-RoPE offsets (`rope_deltas`) from their
+batch: it runs the last prompt token of every sequence, then samples as usual, with the same draws
+as without the shared prefill. Qwen-VL models keep M-RoPE offsets (`rope_deltas`) from their
 last prefill; they are cleared so that `generate` recomputes every sequence's 3D positions from the
 full inputs, exactly as in a plain call. Used for the Qwen-VL families (`SHARED_PREFILL_MODEL_TYPES`)
 when the batch repeats a prompt and has images or videos; otherwise every sequence is prefilled by
@@ -23,8 +31,8 @@ softmax(logits / temperature) after top-k and top-p filtering (renormalised), wi
 placeholder tokens suppressed. This is what vLLM reports with `logprobs_mode="processed_logprobs"`,
 so both engines mean the same thing. With top_k=0 and top_p=1 it equals
 `completion_logprobs(..., temperature=T)`; the trainer recomputes the unfiltered tempered
-log-probs for the loss anyway. They are recorded step by step by a logits processor (one (B, V)
-float32 tensor at a time) instead of `output_scores`, which would keep (steps, B, V) in memory.
+log-probs for the loss anyway. They are recorded step by step (one (B,) tensor per step) instead
+of `output_scores`, which would keep (steps, B, V) in memory.
 """
 
 from __future__ import annotations
