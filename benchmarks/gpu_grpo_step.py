@@ -141,7 +141,11 @@ def decode_bench(args) -> None:
     nominal = next((tb for key, tb in NOMINAL_TB_S.items() if key in name), None)
     models = [("tiny-a", TinySpec(), None, False), ("tiny-b", TinySpec(num_layers=4), None, False)]
     if not args.tiny:
-        models = [("qwen2.5-vl-3b-size", SPEC_3B, 151936, True), ("qwen2.5-vl-7b-size", SPEC_7B, 152064, False)]
+        sizes = {
+            "3b": ("qwen2.5-vl-3b-size", SPEC_3B, 151936, True),
+            "7b": ("qwen2.5-vl-7b-size", SPEC_7B, 152064, False),
+        }
+        models = [sizes[s.strip()] for s in args.sizes.split(",")]
     results = []
 
     def sync():
@@ -235,6 +239,7 @@ def main() -> None:
     )
     ap.add_argument("--new-tokens", type=int, default=256, help="--decode-bench: tokens generated per sequence")
     ap.add_argument("--image-size", type=int, default=112, help="--decode-bench: side of each prompt's image (px)")
+    ap.add_argument("--sizes", default="3b,7b", help="--decode-bench: model sizes to run, of 3b,7b")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=128)
