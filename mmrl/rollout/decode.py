@@ -248,29 +248,12 @@ class StaticDecoder:
         for config in self._attn_configs:
             config._attn_implementation_internal = implementation
 
-    def _step_impl(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        mask: torch.Tensor,
-        keys: torch.Tensor,
-        step: torch.Tensor,
-        cache: StaticCache,
-        chooser: TokenChooser,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = (positions + step).view(1, -1, 1).expand(3, -1, 1)
-        hidden = self.model.model.language_model(
-            input_ids=tokens, position_ids=pos, attention_mask=mask, cache=cache, use_cache=True
-        ).last_hidden_state
-        logits = self.model.lm_head(hidden[:, -1])
-        return chooser(logits, keys, step)
-
-    def _step(self):
+    def _step(self) -> torch.nn.Module:
         if self._step_fn is None:
-            if self.compile_step:
-                self._step_fn = torch.compile(self._step_impl, mode="reduce-overhead", dynamic=False)
-            else:
-                self._step_fn = self._step_impl
+            step = _DecodeStep(self.model.model.language_model, self.model.lm_head)
+            # Compiled as a Module (as transformers compiles its own decode step): the language model's
+            # parameters are then static inputs of the CUDA graph, never copied per replay.
+            self._step_fn = torch.compile(step, mode="reduce-overhead", dynamic=False) if self.compile_step else step
         return self._step_fn
 
     @torch.no_grad()
@@ -347,6 +330,35 @@ class StaticDecoder:
             finished |= torch.isin(token, stops)
             steps = s + 1
         return tokens[:, :steps], logprobs[:, :steps]
+
+
+class _DecodeStep(torch.nn.Module):
+    """One decode step: the language model on one token per sequence over the static cache, lm_head, sampling.
+
+    Holds the model's own language model and lm_head as submodules (shared, not copied).
+    """
+
+    def __init__(self, language_model: torch.nn.Module, lm_head: torch.nn.Module):
+        super().__init__()
+        self.language_model = language_model
+        self.lm_head = lm_head
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        keys: torch.Tensor,
+        step: torch.Tensor,
+        cache: StaticCache,
+        chooser: TokenChooser,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token, log-prob), each (B,), of step `step`; `positions` (B,) + step is each row's text position."""
+        pos = (positions + step).view(1, -1, 1).expand(3, -1, 1)
+        hidden = self.language_model(
+            input_ids=tokens, position_ids=pos, attention_mask=mask, cache=cache, use_cache=True
+        ).last_hidden_state
+        return chooser(self.lm_head(hidden[:, -1]), keys, step)
 
 
 DECODE_ATTENTION = "mmrl_decode_sdpa"
