@@ -114,7 +114,7 @@ def decode_bench(args) -> None:
     from mmrl.config import ModelConfig
     from mmrl.contracts import SamplingParams
     from mmrl.models import load_processor
-    from mmrl.rollout import HFEngine, encode_prompt
+    from mmrl.rollout import HFEngine, collate, completion_logprobs, encode_prompt, logprob_agreement
     from mmrl.rollout.decode import cache_length, kv_bytes_per_sequence
 
     cuda = torch.cuda.is_available() and not args.tiny
@@ -195,12 +195,15 @@ def decode_bench(args) -> None:
             row["bound_tokens_per_s"] = batch * bandwidth / step_bytes
             if nominal:
                 row["bound_tokens_per_s_nominal"] = batch * nominal * 1e12 / step_bytes
+        outputs = {}
         for path in ("generate", "static"):
             engine = HFEngine(model, processor, batch_size=batch, decode=path)
+            engine_pad = engine.pad_id
             warm = sampling if path == "static" else warm_sampling  # static: same cache shape = same graph
             warm_s, _ = timed(engine, warm)
             run_s, out = timed(engine, sampling)
             tokens = sum(len(c.token_ids) for group in out for c in group)
+            outputs[path] = [c for group in out for c in group]
             tps = tokens / run_s
             row[f"{path}_warmup_s"] = round(warm_s, 2)
             row[f"{path}_s"] = round(run_s, 3)
@@ -218,6 +221,24 @@ def decode_bench(args) -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
         row["static_over_generate"] = round(row["static_tokens_per_s"] / row["generate_tokens_per_s"], 3)
+        # Sanity of the static loop on this device: its log-probs against the trainer's forward (R6) for
+        # the first 8 sequences, and how long both loops agree token for token (same keys, same noise:
+        # they part only where the two loops' logits differ enough to flip a draw).
+        check = outputs["static"][:8]
+        with torch.no_grad():
+            seqs = [p for p in prompts for _ in range(args.n)][:8]
+            scored = collate(seqs, [c.token_ids for c in check], engine_pad)
+            scored = {k: v.to(device) for k, v in scored.items()}
+            trainer_lp, _, mask = completion_logprobs(model, scored)
+        row["static_logprob_vs_trainer"] = round(logprob_agreement([c.logprobs for c in check], trainer_lp, mask), 5)
+        prefixes = []
+        for a, b in zip(outputs["generate"], outputs["static"]):
+            k = 0
+            while k < min(len(a.token_ids), len(b.token_ids)) and a.token_ids[k] == b.token_ids[k]:
+                k += 1
+            prefixes.append(k)
+        row["loops_common_prefix_mean"] = sum(prefixes) / len(prefixes)
+        row["loops_first_token_agree"] = sum(k > 0 for k in prefixes) / len(prefixes)
         print(json.dumps(row), flush=True)
         results.append(row)
         del model, lm
