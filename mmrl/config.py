@@ -127,7 +127,7 @@ class RolloutConfig:
     decode: Literal["auto", "generate", "static"] = "auto"
     """HF engine decode loop: `generate` (transformers' generate), `static` (static KV cache + our own
     one-token step, compiled with CUDA graphs on CUDA; batches sized to free GPU memory, at most
-    `batch_size`) or `auto` (static on CUDA for Qwen-VL models with sdpa/eager attention, else generate).
+    `batch_size`) or `auto` (static on CUDA for unsharded Qwen-VL models with sdpa/eager attention, else generate).
     Both sample with per-sequence seeds, so the choice changes speed, not the distribution."""
     vllm_gpu_memory_utilization: Annotated[float, "(0, 1]"] = 0.5
     """vLLM only: share of GPU memory its KV cache may take."""

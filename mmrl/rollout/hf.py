@@ -81,7 +81,8 @@ class HFEngine:
 
     `decode` picks the decode loop: `generate` (transformers' `generate`), `static` (`StaticDecoder`:
     a static KV cache and our own one-token step, compiled with CUDA graphs on CUDA) or `auto`
-    (static on CUDA for the Qwen-VL families with sdpa/eager attention, generate otherwise). Both
+    (static on CUDA for the Qwen-VL families with sdpa/eager attention and unsharded weights, generate
+    otherwise). Both
     loops sample with per-sequence keys (`mmrl.rollout.decode`), so a sequence's completion does not
     depend on its batch-mates or the batch size, and the two loops draw the same tokens from the
     same logits. On CUDA the static loop sizes its batches to free memory (at most `batch_size`).
@@ -161,8 +162,15 @@ class HFEngine:
         return self.decode == "auto" and device.type == "cuda" and self._static_supported()
 
     def _static_supported(self) -> bool:
+        """Qwen-VL family, full-attention sdpa/eager text layers, and unsharded weights (FSDP's DTensor
+        parameters need the all-gathers of the wrapped forward: such models keep `generate`)."""
         inner = unwrap_model(self.model)
-        return getattr(inner.config, "model_type", None) in SHARED_PREFILL_MODEL_TYPES and StaticDecoder.supports(inner)
+        sharded = any(type(p).__name__ == "DTensor" for p in inner.parameters())
+        return (
+            getattr(inner.config, "model_type", None) in SHARED_PREFILL_MODEL_TYPES
+            and StaticDecoder.supports(inner)
+            and not sharded
+        )
 
     def _static_batch_size(
         self, prompts: Sequence[EncodedPrompt], sampling: SamplingParams, device: torch.device
