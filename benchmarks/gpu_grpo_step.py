@@ -2,6 +2,8 @@
 
     python benchmarks/gpu_grpo_step.py            # 3B architecture, bf16, CUDA (needs a GPU)
     python benchmarks/gpu_grpo_step.py --tiny     # tiny model on CPU: debugs the script itself
+    python benchmarks/gpu_grpo_step.py --decode-bench          # HF engine decode speed, 3B + 7B (GPU)
+    python benchmarks/gpu_grpo_step.py --decode-bench --tiny   # the same on tiny models, CPU
 
 No download: the tokenizer and processor come from a locally built tiny checkpoint
 (`mmrl.tiny.build_tiny`); the policy is random-init from a config with the 3B architecture whose
@@ -14,6 +16,17 @@ pieces are the real ones: `TaskProducer.produce` on `dominant_color` prompts wit
 speed, not learning.
 
 Prints one JSON line and writes it to $OUT/result.json (or --out).
+
+`--decode-bench` measures the HF engine's decode speed instead (`decode_bench`): for random-init
+Qwen2.5-VL-3B- and 7B-size bf16 models, 8 prompts with one small image x n=8 = 64 sequences of exactly
+`--new-tokens` tokens (min_new_tokens = max_new_tokens), once with transformers' `generate` and once
+with the static-cache compiled loop (`decode="static"`), each after one warm-up call (the static
+warm-up compiles and records the CUDA graph; its time is reported, not counted). Each path's tokens/s
+is also given as a fraction of the memory-bandwidth bound: a decode step reads the language model's
+weights (decoder layers, final norm, lm_head) and every sequence's KV cache, so at most
+batch x bandwidth / (weight bytes + batch x KV bytes at the mean length) tokens/s. The bandwidth is
+measured in the same run with a large device-to-device copy ((bytes read + written) / time); the
+nominal H100 (3.35 TB/s) and H200 (4.8 TB/s) figures are printed next to it.
 """
 
 from __future__ import annotations
@@ -52,6 +65,12 @@ SPEC_3B = TinySpec(  # Qwen2.5-VL-3B-Instruct's sizes
     hidden_size=2048, intermediate_size=11008, num_layers=36, num_heads=16, num_kv_heads=2,
     vision_hidden_size=1280, vision_intermediate_size=3420, vision_depth=32, vision_heads=16,
 )  # fmt: skip
+SPEC_7B = TinySpec(  # Qwen2.5-VL-7B-Instruct's sizes (same vision tower as 3B)
+    hidden_size=3584, intermediate_size=18944, num_layers=28, num_heads=28, num_kv_heads=4,
+    vision_hidden_size=1280, vision_intermediate_size=3420, vision_depth=32, vision_heads=16,
+)  # fmt: skip
+NOMINAL_TB_S = {"H100": 3.35, "H200": 4.8}
+"""Datasheet HBM bandwidth (TB/s) of the GPUs this benchmark is run on, matched in the device name."""
 
 
 def big_config(processor, spec: TinySpec, vocab_size: int | None, full_3b: bool):
@@ -67,9 +86,181 @@ def big_config(processor, spec: TinySpec, vocab_size: int | None, full_3b: bool)
     return config, ids
 
 
+def copy_bandwidth(device: torch.device, gib: float = 2.0, repeats: int = 10) -> float:
+    """Device memory bandwidth in bytes/s: a `gib` GiB device-to-device copy, (read + written) / median time."""
+    n = int(gib * 2**30) // 4
+    src = torch.empty(n, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end) / 1e3)
+    times = sorted(times[2:])
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * n * 4 / times[len(times) // 2]
+
+
+def decode_bench(args) -> None:
+    """Tokens/s of the HF engine's two decode loops on 3B- and 7B-size models (see the module docstring)."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    from mmrl.config import ModelConfig
+    from mmrl.contracts import SamplingParams
+    from mmrl.models import load_processor
+    from mmrl.rollout import HFEngine, collate, completion_logprobs, encode_prompt, logprob_agreement
+    from mmrl.rollout.decode import cache_length, kv_bytes_per_sequence
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    device = torch.device("cuda" if cuda else "cpu")
+    work = Path(tempfile.mkdtemp(prefix="decode_bench."))
+    tiny_dir = build_tiny("qwen2.5-vl", work / "tiny")  # tokenizer + processor
+    model_cfg = ModelConfig(path=str(tiny_dir))
+    processor = load_processor(model_cfg)
+    rng = np.random.default_rng(0)
+    prompts = []
+    for i in range(args.prompts):
+        pixels = rng.integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
+        messages = [{"role": "user", "content": [
+            {"type": "image", "image": Image.fromarray(pixels)},
+            {"type": "text", "text": f"Picture {i}: describe what you see, then name its main colour."},
+        ]}]  # fmt: skip
+        prompts.append(encode_prompt(processor, messages, model_cfg, max_prompt_tokens=4096))
+    batch = args.prompts * args.n
+    new = args.new_tokens
+    sampling = SamplingParams(max_new_tokens=new, min_new_tokens=new, temperature=1.0, seed=0)
+    warm_sampling = SamplingParams(max_new_tokens=8, min_new_tokens=8, temperature=1.0, seed=1)
+    bandwidth = copy_bandwidth(device) if cuda else None
+    name = torch.cuda.get_device_name(device) if cuda else "cpu"
+    nominal = next((tb for key, tb in NOMINAL_TB_S.items() if key in name), None)
+    models = [("tiny-a", TinySpec(), None, False), ("tiny-b", TinySpec(num_layers=4), None, False)]
+    if not args.tiny:
+        sizes = {
+            "3b": ("qwen2.5-vl-3b-size", SPEC_3B, 151936, True),
+            "7b": ("qwen2.5-vl-7b-size", SPEC_7B, 152064, False),
+        }
+        models = [sizes[s.strip()] for s in args.sizes.split(",")]
+    results = []
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def timed(engine, params):
+        sync()
+        t0 = time.perf_counter()
+        out = engine.generate(prompts, args.n, params)
+        sync()
+        return time.perf_counter() - t0, out
+
+    for label, spec, vocab, tied in models:
+        config, ids = big_config(processor, spec, vocab, full_3b=not args.tiny)
+        config.tie_word_embeddings = tied
+        config.text_config.tie_word_embeddings = tied
+        t0 = time.perf_counter()
+        with torch.device(device):
+            model = AutoModelForImageTextToText.from_config(
+                config, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation="sdpa"
+            )
+        model = model.eval().to(device)
+        model.generation_config = GenerationConfig(
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+            pad_token_id=ids["<|endoftext|>"],
+        )  # fmt: skip
+        init_s = time.perf_counter() - t0
+        lm = model.model.language_model
+        weight_bytes = sum(p.numel() * p.element_size() for n_, p in lm.named_parameters() if "embed_tokens" not in n_)
+        weight_bytes += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+        dtype = next(model.parameters()).dtype
+        prompt_len = max(len(p) for p in prompts)
+        kv_mean = kv_bytes_per_sequence(model.config, prompt_len + new // 2, dtype)
+        step_bytes = weight_bytes + batch * kv_mean
+        row = {
+            "model": label, "params": sum(p.numel() for p in model.parameters()), "dtype": str(dtype),
+            "device": name, "torch": torch.__version__, "transformers": __import__("transformers").__version__,
+            "sequences": batch, "prompts": args.prompts, "n": args.n, "prompt_tokens": prompt_len,
+            "new_tokens": new, "model_init_s": round(init_s, 2),
+            "lm_weight_gb": weight_bytes / 1e9, "kv_gb_per_step_at_mean_len": batch * kv_mean / 1e9,
+            "bytes_per_decode_step_gb": step_bytes / 1e9,
+        }  # fmt: skip
+        if cuda:
+            row["bandwidth_measured_tb_s"] = bandwidth / 1e12
+            row["bandwidth_nominal_tb_s"] = nominal
+            row["bound_tokens_per_s"] = batch * bandwidth / step_bytes
+            if nominal:
+                row["bound_tokens_per_s_nominal"] = batch * nominal * 1e12 / step_bytes
+        outputs = {}
+        for path in ("generate", "static"):
+            engine = HFEngine(model, processor, batch_size=batch, decode=path)
+            engine_pad = engine.pad_id
+            warm = sampling if path == "static" else warm_sampling  # static: same cache shape = same graph
+            warm_s, _ = timed(engine, warm)
+            run_s, out = timed(engine, sampling)
+            tokens = sum(len(c.token_ids) for group in out for c in group)
+            outputs[path] = [c for group in out for c in group]
+            tps = tokens / run_s
+            row[f"{path}_warmup_s"] = round(warm_s, 2)
+            row[f"{path}_s"] = round(run_s, 3)
+            row[f"{path}_tokens"] = tokens
+            row[f"{path}_tokens_per_s"] = round(tps, 1)
+            row[f"{path}_batch_sizes"] = engine.last_batch_sizes
+            if cuda:
+                row[f"{path}_bound_fraction"] = round(tps / row["bound_tokens_per_s"], 4)
+                row[f"{path}_peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            if path == "static":
+                row["static_cache_len"] = cache_length(prompt_len, new, engine._decoder.length_bucket)
+                row["static_compiled"] = engine._decoder.compile_step
+            del engine
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+        row["static_over_generate"] = round(row["static_tokens_per_s"] / row["generate_tokens_per_s"], 3)
+        # Sanity of the static loop on this device: its log-probs against the trainer's forward (R6) for
+        # the first 8 sequences, and how long both loops agree token for token (same keys, same noise:
+        # they part only where the two loops' logits differ enough to flip a draw).
+        check = outputs["static"][:8]
+        with torch.no_grad():
+            seqs = [p for p in prompts for _ in range(args.n)][:8]
+            scored = collate(seqs, [c.token_ids for c in check], engine_pad)
+            scored = {k: v.to(device) for k, v in scored.items()}
+            trainer_lp, _, mask = completion_logprobs(model, scored)
+        row["static_logprob_vs_trainer"] = round(logprob_agreement([c.logprobs for c in check], trainer_lp, mask), 5)
+        prefixes = []
+        for a, b in zip(outputs["generate"], outputs["static"]):
+            k = 0
+            while k < min(len(a.token_ids), len(b.token_ids)) and a.token_ids[k] == b.token_ids[k]:
+                k += 1
+            prefixes.append(k)
+        row["loops_common_prefix_mean"] = sum(prefixes) / len(prefixes)
+        row["loops_first_token_agree"] = sum(k > 0 for k in prefixes) / len(prefixes)
+        print(json.dumps(row), flush=True)
+        results.append(row)
+        del model, lm
+        if cuda:
+            torch._dynamo.reset()
+            torch.cuda.empty_cache()
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "result.json").write_text(json.dumps({"decode_bench": results}) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true", help="tiny model (CPU debugging of this script)")
+    ap.add_argument(
+        "--decode-bench",
+        action="store_true",
+        help="HF engine decode tokens/s, generate vs static, 3B + 7B sizes (see the module docstring)",
+    )
+    ap.add_argument("--new-tokens", type=int, default=256, help="--decode-bench: tokens generated per sequence")
+    ap.add_argument("--image-size", type=int, default=112, help="--decode-bench: side of each prompt's image (px)")
+    ap.add_argument("--sizes", default="3b,7b", help="--decode-bench: model sizes to run, of 3b,7b")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=128)
@@ -87,6 +278,9 @@ def main() -> None:
     )
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     args = ap.parse_args()
+    if args.decode_bench:
+        decode_bench(args)
+        return
 
     t_setup = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="gpu_grpo_step."))

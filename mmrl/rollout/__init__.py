@@ -42,7 +42,7 @@ __all__ = [
 def make_engine(cfg: RolloutConfig, model: torch.nn.Module, processor: ProcessorMixin, *, seed: int = 0) -> Engine:
     """The engine `cfg.engine` names, sampling from `model` (vLLM: a colocated copy, synced once here)."""
     if cfg.engine == "hf":
-        return HFEngine(model, processor, batch_size=cfg.batch_size, seed=seed)
+        return HFEngine(model, processor, batch_size=cfg.batch_size, seed=seed, decode=cfg.decode)
     if cfg.engine == "vllm":
         from mmrl.rollout.vllm import VLLMEngine  # imports vllm lazily; clear error when absent
 

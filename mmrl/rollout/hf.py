@@ -1,17 +1,25 @@
-"""Generation with transformers' `generate`: runs everywhere, samples from the training model itself.
+"""The HF engine: samples from the training model itself with transformers, everywhere.
 
 Prompts arrive encoded (`mmrl.rollout.encode`), so the processor never runs here: each prompt's
 visual tensors are reused by its n samples. Sequences (prompts x samples) are generated in
 LEFT-padded batches of at most `batch_size`; the model derives M-RoPE positions from the attention
-mask and `mm_token_type_ids`, so a prompt's completion does not depend on its batch-mates (tested
-with greedy decoding).
+mask and `mm_token_type_ids`, so a prompt's completion does not depend on its batch-mates.
+
+Two decode loops (`HFEngine(decode=...)`, `rollout.decode`): transformers' `generate`, or the
+static-cache loop of `mmrl.rollout.decode.StaticDecoder` (one prefill per distinct prompt, then a
+one-token step over a `StaticCache`, compiled with CUDA graphs on CUDA; the default on CUDA).
+Both draw tokens with per-sequence keys (Gumbel-max with counter-based noise, `mmrl.rollout.decode`):
+sequence k's key comes from the call's seed, its prompt's content and its sample index, so its
+tokens do not depend on its batch-mates, its row or the batch size, and the two loops draw the same
+tokens from the same logits (tested). In `generate` the draw happens in a logits processor
+(`_SeededSampler`) that hands generate's greedy argmax a one-hot score.
 
 Shared prefill: when a batch holds several samples of one prompt, the prompt is encoded (vision
 tower + language model) once. Each distinct prompt minus its last token is run through the model
 with a cache, the cache rows are repeated for the prompt's samples (`Cache.reorder_cache`, the
 beam-search row selection), and `generate` continues from that cache with the full left-padded
-batch: it runs the last prompt token of every sequence, then samples as usual, with the same random
-draws as without the shared prefill. Qwen-VL models keep M-RoPE offsets (`rope_deltas`) from their
+batch: it runs the last prompt token of every sequence, then samples as usual, with the same draws
+as without the shared prefill. Qwen-VL models keep M-RoPE offsets (`rope_deltas`) from their
 last prefill; they are cleared so that `generate` recomputes every sequence's 3D positions from the
 full inputs, exactly as in a plain call. Used for the Qwen-VL families (`SHARED_PREFILL_MODEL_TYPES`)
 when the batch repeats a prompt and has images or videos; otherwise every sequence is prefilled by
@@ -23,20 +31,29 @@ softmax(logits / temperature) after top-k and top-p filtering (renormalised), wi
 placeholder tokens suppressed. This is what vLLM reports with `logprobs_mode="processed_logprobs"`,
 so both engines mean the same thing. With top_k=0 and top_p=1 it equals
 `completion_logprobs(..., temperature=T)`; the trainer recomputes the unfiltered tempered
-log-probs for the loss anyway. They are recorded step by step by a logits processor (one (B, V)
-float32 tensor at a time) instead of `output_scores`, which would keep (steps, B, V) in memory.
+log-probs for the loss anyway. They are recorded step by step (one (B,) tensor per step) instead
+of `output_scores`, which would keep (steps, B, V) in memory.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from mmrl.contracts import Completion, EncodedPrompt, SamplingParams
+from mmrl.rollout.decode import (
+    StaticDecoder,
+    TokenChooser,
+    cache_length,
+    kv_bytes_per_sequence,
+    sequence_keys,
+    sequences_that_fit,
+)
 from mmrl.rollout.forward import SHARED_VISION_MODEL_TYPES, batch_vision, suppressed_token_ids, unwrap_model
 
 if TYPE_CHECKING:
@@ -52,33 +69,64 @@ _TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 _PIXEL_KEYS = ("pixel_values", "pixel_values_videos")
 
 
+DECODE_MODES = ("auto", "generate", "static")
+
+
 class HFEngine:
-    """`Engine` on transformers' `generate`, sampling from the very model object being trained.
+    """`Engine` on transformers, sampling from the very model object being trained.
 
     No weights are copied: `sync_weights` with the same model is a no-op, and with another model
     object the engine adopts it. `seed` seeds the engine's own generator, which provides a seed for
     calls whose SamplingParams.seed is None; the caller's global RNG state is never changed.
+
+    `decode` picks the decode loop: `generate` (transformers' `generate`), `static` (`StaticDecoder`:
+    a static KV cache and our own one-token step, compiled with CUDA graphs on CUDA) or `auto`
+    (static on CUDA for the Qwen-VL families with sdpa/eager attention and unsharded weights, generate
+    otherwise). Both
+    loops sample with per-sequence keys (`mmrl.rollout.decode`), so a sequence's completion does not
+    depend on its batch-mates or the batch size, and the two loops draw the same tokens from the
+    same logits. On CUDA the static loop sizes its batches to free memory (at most `batch_size`).
     """
 
-    def __init__(self, model: torch.nn.Module, processor: ProcessorMixin, *, batch_size: int = 32, seed: int = 0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: ProcessorMixin,
+        *,
+        batch_size: int = 32,
+        seed: int = 0,
+        decode: str = "auto",
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got '{decode}'")
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.batch_size = batch_size
+        self.decode = decode
         self._seeds = torch.Generator().manual_seed(seed)
         gen = model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
         pad = gen.pad_token_id if gen.pad_token_id is not None else self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else self.eos_ids[0])
+        self._decoder: StaticDecoder | None = None
+        self._choosers: dict[tuple, TokenChooser] = {}
+        self.last_batch_sizes: list[int] = []  # sequences per decode batch of the last call (for logs and tests)
+        if decode == "static" and not self._static_supported():
+            raise ValueError(
+                f"decode='static' needs a Qwen-VL model ({', '.join(SHARED_PREFILL_MODEL_TYPES)}) with full-attention "
+                "text layers and sdpa or eager attention; use decode='generate' for this model"
+            )
 
     def generate(self, prompts: list[EncodedPrompt], n: int, sampling: SamplingParams) -> list[list[Completion]]:
         """`n` completions per prompt: result[i][j] is the j-th sample of prompts[i].
 
         temperature == 0 decodes greedily (log-probs then under the untempered distribution).
-        The same `sampling.seed` gives the same completions for the same prompts and batch_size.
+        The same `sampling.seed` gives the same completions for the same prompts, whatever the
+        batch size or the other prompts of the call (per-sequence keys, `decode.sequence_keys`).
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -89,18 +137,94 @@ class HFEngine:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,), generator=self._seeds))
         device = next(self.model.parameters()).device
+        keys = sequence_keys(prompts, n, seed).to(device)
+        static = self.uses_static(device)
+        per_call = self._static_batch_size(prompts, sampling, device) if static else self.batch_size
         flat: list[Completion] = []
+        self.last_batch_sizes = []
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.random.fork_rng(devices=_cuda_devices(device)):
-                torch.manual_seed(seed)
-                for start in range(0, len(items), self.batch_size):
-                    chunk = [prompts[i] for i in items[start : start + self.batch_size]]
-                    flat.extend(self._generate_batch(chunk, sampling, device))
+            for start in range(0, len(items), per_call):
+                chunk = [prompts[i] for i in items[start : start + per_call]]
+                chunk_keys = keys[start : start + per_call]
+                self.last_batch_sizes.append(len(chunk))
+                run = self._static_batch if static else self._generate_batch
+                flat.extend(run(chunk, chunk_keys, sampling, device))
         finally:
             self.model.train(was_training)
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def uses_static(self, device: torch.device) -> bool:
+        """Whether calls on `device` run the static-cache decode loop (see the class docstring)."""
+        if self.decode == "static":
+            return True
+        return self.decode == "auto" and device.type == "cuda" and self._static_supported()
+
+    def _static_supported(self) -> bool:
+        """Qwen-VL family, full-attention sdpa/eager text layers, and unsharded weights (FSDP's DTensor
+        parameters need the all-gathers of the wrapped forward: such models keep `generate`)."""
+        inner = unwrap_model(self.model)
+        sharded = any(type(p).__name__ == "DTensor" for p in inner.parameters())
+        return (
+            getattr(inner.config, "model_type", None) in SHARED_PREFILL_MODEL_TYPES
+            and StaticDecoder.supports(inner)
+            and not sharded
+        )
+
+    def _static_batch_size(
+        self, prompts: Sequence[EncodedPrompt], sampling: SamplingParams, device: torch.device
+    ) -> int:
+        """Sequences per static decode call: `batch_size`, on CUDA capped by what fits in free memory.
+
+        Per sequence: its KV cache (`kv_bytes_per_sequence` at the cache length of the longest
+        prompt) plus ~6 (V,) float32/int64 temporaries of the sampling step; the budget is 80 % of the
+        free memory (driver-free + cached by torch + the kept static cache) minus 1 GiB.
+        """
+        if device.type != "cuda":
+            return self.batch_size
+        inner = unwrap_model(self.model)
+        dtype = next(inner.parameters()).dtype
+        length = cache_length(max(len(p) for p in prompts), sampling.max_new_tokens)
+        vocab = inner.lm_head.weight.shape[0]
+        per_seq = kv_bytes_per_sequence(inner.config, length, dtype) + 6 * 8 * vocab
+        free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        if self._decoder is not None and self._decoder._cache is not None:
+            rows, kept_len = self._decoder._cache_key[:2]
+            free += rows * kv_bytes_per_sequence(inner.config, kept_len, dtype)
+        return sequences_that_fit(self.batch_size, per_seq, free)
+
+    def _chooser(self, sampling: SamplingParams, vocab: int, device: torch.device) -> TokenChooser:
+        """One `TokenChooser` per sampling setting (a compiled step then sees the same object every call)."""
+        key = (sampling.temperature, sampling.top_k, sampling.top_p, sampling.min_new_tokens, vocab, str(device))
+        if key not in self._choosers:
+            self._choosers[key] = TokenChooser(
+                sampling, vocab, device, banned_ids=suppressed_token_ids(self.model), stop_ids=self.eos_ids
+            )
+        return self._choosers[key]
+
+    def _static_batch(
+        self, prompts: Sequence[EncodedPrompt], keys: torch.Tensor, sampling: SamplingParams, device: torch.device
+    ) -> list[Completion]:
+        inner = unwrap_model(self.model)
+        if self._decoder is None or self._decoder.model is not inner:
+            self._decoder = StaticDecoder(inner, compile_step=device.type == "cuda")
+        rows: dict[int, int] = {}  # id(prompt) -> its row among the distinct prompts
+        distinct: list[EncodedPrompt] = []
+        for p in prompts:
+            if id(p) not in rows:
+                rows[id(p)] = len(distinct)
+                distinct.append(p)
+        inputs = {k: v.to(device) for k, v in _left_pad(distinct, self.pad_id).items()}
+        row_index = torch.tensor([rows[id(p)] for p in prompts], dtype=torch.long, device=device)
+        chooser = self._chooser(sampling, inner.lm_head.weight.shape[0], device)
+        tokens, logprobs = self._decoder.generate(
+            inputs, row_index, keys, chooser,
+            max_new_tokens=sampling.max_new_tokens, stop_ids=self.eos_ids, pad_id=self.pad_id,
+        )  # fmt: skip
+        tokens, logprobs = tokens.cpu(), logprobs.cpu()
+        return [self._completion(tokens[b].tolist(), logprobs[b].tolist()) for b in range(tokens.shape[0])]
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """The HF engine samples from the training model itself: nothing to copy.
@@ -112,32 +236,33 @@ class HFEngine:
             self.model = model
 
     def _generate_batch(
-        self, prompts: Sequence[EncodedPrompt], sampling: SamplingParams, device: torch.device
+        self, prompts: Sequence[EncodedPrompt], keys: torch.Tensor, sampling: SamplingParams, device: torch.device
     ) -> list[Completion]:
         inputs = _left_pad(prompts, self.pad_id)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         prompt_len = inputs["input_ids"].shape[1]
-        greedy = sampling.temperature == 0
-        recorder = _LogprobRecorder(sampling)
+        vocab = unwrap_model(self.model).lm_head.weight.shape[0]
+        sampler = _SeededSampler(TokenChooser(sampling, vocab, device), keys, prompt_len)
         kwargs = dict(
             max_new_tokens=sampling.max_new_tokens,
             min_new_tokens=sampling.min_new_tokens,
-            do_sample=not greedy,
+            do_sample=False,  # `_SeededSampler` draws the token; generate's argmax then picks exactly it
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             suppress_tokens=suppressed_token_ids(self.model),
             repetition_penalty=1.0,  # checkpoints' generation_config may set one: it would bias the log-probs
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList([sampler]),
             return_dict_in_generate=True,
             use_cache=True,
         )
-        if not greedy:  # explicit values override a checkpoint's generation_config (Qwen ships top_k=1)
-            kwargs.update(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+        # A checkpoint's generation_config may set sampling knobs (Qwen ships top_k=1): generate must not
+        # apply them, our sampler does all of it.
+        kwargs.update(temperature=None, top_k=None, top_p=None)
         if self._can_share_prefill(prompts):
             inputs = self._shared_prefill(prompts, inputs, device)
         out = self.model.generate(**inputs, **kwargs)
         new = out.sequences[:, prompt_len:]  # (B, S)
-        logprobs = recorder.finish(new)  # (B, S)
+        logprobs = sampler.finish(new)  # (B, S)
         return [self._completion(new[b].tolist(), logprobs[b].tolist()) for b in range(new.shape[0])]
 
     def _can_share_prefill(self, prompts: Sequence[EncodedPrompt]) -> bool:
@@ -188,48 +313,33 @@ class HFEngine:
         return Completion(ids, logprobs[:end], text, "stop" if stops else "length")
 
 
-class _LogprobRecorder(LogitsProcessor):
-    """Records log p(sampled token) step by step, under the distribution `generate` samples from.
+class _SeededSampler(LogitsProcessor):
+    """Draws each sequence's next token with its own key and records its log-prob, inside `generate`.
 
-    Custom logits processors run after the default ones (here: placeholder suppression) and before
-    the sampling warpers, so we apply temperature, top-k and top-p ourselves with transformers' own
-    warpers, in generate's order. The token sampled at step t is only known at step t+1 (last
-    column of `input_ids`), so we keep one step's (B, V) log-probs; `finish` reads the last token.
+    Custom logits processors run after generate's own (placeholder suppression, min_new_tokens), so
+    `scores` are the logits with those tokens at -inf; `TokenChooser` applies temperature, top-k and
+    top-p, draws with the sequence's Gumbel noise and reports log_softmax of the processed logits at
+    the drawn token. The returned scores are 0 at the drawn token and -inf elsewhere, so generate's
+    greedy argmax takes exactly that token (then replaces it by padding in finished rows).
     """
 
-    def __init__(self, sampling: SamplingParams):
-        self.temperature = sampling.temperature if sampling.temperature > 0 else 1.0
-        self.warpers = []
-        if sampling.temperature > 0 and sampling.top_k > 0:
-            self.warpers.append(TopKLogitsWarper(top_k=sampling.top_k))
-        if sampling.temperature > 0 and sampling.top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p=sampling.top_p))
-        self.previous: torch.Tensor | None = None  # (B, V) log-probs of the last step
+    def __init__(self, chooser: TokenChooser, keys: torch.Tensor, prompt_len: int):
+        self.chooser = chooser
+        self.keys = keys
+        self.prompt_len = prompt_len
         self.steps: list[torch.Tensor] = []  # each (B,)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
-        x = scores.float() / self.temperature
-        for warp in self.warpers:
-            x = warp(input_ids, x)
-        self.previous = torch.log_softmax(x, dim=-1)
-        return scores  # observe only: sampling is generate's business
+        step = input_ids.shape[1] - self.prompt_len
+        token, logp = self.chooser(scores, self.keys, step)
+        self.steps.append(logp)
+        return torch.full_like(scores, -math.inf).scatter_(1, token[:, None], 0.0)
 
     def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
         """(B, S) log-probs of the generated tokens (values past a stop token are meaningless)."""
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(1, new_tokens[:, -1:]).squeeze(1))
         if len(self.steps) != new_tokens.shape[1]:
             raise AssertionError(f"recorded {len(self.steps)} steps for {new_tokens.shape[1]} generated tokens")
         return torch.stack(self.steps, dim=1).cpu()
-
-
-def _cuda_devices(device: torch.device) -> list[int]:
-    """CUDA devices whose RNG `fork_rng` must save and restore (none on CPU)."""
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 def _left_pad(prompts: Sequence[EncodedPrompt], pad_id: int) -> dict[str, torch.Tensor]:
