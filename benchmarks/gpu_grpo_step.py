@@ -200,8 +200,13 @@ def decode_bench(args) -> None:
             engine = HFEngine(model, processor, batch_size=batch, decode=path)
             engine_pad = engine.pad_id
             warm = sampling if path == "static" else warm_sampling  # static: same cache shape = same graph
-            warm_s, _ = timed(engine, warm)
-            run_s, out = timed(engine, sampling)
+            try:
+                warm_s, _ = timed(engine, warm)
+                run_s, out = timed(engine, sampling)
+            except Exception as e:  # e.g. a torch.compile failure on this stack: report it, keep the other rows
+                row[f"{path}_error"] = f"{type(e).__name__}: {e}"[:2000]
+                print(json.dumps({"model": label, "path": path, "error": row[f"{path}_error"]}), flush=True)
+                break
             tokens = sum(len(c.token_ids) for group in out for c in group)
             outputs[path] = [c for group in out for c in group]
             tps = tokens / run_s
@@ -220,6 +225,10 @@ def decode_bench(args) -> None:
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
+        if "generate" not in outputs or "static" not in outputs:
+            results.append(row)
+            del model, lm
+            continue
         row["static_over_generate"] = round(row["static_tokens_per_s"] / row["generate_tokens_per_s"], 3)
         # Sanity of the static loop on this device: its log-probs against the trainer's forward (R6) for
         # the first 8 sequences, and how long both loops agree token for token (same keys, same noise:
@@ -241,6 +250,9 @@ def decode_bench(args) -> None:
         row["loops_first_token_agree"] = sum(k > 0 for k in prefixes) / len(prefixes)
         print(json.dumps(row), flush=True)
         results.append(row)
+        if args.out:  # after every model: a later model's failure or the time limit keeps the earlier rows
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "result.json").write_text(json.dumps({"decode_bench": results}) + "\n")
         del model, lm
         if cuda:
             torch._dynamo.reset()
