@@ -230,3 +230,25 @@ def test_a_closed_loop_run_refreshes_and_a_killed_run_resumes_with_the_same_pool
     assert '"pool_step": 2' in full and full == resumed
     again = read_metrics(tmp_path / "killed")
     assert [m["reward/mean"] for m in again if m["step"] > 1] == [m["reward/mean"] for m in metrics if m["step"] > 1]
+
+
+def test_the_diffusers_loop_captions_photos_and_keeps_the_corrections_both_critic_samples_state(policy) -> None:
+    cfg = loop_config()
+    roles = PolicyRoles(make_engine(cfg.rollout, *policy), policy[1], cfg.model)
+    diffusers = {**LOOP, "width": 64, "height": 48, "backend": "diffusers", "loop_images": "photos", "pool_size": 2,
+                 "diffusion": {"size": 32, "critic_max_new_tokens": 10, "device": "cpu"}}  # fmt: skip
+    # τ = -1 without the slot check: the matcher accepts every pair, so each item keeps its first correction
+    agree = CaptionRefineParams(**diffusers, reward={"tau": -1.0, "slot_check": False})
+    pool, counts = build_pool(agree, roles, (3, 1))
+    assert counts["kept"] == len(pool) == 2 and all(len(e["corrections"]) == 1 for e in pool)
+    assert all("photo" in e["where"] and e["caption"] for e in pool)
+    # τ near 1: two samples of a random policy never say the same thing; every item is dropped and counted
+    strict = CaptionRefineParams(**diffusers, reward={"tau": 0.9999})
+    none, dropped = build_pool(strict, roles, (3, 1))
+    assert none == [] and dropped["no_corrections"] == 2
+    task = CaptionRefine(agree)
+    task.pool, task.pool_step, task.serving = pool, 0, True
+    sample = task.make(5, np.random.default_rng(0))
+    entry = next(e for e in pool if e["caption"] == sample.meta["caption"])
+    assert sample.answer == [entry["corrections"][0]["text"]] and sample.meta["where"] == entry["where"]
+    assert sample.media()[0]["image"].size[0] <= 64 and "scene" not in sample.meta
