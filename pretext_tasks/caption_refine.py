@@ -495,30 +495,14 @@ class CaptionRefine(Task):
         return Sample(f"{NAME}-{int(source_item):08d}", NAME, [{"role": "user", "content": content}], answer, meta)
 
     def _pool_sample(self, source_item: int, rng: np.random.Generator) -> Sample:
-        """A Sample of the closed loop: a pool entry drawn by `rng`, its image drawn again from its seed (or its
-        photo), the POLICY's caption, the entry's corrections; the rendering only when shown or procedural."""
-        from pretext_tasks.viper_loop import loop_image, pool_rendering
+        """A Sample of the closed loop (`viper_loop.pool_sample_parts`): a pool entry drawn by `rng`, with the
+        POLICY's caption and the entry's corrections."""
+        from pretext_tasks.viper_loop import pool_sample_parts
 
-        p = self.params
         entry = self.pool[int(rng.integers(len(self.pool)))]
-        image, scene = loop_image(p, entry["where"])
-        rendering, extra = pool_rendering(p, entry) if p.show_rendering else (None, {})
-        meta: dict[str, Any] = {
-            "params": to_dict(p), "answer_mode": "answer_tag", "think": p.think, "backend": p.backend,
-            "image_size": list(image.size), "caption": entry["caption"], "corrections": entry["corrections"],
-            "split": "+".join(sorted({c["kind"] for c in entry["corrections"]})), "captioner": "policy",
-            "pool_step": self.pool_step, "where": dict(entry["where"]), **extra,
-        }  # fmt: skip
-        if scene is not None:
-            meta["scene"] = scene.to_graph()
-            meta["seed"] = int(entry["where"]["scene_seed"])
-        if "caption_graph" in entry:
-            meta["caption_graph"] = entry["caption_graph"]
-            if "caption_scene" not in meta:
-                from pretext_tasks.viper_loop import drawable
-
-                drawn = caption_scene(drawable(CaptionGraph.from_dict(entry["caption_graph"]), p), p.width, p.height)
-                meta["caption_scene"] = drawn.to_graph()
+        image, rendering, meta = pool_sample_parts(self.params, entry)
+        meta = {"params": to_dict(self.params), "answer_mode": "answer_tag", "think": self.params.think,
+                "backend": self.params.backend, "pool_step": self.pool_step, **meta}  # fmt: skip
         return self._sample(source_item, image, rendering, entry["caption"], entry["corrections"], meta)
 
     def reward(self, completion: str, sample: Sample) -> Reward:

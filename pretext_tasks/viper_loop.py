@@ -380,6 +380,29 @@ def pool_rendering(params: CaptionRefineParams, entry: dict[str, Any]) -> tuple[
     }
 
 
+def pool_sample_parts(
+    params: CaptionRefineParams, entry: dict[str, Any]
+) -> tuple[Image.Image, Image.Image | None, dict[str, Any]]:
+    """What a Sample of pool entry `entry` shows and records: its image (drawn again from its scene seed, or its
+    photo), the rendering of its caption when `show_rendering`, and its meta (`captioner: policy`, the caption,
+    the corrections, where the image comes from; for scenes the scene graph, the caption graph and the caption's
+    drawn scene, which the preview renders)."""
+    image, scene = loop_image(params, entry["where"])
+    rendering, meta = pool_rendering(params, entry) if params.show_rendering else (None, {})
+    corrections = entry["corrections"]
+    meta |= {"image_size": list(image.size), "caption": entry["caption"], "corrections": corrections,
+             "split": "+".join(sorted({c["kind"] for c in corrections})), "captioner": "policy",
+             "where": dict(entry["where"])}  # fmt: skip
+    if scene is not None:
+        meta["scene"], meta["seed"] = scene.to_graph(), int(entry["where"]["scene_seed"])
+    if "caption_graph" in entry:
+        meta["caption_graph"] = entry["caption_graph"]
+        if "caption_scene" not in meta:
+            graph = drawable(CaptionGraph.from_dict(entry["caption_graph"]), params)
+            meta["caption_scene"] = caption_scene(graph, params.width, params.height).to_graph()
+    return image, rendering, meta
+
+
 __all__ = [
     "CAPTION_PROMPT",
     "PHOTO_CAPTION_PROMPT",
@@ -393,5 +416,6 @@ __all__ = [
     "photo",
     "policy_captions",
     "pool_rendering",
+    "pool_sample_parts",
     "statement_matcher",
 ]

@@ -175,6 +175,8 @@ def test_same_weights_and_seed_give_the_same_pool_and_its_samples_carry_the_poli
         Scene.from_graph(served.meta["scene"]).to_graph() == draw_scene(params, entry["where"]["scene_seed"]).to_graph()
     )
     assert task.reward(task.reference_completion(served), served).score == pytest.approx(1.0)
+    (panel,) = task.evidence(served)  # the preview: the image next to the drawn caption, the corrections
+    assert panel.image.width > 0
     task.serving = False  # held-out and cold-start draws: the procedural captioner
     assert task.make(0, np.random.default_rng(1)).meta["captioner"] == "procedural"
 
