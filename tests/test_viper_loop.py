@@ -191,6 +191,7 @@ def test_the_producer_refreshes_on_schedule_and_trains_on_the_policy_captions(po
     for step in range(3):
         rollouts, metrics = producer.produce(engine, step)
         refreshed.append("loop/caption_refine/refreshes" in metrics)
+        assert ("time/loop_refresh" in metrics) == refreshed[-1]
         captions = {e["caption"] for e in task.pool}
         assert all(any(c in r.prompt.text for c in captions) for r in rollouts)
         assert task.pool_step == (0 if step < 2 else 2) and not task.serving

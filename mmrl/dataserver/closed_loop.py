@@ -28,6 +28,7 @@ Held-out evaluation and cold-start (SFT) examples are drawn with `serving` off: 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +126,10 @@ class ClosedLoopProducer(TaskProducer):
 
     def produce(self, engine: Engine, step: int) -> tuple[list[Rollout], dict[str, float]]:
         roles = PolicyRoles(engine, self.processor, self.cfg.model, self.cfg.rollout.max_prompt_tokens)
+        t0 = time.perf_counter()
         built = refresh_task_pools(self.sources, roles, step)
+        if built:  # the step's time/step includes it; this says how much of it the pools took
+            built["time/loop_refresh"] = time.perf_counter() - t0
         with serving(self.sources):
             rollouts, metrics = super().produce(engine, step)
         return rollouts, metrics | built
