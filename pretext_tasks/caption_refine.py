@@ -19,6 +19,7 @@ The model sees the image and C_g and must state the corrections. Reward: `reward
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from pretext_tasks.viper_scenes import (
 
 if TYPE_CHECKING:
     from mmrl.corpus import Corpus
+
+log = logging.getLogger(__name__)
 
 NAME = "caption_refine"
 ERROR_KINDS: tuple[str, ...] = ("color", "shape", "size", "count", "relation", "omission", "hallucination")
@@ -433,6 +436,9 @@ class CaptionRefine(Task):
 
         self.pool, counts = build_pool(self.params, roles, seed_key)
         self.pool_step = step
+        if not self.pool:  # every caption dropped: training draws use the procedural captioner until the next build
+            log.warning("%s: the closed loop kept none of %d captions at step %d (%s); serving procedural captions "
+                        "until the next refresh", NAME, counts["built"], step, dict(counts))  # fmt: skip
         counts["refreshes"] = 1
         for k, v in counts.items():
             self.loop_counts[k] = self.loop_counts.get(k, 0) + int(v)
