@@ -19,11 +19,12 @@ The model sees the image and C_g and must state the corrections. Reward: `reward
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from PIL import Image
@@ -53,6 +54,8 @@ from pretext_tasks.viper_scenes import (
 if TYPE_CHECKING:
     from mmrl.corpus import Corpus
 
+log = logging.getLogger(__name__)
+
 NAME = "caption_refine"
 ERROR_KINDS: tuple[str, ...] = ("color", "shape", "size", "count", "relation", "omission", "hallucination")
 """Mistakes the procedural captioner injects (the kinds a VLM's caption has: attributes, counting, spatial
@@ -81,6 +84,24 @@ class CaptionRefineParams(ViperSceneParams):
     show_rendering: bool = False
     """Also show the model the rendering of the caption (after the image), as the paper's critique step does;
     off: the image and the caption only (the paper's Stage-1 training input)."""
+    captioner: Literal["procedural", "policy"] = "procedural"
+    """Who writes the caption C_g: `procedural` (the scene graph with injected mistakes) or `policy` (the closed
+    loop, `pretext_tasks.viper_loop`: the policy captions, the generator renders, the corrections come from the
+    scene-graph diff, or from the policy as a two-sample critic with `backend: diffusers`). With `policy`
+    training draws from a pool the producer rebuilds from the current weights (`refresh_every`); held-out and
+    cold-start Samples keep the procedural captioner, so evaluations compare across refreshes."""
+    refresh_every: int = 0
+    """`captioner: policy`: rebuild the pool every this many optimiser steps, counted from the start of the
+    source's `steps` window (the stage boundary, where it is always built); 0: only there."""
+    pool_size: int = 64
+    """`captioner: policy`: images captioned per (re)build; those without a correction are dropped."""
+    caption_max_new_tokens: int = 96
+    """`captioner: policy`: most tokens of one policy caption."""
+    caption_temperature: float = 1.0
+    """`captioner: policy`: sampling temperature of the captions (0: greedy)."""
+    loop_images: Literal["scenes", "photos"] = "scenes"
+    """`captioner: policy`: the images captioned: `scenes` (procedural, exact ground truth) or `photos`
+    (scikit-image's photos; needs `backend: diffusers`, whose critic states the corrections)."""
 
     def __post_init__(self) -> None:
         self.check(NAME)
@@ -97,6 +118,16 @@ class CaptionRefineParams(ViperSceneParams):
             )
         if not 0 <= self.relations <= 4 or not 0.0 < self.relation_margin < 1.0:
             raise ConfigError(f"{NAME}: need 0 <= relations <= 4 and 0 < relation_margin < 1")
+        if self.captioner not in ("procedural", "policy") or self.loop_images not in ("scenes", "photos"):
+            raise ConfigError(f"{NAME}: captioner must be procedural or policy and loop_images scenes or photos, "
+                              f"got {self.captioner!r} and {self.loop_images!r}")  # fmt: skip
+        if self.refresh_every < 0 or self.pool_size < 1 or self.caption_max_new_tokens < 1:
+            raise ConfigError(f"{NAME}: need refresh_every >= 0, pool_size >= 1 and caption_max_new_tokens >= 1, got "
+                              f"{self.refresh_every}, {self.pool_size}, {self.caption_max_new_tokens}")  # fmt: skip
+        if self.caption_temperature < 0:
+            raise ConfigError(f"{NAME}: caption_temperature must be >= 0, got {self.caption_temperature}")
+        if self.loop_images == "photos" and self.backend != "diffusers":
+            raise ConfigError(f"{NAME}: loop_images: photos has no scene graph to diff; it needs backend: diffusers")
         if "relation" in self.error_kinds and self.relations == 0 and len(self.error_kinds) == 1:
             raise ConfigError(f"{NAME}: error_kinds ['relation'] needs relations >= 1")
         if set(self.error_kinds) <= {"count"} and self.objects[0] == self.objects[1]:
@@ -117,9 +148,10 @@ class CaptionGraph:
     invented), the object count it states, and its left/right relations (between refs)."""
 
     objects: list[dict[str, Any]]
-    """`{"ref": true id or None, "size": ..., "color": ..., "shape": ...}` in the caption's order."""
-    count: int
-    """The number of objects the caption states."""
+    """`{"ref": true id or None, "size": ..., "color": ..., "shape": ...}` in the caption's order; a size or
+    colour is None when the caption does not state it (a policy's caption, `viper_loop`)."""
+    count: int | None
+    """The number of objects the caption states (None: it states none)."""
     relations: list[dict[str, Any]]
     """`{"a": ref, "b": ref, "side": "left" | "right"}`: "the a is to the left/right of the b"."""
 
@@ -129,7 +161,8 @@ class CaptionGraph:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CaptionGraph:
-        return cls([dict(o) for o in d["objects"]], int(d["count"]), [dict(r) for r in d["relations"]])
+        count = None if d["count"] is None else int(d["count"])
+        return cls([dict(o) for o in d["objects"]], count, [dict(r) for r in d["relations"]])
 
     def obj(self, ref: int | None) -> dict[str, Any]:
         for o in self.objects:
@@ -140,13 +173,15 @@ class CaptionGraph:
     def canonical(self) -> tuple:
         """Order-free form for comparing graphs: objects by ref, the count, the relations as a set."""
         objects = sorted(
-            ((o["ref"] if o["ref"] is not None else -1), o["size"], o["color"], o["shape"]) for o in self.objects
+            ((o["ref"] if o["ref"] is not None else -1), str(o["size"]), str(o["color"]), o["shape"])
+            for o in self.objects
         )
         return tuple(objects), self.count, tuple(sorted((r["a"], r["b"], r["side"]) for r in self.relations))
 
 
 def describe(o: dict[str, Any]) -> str:
-    return f"{o['size']} {o['color']} {o['shape']}"
+    """`small red cube`; an unstated (None) size or colour is left out: `red cube`."""
+    return " ".join(str(o[k]) for k in ("size", "color", "shape") if o.get(k) is not None)
 
 
 def caption_text(graph: CaptionGraph) -> str:
@@ -250,8 +285,10 @@ def compare(scene: Scene, caption: CaptionGraph) -> list[dict[str, Any]]:
     described = {o["ref"] for o in caption.objects if o["ref"] is not None}
     for o in caption.objects:
         if o["ref"] is None:
+            # A second mention of a described true object's description: "no other" (one exists).
+            other = any(d["ref"] is not None and describe(d) == describe(o) for d in caption.objects)
             out.append({"kind": "hallucination", "said": dict(o),
-                        "text": f"There is no {describe(o)} in the image."})  # fmt: skip
+                        "text": f"There is no {'other ' * other}{describe(o)} in the image."})  # fmt: skip
     for ref, o in truth.items():
         if ref not in described:
             out.append({"kind": "omission", "true": dict(o),
@@ -261,17 +298,22 @@ def compare(scene: Scene, caption: CaptionGraph) -> list[dict[str, Any]]:
             continue
         t = truth[o["ref"]]
         for attr in ATTRIBUTES:
-            if o[attr] != t[attr]:
+            if o[attr] is None:  # an attribute the caption leaves out: state it
+                out.append({"kind": "detail", "ref": o["ref"], "attr": attr, "true": t[attr],
+                            "text": f"The {describe(o)} is {t[attr]}."})  # fmt: skip
+            elif o[attr] != t[attr]:
                 is_shape = attr == "shape"
                 said, true = (article(o[attr]), article(t[attr])) if is_shape else (o[attr], t[attr])
                 out.append({"kind": attr, "ref": o["ref"], "said": o[attr], "true": t[attr],
                             "text": f"The {describe(o)} is actually {true}, not {said}."})  # fmt: skip
-    if caption.count != len(scene.objects):
+    if caption.count is not None and caption.count != len(scene.objects):
         n = len(scene.objects)
         text = f"There {'is' if n == 1 else 'are'} {n} object{'s' * (n != 1)}, not {caption.count}."
         out.append({"kind": "count", "said": caption.count, "true": n, "text": text})
     columns = image_columns(scene)
     for r in caption.relations:
+        if r["a"] not in columns or r["b"] not in columns:  # a relation with an invented object: nothing to check
+            continue
         side = "left" if columns[r["a"]] < columns[r["b"]] else "right"
         if side != r["side"]:
             a, b = describe(caption.obj(r["a"])), describe(caption.obj(r["b"]))
@@ -288,6 +330,8 @@ def apply_corrections(caption: CaptionGraph, corrections: Sequence[dict[str, Any
         kind = c["kind"]
         if kind in ATTRIBUTES:
             graph.obj(c["ref"])[kind] = c["true"]
+        elif kind == "detail":
+            graph.obj(c["ref"])[c["attr"]] = c["true"]
         elif kind == "count":
             graph.count = int(c["true"])
         elif kind == "relation":
@@ -367,12 +411,56 @@ class CaptionRefine(Task):
     name: ClassVar[str] = NAME
     params: CaptionRefineParams = field(default_factory=CaptionRefineParams)
     """Scene, captioner, prompt and reward parameters."""
+    pool: list[dict] = field(default_factory=list, init=False, repr=False)
+    """`captioner: policy`: the closed loop's entries (`viper_loop.build_pool`), served while `serving`."""
+    pool_step: int | None = field(default=None, init=False)
+    """The optimiser step whose weights built `pool` (None: not built yet)."""
+    serving: bool = field(default=False, init=False)
+    """Whether `make` draws from the pool (the producer sets it around training draws only)."""
+    loop_counts: dict = field(default_factory=dict, init=False, repr=False)
+    """Totals over all builds (`viper_loop.build_pool` counts, plus `refreshes`)."""
+
+    @property
+    def closed_loop(self) -> bool:
+        """Whether the policy writes the captions (`captioner: policy`): the producer then refreshes the pool."""
+        return self.params.captioner == "policy"
+
+    @property
+    def refresh_every(self) -> int:
+        return self.params.refresh_every
+
+    def refresh_pool(self, roles: Any, seed_key: Sequence[int], step: int) -> dict[str, float]:
+        """Rebuild the pool with the policy `roles` (`viper_loop.PolicyRoles`) runs; the draws follow
+        `seed_key`. Returns this build's counts as metrics (`loop/<count>`)."""
+        from pretext_tasks.viper_loop import build_pool
+
+        self.pool, counts = build_pool(self.params, roles, seed_key)
+        self.pool_step = step
+        if not self.pool:  # every caption dropped: training draws use the procedural captioner until the next build
+            log.warning("%s: the closed loop kept none of %d captions at step %d (%s); serving procedural captions "
+                        "until the next refresh", NAME, counts["built"], step, dict(counts))  # fmt: skip
+        counts["refreshes"] = 1
+        for k, v in counts.items():
+            self.loop_counts[k] = self.loop_counts.get(k, 0) + int(v)
+        metrics = {f"loop/{k}": float(v) for k, v in counts.items() if k != "refreshes"}
+        metrics["loop/refreshes"] = float(self.loop_counts["refreshes"])
+        return metrics | {"loop/pool_size": float(len(self.pool))}
+
+    def pool_state(self) -> dict[str, Any]:
+        """The pool as JSON (for the producer's checkpoint state): entries, the step that built them, totals."""
+        return {"pool": self.pool, "pool_step": self.pool_step, "counts": dict(self.loop_counts)}
+
+    def load_pool_state(self, state: dict[str, Any]) -> None:
+        self.pool, self.pool_step = list(state["pool"]), state["pool_step"]
+        self.loop_counts = dict(state.get("counts", {}))
 
     def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[Any]:
         """Procedural scene indices (the default corpus or None: scenes are drawn, not read)."""
         return scene_sources(NAME, self.params, corpus)
 
     def make(self, source_item: int, rng: np.random.Generator) -> Sample:
+        if self.serving and self.pool:
+            return self._pool_sample(source_item, rng)
         from mmrl.scene_render import render  # open3d: only when scenes are drawn
 
         p = self.params
@@ -399,14 +487,29 @@ class CaptionRefine(Task):
             "params": to_dict(p), "answer_mode": "answer_tag", "think": p.think, "backend": p.backend, "seed": seed,
             "image_size": list(image.size), "scene": scene.to_graph(), "caption": text,
             "caption_graph": caption.to_dict(), "caption_scene": drawn.to_graph(), "corrections": corrections,
-            "split": "+".join(sorted({c["kind"] for c in corrections})),
+            "split": "+".join(sorted({c["kind"] for c in corrections})), "captioner": "procedural",
         }  # fmt: skip
+        return self._sample(source_item, image, rendering, text, corrections, meta)
+
+    def _sample(self, source_item: int, image: Image.Image, rendering: Image.Image | None, caption: str,
+                corrections: Sequence[dict[str, Any]], meta: dict[str, Any]) -> Sample:  # fmt: skip
         content: list[dict[str, Any]] = [{"type": "image", "image": image}]
-        if p.show_rendering:
+        if self.params.show_rendering and rendering is not None:
             content.append({"type": "image", "image": rendering})
-        content.append({"type": "text", "text": prompt_text(p, text)})
+        content.append({"type": "text", "text": prompt_text(self.params, caption)})
         answer = [c["text"] for c in corrections]
         return Sample(f"{NAME}-{int(source_item):08d}", NAME, [{"role": "user", "content": content}], answer, meta)
+
+    def _pool_sample(self, source_item: int, rng: np.random.Generator) -> Sample:
+        """A Sample of the closed loop (`viper_loop.pool_sample_parts`): a pool entry drawn by `rng`, with the
+        POLICY's caption and the entry's corrections."""
+        from pretext_tasks.viper_loop import pool_sample_parts
+
+        entry = self.pool[int(rng.integers(len(self.pool)))]
+        image, rendering, meta = pool_sample_parts(self.params, entry)
+        meta = {"params": to_dict(self.params), "answer_mode": "answer_tag", "think": self.params.think,
+                "backend": self.params.backend, "pool_step": self.pool_step, **meta}  # fmt: skip
+        return self._sample(source_item, image, rendering, entry["caption"], entry["corrections"], meta)
 
     def reward(self, completion: str, sample: Sample) -> Reward:
         """`rewards.statements.statement_reward`: w_format · format + w_correct · length-weighted F1 of the stated
