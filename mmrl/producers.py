@@ -420,11 +420,18 @@ def check_box_frame(sample: Sample, prompt: EncodedPrompt, processor: Any, model
 
 def make_producer(cfg: RunConfig, processor: Any, rank: int = 0) -> Producer:
     """The producer the config asks for: the self-play game `game.name` names (its plugin's `producer`), else
-    the task mixture of `data.sources`, with synthesized samples mixed in when `dataserver.enabled` (Syn-GRPO)."""
+    the task mixture of `data.sources`, with synthesized samples mixed in when `dataserver.enabled` (Syn-GRPO),
+    or with the policy building a task's training pool (ViPER's closed loop, `mmrl.dataserver.closed_loop`)."""
     if cfg.game.name:
         if cfg.dataserver.enabled:
             raise MMRLError("dataserver.enabled works with the task mixture of data.sources, not with a game")
         return registry.game(cfg.game.name).producer(cfg, processor, rank=rank)
+    from mmrl.dataserver.closed_loop import ClosedLoopProducer, uses_task_pools  # builds on TaskProducer, above
+
+    if uses_task_pools(cfg):  # a task whose training pool the policy builds (caption_refine with captioner: policy)
+        if cfg.dataserver.enabled:
+            raise MMRLError("a closed-loop task (captioner: policy) does not combine with dataserver.enabled yet")
+        return ClosedLoopProducer(cfg, processor, rank=rank)
     if cfg.dataserver.enabled:
         from mmrl.dataserver.producer import SynGRPOProducer  # it builds on TaskProducer, defined above
 

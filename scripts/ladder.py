@@ -47,8 +47,9 @@ def write_ramps(folder: Path, count: int = 256, size: tuple[int, int] = (168, 56
     return folder
 
 
-def write_fades(folder: Path, count: int = 96, size: int = 112, fps: float = 4.0, seconds: float = 13.0,
-                seed: int = 0) -> Path:
+def write_fades(
+    folder: Path, count: int = 96, size: int = 112, fps: float = 4.0, seconds: float = 13.0, seed: int = 0
+) -> Path:
     """`count` MP4s whose brightness rises from the first frame to the last: a video jigsaw's clips then give
     their place in time away by their mean brightness alone, the video counterpart of `write_ramps`. Each
     video draws its dark start in [0, 40], its bright end in [215, 255], a tint in [0.85, 1] per channel and

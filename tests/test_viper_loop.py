@@ -13,7 +13,7 @@ import pytest
 
 from mmrl.config import RunConfig, load_config
 from mmrl.dataserver.closed_loop import ClosedLoopProducer, PolicyRoles, refresh_point, uses_task_pools
-from mmrl.errors import ConfigError, SkipItem
+from mmrl.errors import ConfigError, MMRLError, SkipItem
 from mmrl.models import load_policy
 from mmrl.rollout import make_engine
 from mmrl.scenes import Scene
@@ -181,6 +181,15 @@ def test_same_weights_and_seed_give_the_same_pool_and_its_samples_carry_the_poli
     assert task.make(0, np.random.default_rng(1)).meta["captioner"] == "procedural"
 
 
+def test_make_producer_builds_the_closed_loop_only_for_a_policy_captioner(policy) -> None:
+    from mmrl.producers import TaskProducer, make_producer
+
+    assert type(make_producer(loop_config(), policy[1])) is ClosedLoopProducer
+    assert type(make_producer(loop_config(captioner="procedural"), policy[1])) is TaskProducer
+    with pytest.raises(MMRLError, match="does not combine with dataserver.enabled"):
+        make_producer(loop_config("dataserver.enabled=true", "dataserver.backend=inprocess"), policy[1])
+
+
 def test_the_producer_refreshes_on_schedule_and_trains_on_the_policy_captions(policy) -> None:
     cfg = loop_config(refresh_every=2)
     assert uses_task_pools(cfg) and not uses_task_pools(load_config(RunConfig))
@@ -203,16 +212,11 @@ def test_the_producer_refreshes_on_schedule_and_trains_on_the_policy_captions(po
 
 
 @pytest.mark.slow
-def test_a_closed_loop_run_refreshes_and_a_killed_run_resumes_with_the_same_pool(tmp_path, monkeypatch) -> None:
+def test_a_closed_loop_run_refreshes_and_a_killed_run_resumes_with_the_same_pool(tmp_path) -> None:
     import mmrl.grpo.trainer as trainer
     from mmrl.grpo.checkpoint import latest_checkpoint
     from mmrl.grpo.state_json import from_json
     from mmrl.logging import read_metrics
-
-    # Until make_producer builds a ClosedLoopProducer itself (the integrator's two lines), the run asks for it.
-    monkeypatch.setattr(
-        trainer, "make_producer", lambda cfg, processor, rank=0: ClosedLoopProducer(cfg, processor, rank=rank)
-    )
 
     def run(out, *extra: str) -> None:
         trainer.train(loop_config(f"train.out_dir={out}", "train.save_every=1", "train.keep_checkpoints=10",
