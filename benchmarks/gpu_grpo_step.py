@@ -110,6 +110,7 @@ def decode_bench(args) -> None:
     """Tokens/s of the HF engine's two decode loops on 3B- and 7B-size models (see the module docstring)."""
     import numpy as np
     from PIL import Image
+    from torch._dynamo.utils import counters
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     from mmrl.config import ModelConfig
@@ -120,6 +121,8 @@ def decode_bench(args) -> None:
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
+    if cuda:  # say why a CUDA graph was skipped and why a step recompiled, if either happens
+        torch._logging.set_logs(perf_hints=True, recompiles=True)
     work = Path(tempfile.mkdtemp(prefix="decode_bench."))
     tiny_dir = build_tiny("qwen2.5-vl", work / "tiny")  # tokenizer + processor
     model_cfg = ModelConfig(path=str(tiny_dir))
@@ -197,6 +200,7 @@ def decode_bench(args) -> None:
             if nominal:
                 row["bound_tokens_per_s_nominal"] = batch * nominal * 1e12 / step_bytes
         outputs = {}
+        counters.clear()
         for path in ("generate", "static"):
             try:  # a failing path (e.g. compilation on an unexpected stack) is reported, the other still runs
                 engine = HFEngine(model, processor, batch_size=batch, decode=path)
@@ -224,6 +228,8 @@ def decode_bench(args) -> None:
             if path == "static":
                 row["static_cache_len"] = cache_length(prompt_len, new, engine._decoder.length_bucket)
                 row["static_compiled"] = engine._decoder.compile_step
+                row["static_dynamo_graphs"] = counters["stats"]["unique_graphs"]
+                row["static_cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]
             del engine
             if cuda:
                 torch.cuda.empty_cache()
