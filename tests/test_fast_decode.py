@@ -223,6 +223,12 @@ def test_stop_tokens_and_lengths(tiny):
     assert all(c.finish_reason == "length" and len(c.token_ids) == 12 for g in forced for c in g)
     short = engine.generate(prompts, 2, SamplingParams(max_new_tokens=1, seed=0))
     assert all(len(c.token_ids) == 1 for g in short for c in g)
+    with torch.no_grad():  # a stronger pull: every row stops early and the loop ends before max_new_tokens
+        eager.lm_head.weight[eos] *= 2.0
+    early = SamplingParams(max_new_tokens=40, temperature=1.5, seed=0)
+    out = engine.generate(prompts, 2, early)
+    assert all(c.finish_reason == "stop" for g in out for c in g)
+    _assert_same(out, HFEngine(eager, processor, batch_size=8, decode="generate").generate(prompts, 2, early))
 
 
 def test_memory_sizing(tiny):
