@@ -132,6 +132,8 @@ class HFEngine:
             raise ValueError(f"n must be >= 1, got {n}")
         if sampling.min_new_tokens < 0:
             raise ValueError(f"min_new_tokens must be >= 0, got {sampling.min_new_tokens}")
+        if not prompts:
+            return []
         items = [i for i in range(len(prompts)) for _ in range(n)]  # sequence k samples prompts[items[k]]
         seed = sampling.seed
         if seed is None:
