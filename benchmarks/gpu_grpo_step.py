@@ -38,6 +38,7 @@ import resource
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -109,6 +110,7 @@ def decode_bench(args) -> None:
     """Tokens/s of the HF engine's two decode loops on 3B- and 7B-size models (see the module docstring)."""
     import numpy as np
     from PIL import Image
+    from torch._dynamo.utils import counters
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
     from mmrl.config import ModelConfig
@@ -119,6 +121,8 @@ def decode_bench(args) -> None:
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
+    if cuda:  # say why a CUDA graph was skipped and why a step recompiled, if either happens
+        torch._logging.set_logs(perf_hints=True, recompiles=True)
     work = Path(tempfile.mkdtemp(prefix="decode_bench."))
     tiny_dir = build_tiny("qwen2.5-vl", work / "tiny")  # tokenizer + processor
     model_cfg = ModelConfig(path=str(tiny_dir))
@@ -196,17 +200,20 @@ def decode_bench(args) -> None:
             if nominal:
                 row["bound_tokens_per_s_nominal"] = batch * nominal * 1e12 / step_bytes
         outputs = {}
+        counters.clear()
         for path in ("generate", "static"):
-            engine = HFEngine(model, processor, batch_size=batch, decode=path)
-            engine_pad = engine.pad_id
-            warm = sampling if path == "static" else warm_sampling  # static: same cache shape = same graph
-            try:
+            try:  # a failing path (e.g. compilation on an unexpected stack) is reported, the other still runs
+                engine = HFEngine(model, processor, batch_size=batch, decode=path)
+                engine_pad = engine.pad_id
+                warm = sampling if path == "static" else warm_sampling  # static: same cache shape = same graph
                 warm_s, _ = timed(engine, warm)
+                print(f"[decode-bench] {label} {path}: warm-up {warm_s:.1f} s", file=sys.stderr, flush=True)
                 run_s, out = timed(engine, sampling)
-            except Exception as e:  # e.g. a torch.compile failure on this stack: report it, keep the other rows
-                row[f"{path}_error"] = f"{type(e).__name__}: {e}"[:2000]
-                print(json.dumps({"model": label, "path": path, "error": row[f"{path}_error"]}), flush=True)
-                break
+            except Exception as exc:  # noqa: BLE001 - recorded in the result, the run goes on
+                row[f"{path}_error"] = "".join(traceback.format_exception(exc)[-6:])
+                print(f"[decode-bench] {label} {path} FAILED:\n{row[f'{path}_error']}", file=sys.stderr, flush=True)
+                engine = None
+                continue
             tokens = sum(len(c.token_ids) for group in out for c in group)
             outputs[path] = [c for group in out for c in group]
             tps = tokens / run_s
@@ -221,38 +228,38 @@ def decode_bench(args) -> None:
             if path == "static":
                 row["static_cache_len"] = cache_length(prompt_len, new, engine._decoder.length_bucket)
                 row["static_compiled"] = engine._decoder.compile_step
+                row["static_dynamo_graphs"] = counters["stats"]["unique_graphs"]
+                row["static_cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]
             del engine
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-        if "generate" not in outputs or "static" not in outputs:
-            results.append(row)
-            del model, lm
-            continue
-        row["static_over_generate"] = round(row["static_tokens_per_s"] / row["generate_tokens_per_s"], 3)
+        if len(outputs) == 2:
+            row["static_over_generate"] = round(row["static_tokens_per_s"] / row["generate_tokens_per_s"], 3)
         # Sanity of the static loop on this device: its log-probs against the trainer's forward (R6) for
-        # the first 8 sequences, and how long both loops agree token for token (same keys, same noise:
-        # they part only where the two loops' logits differ enough to flip a draw).
-        check = outputs["static"][:8]
-        with torch.no_grad():
-            seqs = [p for p in prompts for _ in range(args.n)][:8]
-            scored = collate(seqs, [c.token_ids for c in check], engine_pad)
-            scored = {k: v.to(device) for k, v in scored.items()}
-            trainer_lp, _, mask = completion_logprobs(model, scored)
-        row["static_logprob_vs_trainer"] = round(logprob_agreement([c.logprobs for c in check], trainer_lp, mask), 5)
-        prefixes = []
-        for a, b in zip(outputs["generate"], outputs["static"]):
-            k = 0
-            while k < min(len(a.token_ids), len(b.token_ids)) and a.token_ids[k] == b.token_ids[k]:
-                k += 1
-            prefixes.append(k)
-        row["loops_common_prefix_mean"] = sum(prefixes) / len(prefixes)
-        row["loops_first_token_agree"] = sum(k > 0 for k in prefixes) / len(prefixes)
+        # the first 8 sequences (with min_new_tokens the engine masks stop tokens, so ~1e-3 even in fp32),
+        # and how long both loops agree token for token (same keys, same noise: they part only where the
+        # two loops' logits differ enough to flip a draw).
+        if "static" in outputs:
+            check = outputs["static"][:8]
+            with torch.no_grad():
+                seqs = [p for p in prompts for _ in range(args.n)][:8]
+                scored = collate(seqs, [c.token_ids for c in check], engine_pad)
+                scored = {k: v.to(device) for k, v in scored.items()}
+                trainer_lp, _, mask = completion_logprobs(model, scored)
+            agreement = logprob_agreement([c.logprobs for c in check], trainer_lp, mask)
+            row["static_logprob_vs_trainer"] = round(agreement, 5)
+        if len(outputs) == 2:
+            prefixes = []
+            for a, b in zip(outputs["generate"], outputs["static"]):
+                k = 0
+                while k < min(len(a.token_ids), len(b.token_ids)) and a.token_ids[k] == b.token_ids[k]:
+                    k += 1
+                prefixes.append(k)
+            row["loops_common_prefix_mean"] = sum(prefixes) / len(prefixes)
+            row["loops_first_token_agree"] = sum(k > 0 for k in prefixes) / len(prefixes)
         print(json.dumps(row), flush=True)
         results.append(row)
-        if args.out:  # after every model: a later model's failure or the time limit keeps the earlier rows
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / "result.json").write_text(json.dumps({"decode_bench": results}) + "\n")
         del model, lm
         if cuda:
             torch._dynamo.reset()

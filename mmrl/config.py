@@ -126,7 +126,7 @@ class RolloutConfig:
     """Most sequences (prompts x samples) generated in one engine call."""
     decode: Literal["auto", "generate", "static"] = "auto"
     """HF engine decode loop: `generate` (transformers' generate), `static` (static KV cache + our own
-    one-token step, compiled with CUDA graphs on CUDA; batches sized to free GPU memory, at most
+    one-token step, compiled with CUDA graphs on CUDA; on CUDA both size batches to free memory, at most
     `batch_size`) or `auto` (static on CUDA for unsharded Qwen-VL models with sdpa/eager attention, else generate).
     Both sample with per-sequence seeds, so the choice changes speed, not the distribution."""
     vllm_gpu_memory_utilization: Annotated[float, "(0, 1]"] = 0.5

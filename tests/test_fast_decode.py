@@ -16,6 +16,7 @@ from mmrl.models import load_policy
 from mmrl.rollout import HFEngine, collate, completion_logprobs, encode_prompt, make_engine
 from mmrl.rollout.decode import (
     LENGTH_BUCKET,
+    StaticDecoder,
     TokenChooser,
     cache_length,
     gumbel_noise,
@@ -105,6 +106,21 @@ def test_static_samples_equal_generate(tiny, sampling):
     static = HFEngine(model, processor, batch_size=4, decode="static").generate(prompts, 3, sampling)
     plain = HFEngine(model, processor, batch_size=5, decode="generate").generate(prompts, 3, sampling)
     _assert_same(static, plain)
+
+
+def test_compiled_step_is_one_graph(tiny):
+    """The step torch.compile wraps traces as ONE graph (fullgraph: no break, which CUDA graphs need), with the
+    decode attention switched in and a bucketed cache, and the compiled loop still samples what generate does."""
+    _, model, processor, prompts = tiny["qwen2.5-vl"]
+    engine = HFEngine(model, processor, batch_size=8, decode="static")
+    options = {"backend": "aot_eager", "fullgraph": True, "dynamic": False}
+    engine._decoder = StaticDecoder(model, compile_step=True, compile_options=options)
+    torch._dynamo.reset()
+    for sampling in (SamplingParams(max_new_tokens=6, seed=1), SamplingParams(max_new_tokens=6, temperature=0)):
+        compiled = engine.generate(prompts, 2, sampling)
+        assert engine._decoder._cache_key[:2] == (6, LENGTH_BUCKET)
+        _assert_same(compiled, HFEngine(model, processor, decode="generate").generate(prompts, 2, sampling))
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
@@ -223,6 +239,12 @@ def test_stop_tokens_and_lengths(tiny):
     assert all(c.finish_reason == "length" and len(c.token_ids) == 12 for g in forced for c in g)
     short = engine.generate(prompts, 2, SamplingParams(max_new_tokens=1, seed=0))
     assert all(len(c.token_ids) == 1 for g in short for c in g)
+    with torch.no_grad():  # a stronger pull: every row stops early and the loop ends before max_new_tokens
+        eager.lm_head.weight[eos] *= 2.0
+    early = SamplingParams(max_new_tokens=40, temperature=1.5, seed=0)
+    out = engine.generate(prompts, 2, early)
+    assert all(c.finish_reason == "stop" for g in out for c in g)
+    _assert_same(out, HFEngine(eager, processor, batch_size=8, decode="generate").generate(prompts, 2, early))
 
 
 def test_memory_sizing(tiny):

@@ -202,9 +202,11 @@ class StaticDecoder:
     specialised to the cache tensors' addresses, so a new cache means a new CUDA graph.
     """
 
-    def __init__(self, model: torch.nn.Module, *, compile_step: bool):
+    def __init__(self, model: torch.nn.Module, *, compile_step: bool, compile_options: dict[str, Any] | None = None):
         self.model = model
         self.compile_step = compile_step
+        self.compile_options = compile_options or {"mode": "reduce-overhead", "dynamic": False}
+        """`torch.compile` arguments of the step (CUDA graphs by default; tests trace it with `fullgraph=True`)."""
         self.length_bucket = LENGTH_BUCKET if compile_step else 1  # uncompiled: no graph to share, no padding
         self.attn = model.config._attn_implementation
         if self.attn not in STATIC_ATTENTION:
@@ -253,7 +255,7 @@ class StaticDecoder:
             step = _DecodeStep(self.model.model.language_model, self.model.lm_head)
             # Compiled as a Module (as transformers compiles its own decode step): the language model's
             # parameters are then static inputs of the CUDA graph, never copied per replay.
-            self._step_fn = torch.compile(step, mode="reduce-overhead", dynamic=False) if self.compile_step else step
+            self._step_fn = torch.compile(step, **self.compile_options) if self.compile_step else step
         return self._step_fn
 
     @torch.no_grad()

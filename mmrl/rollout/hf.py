@@ -85,7 +85,7 @@ class HFEngine:
     otherwise). Both
     loops sample with per-sequence keys (`mmrl.rollout.decode`), so a sequence's completion does not
     depend on its batch-mates or the batch size, and the two loops draw the same tokens from the
-    same logits. On CUDA the static loop sizes its batches to free memory (at most `batch_size`).
+    same logits. On CUDA both size their batches to free memory (at most `batch_size`).
     """
 
     def __init__(
@@ -132,6 +132,8 @@ class HFEngine:
             raise ValueError(f"n must be >= 1, got {n}")
         if sampling.min_new_tokens < 0:
             raise ValueError(f"min_new_tokens must be >= 0, got {sampling.min_new_tokens}")
+        if not prompts:
+            return []
         items = [i for i in range(len(prompts)) for _ in range(n)]  # sequence k samples prompts[items[k]]
         seed = sampling.seed
         if seed is None:
@@ -139,7 +141,7 @@ class HFEngine:
         device = next(self.model.parameters()).device
         keys = sequence_keys(prompts, n, seed).to(device)
         static = self.uses_static(device)
-        per_call = self._static_batch_size(prompts, sampling, device) if static else self.batch_size
+        per_call = self._sequences_per_call(prompts, sampling, device)
         flat: list[Completion] = []
         self.last_batch_sizes = []
         was_training = self.model.training
@@ -172,10 +174,10 @@ class HFEngine:
             and not sharded
         )
 
-    def _static_batch_size(
+    def _sequences_per_call(
         self, prompts: Sequence[EncodedPrompt], sampling: SamplingParams, device: torch.device
     ) -> int:
-        """Sequences per static decode call: `batch_size`, on CUDA capped by what fits in free memory.
+        """Sequences per decode call: `batch_size`, on CUDA capped by what fits in free memory.
 
         Per sequence: its KV cache (`kv_bytes_per_sequence` at the cache length of the longest
         prompt) plus ~6 (V,) float32/int64 temporaries of the sampling step; the budget is 80 % of the
@@ -186,7 +188,8 @@ class HFEngine:
         inner = unwrap_model(self.model)
         dtype = next(inner.parameters()).dtype
         length = cache_length(max(len(p) for p in prompts), sampling.max_new_tokens)
-        vocab = inner.lm_head.weight.shape[0]
+        head = inner.get_output_embeddings()
+        vocab = head.weight.shape[0] if head is not None else inner.config.get_text_config().vocab_size
         per_seq = kv_bytes_per_sequence(inner.config, length, dtype) + 6 * 8 * vocab
         free, _ = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
@@ -241,8 +244,7 @@ class HFEngine:
         inputs = _left_pad(prompts, self.pad_id)
         inputs = {k: v.to(device) for k, v in inputs.items()}
         prompt_len = inputs["input_ids"].shape[1]
-        vocab = unwrap_model(self.model).lm_head.weight.shape[0]
-        sampler = _SeededSampler(TokenChooser(sampling, vocab, device), keys, prompt_len)
+        sampler = _SeededSampler(sampling, keys, prompt_len)
         kwargs = dict(
             max_new_tokens=sampling.max_new_tokens,
             min_new_tokens=sampling.min_new_tokens,
@@ -323,14 +325,17 @@ class _SeededSampler(LogitsProcessor):
     greedy argmax takes exactly that token (then replaces it by padding in finished rows).
     """
 
-    def __init__(self, chooser: TokenChooser, keys: torch.Tensor, prompt_len: int):
-        self.chooser = chooser
+    def __init__(self, sampling: SamplingParams, keys: torch.Tensor, prompt_len: int):
+        self.sampling = sampling
+        self.chooser: TokenChooser | None = None  # built at the first step, for the logits' vocabulary
         self.keys = keys
         self.prompt_len = prompt_len
         self.steps: list[torch.Tensor] = []  # each (B,)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.prompt_len
+        if self.chooser is None:
+            self.chooser = TokenChooser(self.sampling, scores.shape[-1], scores.device)
         token, logp = self.chooser(scores, self.keys, step)
         self.steps.append(logp)
         return torch.full_like(scores, -math.inf).scatter_(1, token[:, None], 0.0)
