@@ -8,11 +8,10 @@ rank correlation of the cheap pass-rate scorer with MCTS K.
 Both sides run `mmrl.selection.search` with the same settings and seed on the same samples; only
 `max_trees` differs (`--trees` vs 1). Each side is one `search` over the samples with the HF engine on CPU
 (`torch.set_num_threads(--threads)`); samples per hour = samples / wall time. On a shared machine the CPU
-time of the process (all its threads) is reported too, as a ratio less disturbed by other jobs. Sampling is real, so the
-sampled steps depend on the batch a sequence lands in (the HF engine draws one random stream per batch): K
-agrees between the two sides in distribution, not sample by sample; the report gives the share of samples
-with equal K and both mean Ks. The scripted-engine test (tests/test_selection_mcts.py) checks that the two
-schedules run the identical search when the continuations do not depend on batch-mates.
+time of the process (all its threads) is reported too, as a ratio less disturbed by other jobs. Sampling is real;
+every tree request carries its own seed (`SamplingParams.prompt_seeds`) and the HF engine samples each
+sequence from its own seed, so the two sides should draw the same steps and get the same K sample by sample:
+the report gives the share of samples with equal K and both mean Ks.
 
 Pass rate: `--passrate-n` replies per sample at temperature 1.0 (`mmrl.selection.pass_rates`); Spearman's ρ
 between MCTS K of the batched side (unsolved = max_iterations + 1) and 1 − pass rate.

@@ -124,11 +124,12 @@ class RolloutConfig:
     """Top-k sampling (0: off)."""
     batch_size: Annotated[int, ">= 1"] = 32
     """Most sequences (prompts x samples) generated in one engine call."""
-    decode: Literal["auto", "generate", "static"] = "auto"
+    decode: Literal["auto", "generate", "static"] = "generate"
     """HF engine decode loop: `generate` (transformers' generate), `static` (static KV cache + our own
     one-token step, compiled with CUDA graphs on CUDA; on CUDA both size batches to free memory, at most
     `batch_size`) or `auto` (static on CUDA for unsharded Qwen-VL models with sdpa/eager attention, else generate).
-    Both sample with per-sequence seeds, so the choice changes speed, not the distribution."""
+    Both sample with per-sequence seeds, so the choice changes speed, not the distribution. The default stays
+    `generate` until the static loop has run on a GPU (it is tested on CPU only; benchmarks/README.md)."""
     vllm_gpu_memory_utilization: Annotated[float, "(0, 1]"] = 0.5
     """vLLM only: share of GPU memory its KV cache may take."""
 

@@ -80,6 +80,11 @@ class SamplingParams:
     """Top-k (0: off)."""
     seed: int | None = None
     """Seed of this call's sampling (None: continue the engine's own generator)."""
+    prompt_seeds: list[int] | None = None
+    """One seed (>= 0) per prompt of the call, overriding `seed` for them: prompt i's samples then depend
+    only on prompt_seeds[i], their own index and the weights, not on the call's other prompts, their order
+    or the call's seed. For callers that batch independent searches (MCTS trees) and need each search's
+    draws to be those of the search run alone."""
 
 
 @dataclass

@@ -170,6 +170,25 @@ def test_seeds_repeat_and_differ(tiny):
     assert _ids(doubled)[0] == _ids(first)[0] and _ids(doubled)[1] != _ids(first)[0]
 
 
+@pytest.mark.parametrize("decode", ["generate", "static"])
+def test_prompt_seeds_name_each_prompts_stream_whatever_the_call(tiny, decode):
+    """SamplingParams.prompt_seeds (the MCTS trees' seeds): a prompt's samples follow its own seed alone, not the
+    call's seed, its batch-mates or the copies of the same prompt beside it."""
+    _, model, processor, prompts = tiny["qwen2.5-vl"]
+    engine = HFEngine(model, processor, batch_size=8, decode=decode)
+
+    def run(batch, seeds, call_seed=0):
+        return _ids(engine.generate(batch, 2, SamplingParams(max_new_tokens=8, seed=call_seed, prompt_seeds=seeds)))
+
+    together = run(prompts, [11, 12, 13])
+    assert run(prompts[1:2], [12], call_seed=99) == together[1:2]  # alone, another call seed
+    assert run([prompts[2], prompts[1]], [13, 12]) == [together[2], together[1]]
+    repeated = run([prompts[0], prompts[0], prompts[0]], [11, 5, 11])  # one object three times
+    assert repeated[0] == repeated[2] == together[0] and repeated[1] != together[0]
+    with pytest.raises(ValueError, match="one seed >= 0 per prompt"):
+        run(prompts, [1, 2])
+
+
 def test_sequence_keys():
     """Keys depend on seed, content, occurrence and sample index, not on a prompt's position in the call."""
     from mmrl.contracts import EncodedPrompt

@@ -262,3 +262,44 @@ def test_task_verifier_thresholds_and_the_step_instruction() -> None:
     messages = codec.messages(sample)
     assert messages[-1]["content"][-1]["text"] == " " + STEP_INSTRUCTION
     assert sample.messages[-1]["content"] == "Which colour?"  # the sample itself is untouched
+
+
+class Recording:
+    """A real engine, passed through, with every sequence it generated kept by (prompt tokens, prompt seed)."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.seen = engine, {}
+
+    def generate(self, prompts, n, sampling):
+        out = self.engine.generate(prompts, n, sampling)
+        for prompt, seed, group in zip(prompts, sampling.prompt_seeds, out):
+            self.seen[(tuple(prompt.input_ids.tolist()), seed)] = [c.token_ids for c in group]
+        return out
+
+
+def test_on_the_real_tiny_model_batched_trees_draw_what_each_tree_draws_alone(tmp_path: Path) -> None:
+    """Per-tree prompt seeds (SamplingParams.prompt_seeds): with the HF engine, a wave of 4 trees asks for and gets
+    exactly the sequences the one-tree-at-a-time search does, so K, iterations and tokens agree sample by sample."""
+    from mmrl.cli import main
+    from mmrl.config import ModelConfig
+    from mmrl.models import load_policy
+    from mmrl.rollout import HFEngine
+    from mmrl.selection import STEP_INSTRUCTION, ProcessorCodec, load_pool
+
+    assert main(["generate", "--task", "dominant_color", "--n", "6", "--out", str(tmp_path / "pool"), "--quiet",
+                 "--param", "image_size=56"]) == 0  # fmt: skip
+    samples = load_pool(tmp_path / "pool", None)
+    cfg = ModelConfig(path="tiny:qwen2.5-vl")
+    model, processor = load_policy(cfg)
+    codec = ProcessorCodec(processor, cfg, max_prompt_tokens=1024, instruction=STEP_INSTRUCTION)
+    params = dict(max_iterations=3, max_steps=2, step_tokens=4)
+    runs = {}
+    for trees in (1, 4):
+        engine = Recording(HFEngine(model, processor, batch_size=64))
+        stats = SearchStats()
+        results = list(search(samples, engine, codec, TaskVerifier(), MCTSParams(max_trees=trees, **params), stats))
+        runs[trees] = ({r.sample_id: r.record() for r in results}, engine.seen, stats)
+    (one, one_seen, one_stats), (many, many_seen, many_stats) = runs[1], runs[4]
+    assert many == one and len(one) == 6
+    assert many_seen == one_seen and len(one_seen) == one_stats.sequences  # every request seeded apart
+    assert many_stats.engine_calls < one_stats.engine_calls

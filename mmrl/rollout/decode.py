@@ -60,13 +60,27 @@ def prompt_digest(prompt: EncodedPrompt) -> bytes:
     return h.digest()
 
 
-def sequence_keys(prompts: Sequence[EncodedPrompt], n: int, seed: int) -> torch.Tensor:
+def sequence_keys(
+    prompts: Sequence[EncodedPrompt], n: int, seed: int, prompt_seeds: Sequence[int] | None = None
+) -> torch.Tensor:
     """(len(prompts) · n, 2) int64 keys in [0, 2^32): row i·n + j is sample j of prompts[i].
 
     key = blake2b(seed, content digest of the prompt, occurrence of that content among the call's
     prompts so far, j). Two identical prompts in one call thus still get different samples, and a
-    prompt's samples do not depend on the other prompts of the call.
+    prompt's samples do not depend on the other prompts of the call. With `prompt_seeds`
+    (`SamplingParams.prompt_seeds`), key = blake2b(prompt_seeds[i], j): the caller names each prompt's
+    stream itself, and neither the call's seed nor the prompt's content enter.
     """
+    if prompt_seeds is not None:
+        if len(prompt_seeds) != len(prompts) or any(int(s) < 0 for s in prompt_seeds):
+            raise ValueError(f"prompt_seeds needs one seed >= 0 per prompt ({len(prompts)}), got {list(prompt_seeds)}")
+        keys = torch.empty(len(prompts) * n, 2, dtype=torch.long)
+        for i, own in enumerate(prompt_seeds):
+            for j in range(n):
+                h = hashlib.blake2b(f"prompt-seed|{int(own)}|{j}".encode(), digest_size=8).digest()
+                keys[i * n + j, 0] = int.from_bytes(h[:4], "little")
+                keys[i * n + j, 1] = int.from_bytes(h[4:], "little")
+        return keys
     keys = torch.empty(len(prompts) * n, 2, dtype=torch.long)
     seen: dict[bytes, int] = {}
     digests: dict[int, bytes] = {}

@@ -95,7 +95,7 @@ class HFEngine:
         *,
         batch_size: int = 32,
         seed: int = 0,
-        decode: str = "auto",
+        decode: str = "generate",
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -139,7 +139,7 @@ class HFEngine:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,), generator=self._seeds))
         device = next(self.model.parameters()).device
-        keys = sequence_keys(prompts, n, seed).to(device)
+        keys = sequence_keys(prompts, n, seed, sampling.prompt_seeds).to(device)
         static = self.uses_static(device)
         per_call = self._sequences_per_call(prompts, sampling, device)
         flat: list[Completion] = []

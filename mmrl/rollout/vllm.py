@@ -188,13 +188,15 @@ class VLLMEngine:
         return engine
 
     def generate(self, prompts: list[EncodedPrompt], n: int, sampling: SamplingParams) -> list[list[Completion]]:
-        """`n` completions per prompt (vLLM's `SamplingParams(n=...)`), prompt i seeded by `prompt_seeds`."""
+        """`n` completions per prompt (vLLM's `SamplingParams(n=...)`), prompt i seeded by `prompt_seeds`
+        (or by `sampling.prompt_seeds[i]` when the caller names them)."""
         call_seed = sampling.seed if sampling.seed is not None else int(self._rng.integers(0, 2**62))
+        seeds = sampling.prompt_seeds if sampling.prompt_seeds is not None else prompt_seeds(call_seed, len(prompts))
+        if len(seeds) != len(prompts):
+            raise MMRLError(f"prompt_seeds has {len(seeds)} seeds for {len(prompts)} prompts")
         params = [
             self._sampling_cls(**kw)
-            for kw in sampling_kwargs(
-                sampling, n, seeds=prompt_seeds(call_seed, len(prompts)), stop_ids=self.eos_ids, banned=self.banned_ids
-            )
+            for kw in sampling_kwargs(sampling, n, seeds=seeds, stop_ids=self.eos_ids, banned=self.banned_ids)
         ]
         requests = [vllm_request(p, video_metadata_kwargs=self.video_metadata_kwargs) for p in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)  # one SamplingParams per prompt: llm.py:427

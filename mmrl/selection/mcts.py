@@ -203,6 +203,7 @@ class Tree:
         self.root = Node(step=None, parent=None, depth=0)
         self.iteration = 1
         self.tokens = 0
+        self.requests = 0  # engine requests made so far: names the seed stream of the next one
         self.want: _Want | None = None
         self.result: SearchResult | None = None
         self._start: Node | None = None  # the rollout's first node (a new child)
@@ -218,6 +219,14 @@ class Tree:
         assert self.want is not None
         ids = [t for step in self.want.prefix for t in step.token_ids]
         return continue_assistant(self.prompt, ids, "".join(step.text for step in self.want.prefix))
+
+    def request_seeds(self) -> list[int]:
+        """One sampling seed per sequence of the current want, from (search seed, sample id, request number):
+        the tree's draws are the same whether it shares its engine calls with other trees or runs alone."""
+        assert self.want is not None
+        stream = np.random.default_rng([self.params.seed, 2, zlib.crc32(self.sample.id.encode("utf-8")), self.requests])
+        self.requests += 1
+        return [int(x) for x in stream.integers(0, 2**62, self.want.count)]
 
     def receive(self, completions: list[Completion]) -> None:
         """Feed the engine's answer to the current want, then run until the next want or the end."""
@@ -340,7 +349,6 @@ def search(
     stats = stats if stats is not None else SearchStats()
     pending = iter(samples)
     live: list[Tree] = []
-    wave = 0
     exhausted = False
     while True:
         while not exhausted and len(live) < params.max_trees:
@@ -363,20 +371,18 @@ def search(
                 live.append(tree)
         if not live:
             return
-        prompts, counts = [], []
+        prompts, counts, seeds = [], [], []
         for tree in live:
             assert tree.want is not None
             prompt = tree.request()
             prompts.extend([prompt] * tree.want.count)  # one object: the HF engine prefills it once
             counts.append(tree.want.count)
-        wave_seed = int(np.random.default_rng([params.seed, 1, wave]).integers(2**31))
-        sampling = SamplingParams(
-            max_new_tokens=params.step_tokens, temperature=params.temperature, top_p=params.top_p, seed=wave_seed
-        )
+            seeds.extend(tree.request_seeds())
+        sampling = SamplingParams(max_new_tokens=params.step_tokens, temperature=params.temperature,
+                                  top_p=params.top_p, prompt_seeds=seeds)  # fmt: skip
         outputs = engine.generate(prompts, 1, sampling)
         stats.engine_calls += 1
         stats.sequences += len(prompts)
-        wave += 1
         start, still = 0, []
         for tree, count in zip(live, counts):
             tree.receive([group[0] for group in outputs[start : start + count]])
