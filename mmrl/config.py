@@ -237,6 +237,14 @@ class TrainConfig:
     """On CUDA, run forward passes under bf16 autocast (accelerate); ignored on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    vision_chunk_frames: Annotated[int, ">= 0"] = 0
+    """Run the vision tower on at most this many frames of a video at a time in the trainer's forward (images: one
+    at a time); the features equal one call's. 0: all media of a batch in one call. With `vision_checkpointing`,
+    only one chunk's activations ever exist (docs/video_memory.md)."""
+    vision_checkpointing: bool = False
+    """Keep only the vision tower's inputs for the backward and recompute its activations there (per chunk of
+    `vision_chunk_frames`); no effect when the vision module has nothing to train (`freeze_vision` and
+    `freeze_projector`)."""
     freeze_vision: bool = False
     """Freeze the vision tower (the projector/merger stays trainable)."""
     freeze_projector: bool = False
