@@ -60,6 +60,10 @@ class ModelConfig:
     """Frames per second sampled from a video given as a file."""
     video_max_frames: Annotated[int, ">= 1"] = 16
     """Most frames sampled from one video given as a file (evenly subsampled beyond this)."""
+    video_fit_budget: bool = True
+    """A prompt over `rollout.max_prompt_tokens` because of its videos is fitted instead of refused: smaller
+    frames first (down to `video_min_pixels`), then fewer frames of videos given as files (timestamps kept);
+    frames a task listed itself are never dropped (`mmrl.rollout.encode.fit_videos`, docs/video_memory.md)."""
     allow_download: bool = False
     """Let a hub id in `path` download from the Hugging Face Hub when it is not in the local cache.
     Off by default: nothing is fetched unless asked for; HF_HUB_OFFLINE=1 forbids it even when on."""
