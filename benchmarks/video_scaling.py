@@ -115,7 +115,7 @@ def video_messages(frames: np.ndarray) -> list[dict[str, Any]]:
 
 
 def fixed_completions(args: argparse.Namespace, group: int, step: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
-    """(prompts x group, completion_tokens) token ids and (prompts x group,) rewards of one step; row = k * group + j."""
+    """Token ids (prompts x group, completion_tokens) and rewards (prompts x group,) of one step; row k * group + j."""
     rng = np.random.default_rng([args.seed, step, group, 99])
     ids = rng.integers(16, vocab, (args.prompts * group, args.completion_tokens))
     rewards = rng.random(args.prompts * group).round(2)
@@ -177,9 +177,15 @@ def run_mmrl(args: argparse.Namespace, frames: int, group: int, lowmem: bool) ->
         gids = [str(r // group) for r in range(len(ids))]
         adv = group_advantages(rewards, gids, "grpo")
         rollouts = [
-            Rollout(prompt=prompts[r // group], completion=Completion(ids[r].tolist(), [0.0] * ids.shape[1], "",
-                    "length"), reward=float(rewards[r]), advantage=float(adv[r]), group_id=gids[r],
-                    sample_id=gids[r], task="video")  # fmt: skip
+            Rollout(
+                prompt=prompts[r // group],
+                completion=Completion(ids[r].tolist(), [0.0] * ids.shape[1], "", "length"),
+                reward=float(rewards[r]),
+                advantage=float(adv[r]),
+                group_id=gids[r],
+                sample_id=gids[r],
+                task="video",
+            )  # fmt: skip
             for r in range(len(ids))
         ]
         t1 = time.perf_counter()
@@ -251,7 +257,8 @@ def run_trl(args: argparse.Namespace, frames: int, group: int) -> dict[str, Any]
         meta = {"fps": 2.0, "frames_indices": list(range(frames)), "total_num_frames": frames}
         out = processor(text=texts, videos=videos, video_metadata=[dict(meta) for _ in videos],
                         do_sample_frames=False, return_tensors="pt", padding=True)  # fmt: skip
-        state["video"] = {k: out[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts") if k in out}
+        keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+        state["video"] = {k: out[k] for k in keys if k in out}
         if "second_per_grid_ts" in state["video"]:
             state["video"]["second_per_grid_ts"] = torch.as_tensor(state["video"]["second_per_grid_ts"])
         prompt_ids = [ids[m.bool()].tolist() for ids, m in zip(out["input_ids"], out["attention_mask"])]
@@ -383,27 +390,21 @@ def run_cell(args: argparse.Namespace, model: Path, side: str, frames: int, grou
 
 
 def report(cells: list[dict[str, Any]], sides: list[str]) -> str:
-    lines = [
-        "| frames | group | prompt tokens | peak RSS MiB " + " / ".join(sides) + " | step RSS MiB " + " / ".join(sides)
-        + " | step s " + " / ".join(sides) + " | **peak mmrl/TRL** | step-RSS mmrl/TRL | time mmrl/TRL |"
-        + ("" if "mmrl-lowmem" not in sides else " **peak lowmem/TRL** | time lowmem/TRL |"),
-        "|---|---|---|---|---|---|---|---|---|" + ("" if "mmrl-lowmem" not in sides else "---|---|"),
-    ]  # fmt: skip
+    """Markdown table: per cell the three measures per side and each mmrl side's ratio to TRL."""
+    mm = [s for s in sides if s != "trl"]
+    names = " / ".join(sides)
+    head = (f"| frames | group | prompt tokens | peak RSS MiB ({names}) | step RSS MiB ({names}) | step s ({names}) | "
+            + " | ".join(f"**{s}/TRL peak** | {s}/TRL step RSS | {s}/TRL time" for s in mm) + " |")  # fmt: skip
+    lines = [head, "|" + "---|" * (6 + 3 * len(mm))]
     for c in cells:
         r = c["results"]
-        t = r["trl"]
-
-        def trio(key: str, fmt: str, r=r) -> str:
-            return " / ".join(format(r[s][key], fmt) for s in sides)
-
-        row = (f"| {c['frames']} | {c['group']} | {r['mmrl']['prompt_tokens']} | {trio('peak_rss_mib', '.0f')} "
-               f"| {trio('step_rss_mib', '.0f')} | {trio('step_s', '.2f')} "
-               f"| **{r['mmrl']['peak_rss_mib'] / t['peak_rss_mib']:.2f}** "
-               f"| {r['mmrl']['step_rss_mib'] / t['step_rss_mib']:.2f} | {r['mmrl']['step_s'] / t['step_s']:.2f} |")  # fmt: skip
-        if "mmrl-lowmem" in sides:
-            low = r["mmrl-lowmem"]
-            row += f" **{low['peak_rss_mib'] / t['peak_rss_mib']:.2f}** | {low['step_s'] / t['step_s']:.2f} |"
-        lines.append(row)
+        cols = [str(c["frames"]), str(c["group"]), str(r["mmrl"]["prompt_tokens"])]
+        for key, fmt in (("peak_rss_mib", ".0f"), ("step_rss_mib", ".0f"), ("step_s", ".2f")):
+            cols.append(" / ".join(format(r[s][key], fmt) for s in sides))
+        for s in mm:
+            ratios = [r[s][key] / r["trl"][key] for key in ("peak_rss_mib", "step_rss_mib", "step_s")]
+            cols += [f"**{ratios[0]:.2f}**", f"{ratios[1]:.2f}", f"{ratios[2]:.2f}"]
+        lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
