@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         for frames in args.frame_list:
             for group in args.group_list:
                 results = {}
-                order = sides if (frames + group) % 2 == 0 else sides[::-1]  # alternate who goes first
+                order = sides if len(cells) % 2 == 0 else sides[::-1]  # alternate who goes first
                 for side in order:
                     t0 = time.perf_counter()
                     results[side] = run_cell(args, model, side, frames, group)
