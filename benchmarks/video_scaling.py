@@ -25,8 +25,8 @@ once for the loss), which favours TRL.
 Measured per cell: `peak_rss` (VmHWM of the process: import, model load, inputs, all steps), `step_rss` (the
 high-water mark during the steps minus the RSS just before them, VmHWM reset through /proc/self/clear_refs), and
 the median step time over `--steps` steps after `--warmup` untimed ones (the first step also allocates AdamW's
-state, on both sides). mmrl runs twice per cell unless `--no-lowmem`: with the defaults, and with
-`train.vision_chunk_frames` + `train.vision_checkpointing` (`--chunk-frames`).
+state, on both sides). mmrl runs twice per cell unless `--no-lowmem`: with the defaults, and as `mmrl-lowmem` with
+`train.vision_chunk_frames` (`--chunk-frames`) + `train.vision_checkpointing` + `train.prompt_once`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def run_mmrl(args: argparse.Namespace, frames: int, group: int, lowmem: bool) ->
     train = dict(steps=total, lr=args.lr, micro_batch_size=args.prompts * group, grad_clip=1.0, seed=args.seed,
                  out_dir=tempfile.mkdtemp(prefix="mmrl-video-"))  # fmt: skip
     if lowmem:
-        train.update(vision_chunk_frames=args.chunk_frames, vision_checkpointing=True)
+        train.update(vision_chunk_frames=args.chunk_frames, vision_checkpointing=True, prompt_once=True)
     cfg.train = TrainConfig(**train)
     policy = setup_policy(cfg, total)
     vocab = len(policy.processor.tokenizer) - 64  # clear of the special tokens at the end of the vocabulary

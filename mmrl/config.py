@@ -249,6 +249,11 @@ class TrainConfig:
     """Keep only the vision tower's inputs for the backward and recompute its activations there (per chunk of
     `vision_chunk_frames`); no effect when the vision module has nothing to train (`freeze_vision` and
     `freeze_projector`)."""
+    prompt_once: bool = False
+    """Run each distinct prompt of a group once through the decoder in the trainer's forward and its completions on
+    the prompt's cached keys and values (same log-probs and gradients; the prompt's activations are kept once
+    per group instead of once per sequence). Needs a shared-vision Qwen-VL model, no DDP wrapper and no
+    `gradient_checkpointing`; the plain forward is used otherwise (docs/video_memory.md)."""
     freeze_vision: bool = False
     """Freeze the vision tower (the projector/merger stays trainable)."""
     freeze_projector: bool = False

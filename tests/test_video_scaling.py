@@ -141,3 +141,42 @@ def test_vision_checkpointing_is_skipped_for_a_frozen_vision_module(tiny_models)
     finally:
         hook.remove()
         visual.requires_grad_(True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prompt_once_equals_the_full_forward(tiny_models, family):
+    """Each distinct prompt through the decoder once, completions on its cache: the same log-probs, entropies and
+    gradients as one full forward per sequence (groups of prompts of different lengths, a video, an image, a
+    text-only prompt, completions of different lengths, one of length 1)."""
+    tiny = tiny_models[family]
+    cfg, model, processor = tiny
+    text = encode_prompt(processor, [{"role": "user", "content": "Only words here, nothing else."}], cfg,
+                         max_prompt_tokens=4096)  # fmt: skip
+    video, image = _video_prompt(tiny, 6, 8), _image_prompt(tiny, 9)
+    seqs = [video, video, image, text, image, video, text]
+    rng = np.random.default_rng(1)
+    completions = [rng.integers(10, 300, n).tolist() for n in (5, 1, 3, 4, 6, 2, 3)]
+    batch = collate(seqs, completions, pad_id=0)
+    assert batch["prompt_group"].tolist() == [0, 0, 1, 2, 1, 0, 2]
+    results, shapes = [], []
+    layer = model.model.language_model.layers[0]
+    hook = layer.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape[:2])))
+    calls = {False: [(7, batch["input_ids"].shape[1])], True: [(3, int(batch["prompt_lengths"].max())), (7, 5)]}
+    for once in (False, True):
+        model.zero_grad(set_to_none=True)
+        shapes.clear()
+        logprobs, entropy, mask = completion_logprobs(
+            model, batch, temperature=0.7, with_entropy=True, prompt_once=once
+        )
+        (-(logprobs * mask).sum() / mask.sum() - 0.01 * (entropy * mask).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logprobs.detach(), entropy.detach(), grads))
+        assert shapes == calls[once]  # 3 prompts, then 7 completions but their last token; or 7 full sequences
+    hook.remove()
+    model.zero_grad(set_to_none=True)
+    (lp, ent, grads), (lp1, ent1, grads1) = results
+    torch.testing.assert_close(lp1, lp, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(ent1, ent, rtol=1e-5, atol=2e-6)
+    assert grads1.keys() == grads.keys()
+    for name, g in grads.items():
+        assert float((grads1[name] - g).norm()) <= 1e-5 * float(g.norm()) + 1e-12, name

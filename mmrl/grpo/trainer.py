@@ -291,6 +291,7 @@ def _micro_step(
         share_vision=not policy.sharded,
         vision_chunk_frames=cfg.train.vision_chunk_frames,
         vision_checkpointing=cfg.train.vision_checkpointing,
+        prompt_once=cfg.train.prompt_once,
     )  # (B, Lc) each
     width = logprobs.shape[1]
     old_lp = old_logprobs(batch, _pad_stack(old, width, device) if old is not None else logprobs.detach())
@@ -349,7 +350,8 @@ def _logprobs_of(model, policy: Policy, rollouts: list[Rollout], cfg: RunConfig)
                      policy.accelerator.device)  # fmt: skip
         logprobs, _, mask = completion_logprobs(model, inputs, temperature=cfg.rollout.temperature,
                                                 share_vision=not policy.sharded,
-                                                vision_chunk_frames=cfg.train.vision_chunk_frames)  # fmt: skip
+                                                vision_chunk_frames=cfg.train.vision_chunk_frames,
+                                                prompt_once=cfg.train.prompt_once)  # fmt: skip
         out += [lp[m.bool()] for lp, m in zip(logprobs, mask)]
     return out
 

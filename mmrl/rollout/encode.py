@@ -251,6 +251,8 @@ def fit_videos(
     pixel coordinates are checked for images only, `check_box_frame`; no built-in video task states any.)
     """
     vp = processor.video_processor
+    if not all(hasattr(vp, key) for key in ("patch_size", "merge_size")):  # not a Qwen-style processor: no rule
+        return [], ""
     factor = int(vp.patch_size) * int(vp.merge_size)
     step = int(getattr(vp, "temporal_patch_size", 2) or 1)
     low, high = cfg.video_min_pixels, cfg.video_max_pixels

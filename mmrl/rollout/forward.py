@@ -117,7 +117,8 @@ def collate(prompts: list[EncodedPrompt], completions: list[list[int]], pad_id: 
     ...). The grids stay one row per sequence's image (M-RoPE reads them), but the pixels are not
     repeated per sequence (a group of 16 would hold 16 copies of a long video's patches):
     `completion_logprobs` rebuilds them from the unique ones only for a model that cannot share
-    features (`repeated_pixels`).
+    features (`repeated_pixels`). With those entries comes `prompt_group` (B,): each sequence's distinct
+    prompt, numbered in first-appearance order.
     """
     if len(prompts) != len(completions) or not prompts:
         raise ValueError(f"need one completion per prompt, got {len(prompts)} prompts, {len(completions)} completions")
@@ -146,6 +147,9 @@ def collate(prompts: list[EncodedPrompt], completions: list[list[int]], pad_id: 
     if with_types:
         batch["mm_token_type_ids"] = mm_types
     unique = _unique_vision(prompts)
+    if unique:
+        groups: dict[int, int] = {}
+        batch["prompt_group"] = torch.tensor([groups.setdefault(id(p), len(groups)) for p in prompts])
     for _, pixel_key, _ in _MODALITIES:
         if f"unique_{pixel_key}" in unique:
             del batch[pixel_key]
@@ -199,6 +203,7 @@ def completion_logprobs(
     share_vision: bool = True,
     vision_chunk_frames: int = 0,
     vision_checkpointing: bool = False,
+    prompt_once: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Log-prob of each completion token under softmax(logits / temperature), aligned to completion positions.
 
@@ -217,6 +222,11 @@ def completion_logprobs(
     (`encode_vision`), and `vision_checkpointing` keeps only each call's inputs for the backward and
     recomputes its activations there (`train.vision_chunk_frames`, `train.vision_checkpointing`); either
     routes the media through `encode_vision` for shared-vision models even when no prompt repeats.
+
+    `prompt_once` (`train.prompt_once`) also runs each distinct prompt of a group once through the
+    decoder and the completions on its cached keys and values (`_prompt_once_logits`), when the batch
+    repeats a prompt with media, the model shares vision, is not wrapped for DDP and does not checkpoint
+    its layers; the plain forward otherwise.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to score completions, got {temperature}")
@@ -233,12 +243,17 @@ def completion_logprobs(
 
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
     plan = _vision_plan(batch, vision_chunk_frames > 0 or vision_checkpointing)
-    if plan and share_vision and shares_vision(model):
-        inputs = _with_shared_vision(unwrap_model(model), inputs, plan, device, vision_chunk_frames,
-                                     vision_checkpointing)  # fmt: skip
+    shared = bool(plan) and share_vision and shares_vision(model)
+    inner = unwrap_model(model)
+    if shared and prompt_once and "prompt_group" in batch and _can_cache(model, inner):
+        logits = _prompt_once_logits(model, inner, inputs, batch, plan, Lc, device,
+                                     vision_chunk_frames, vision_checkpointing)  # fmt: skip
     else:
-        inputs.update({k: v.to(device) for k, v in repeated_pixels(batch).items()})
-    logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, Lc, V)
+        if shared:
+            inputs = _with_shared_vision(inner, inputs, plan, device, vision_chunk_frames, vision_checkpointing)
+        else:
+            inputs.update({k: v.to(device) for k, v in repeated_pixels(batch).items()})
+        logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, Lc, V)
 
     suppressed = torch.tensor(suppressed_token_ids(model), dtype=torch.long, device=device)
     rows = max(1, _CHUNK_ELEMENTS // (B * logits.shape[-1]))
@@ -302,6 +317,90 @@ def _with_shared_vision(
         encoded[modality] = output_type(**fields)
         inputs = {k: v for k, v in inputs.items() if k != pixel_key}
     return {**inputs, "mm_encoder_outputs": encoded}
+
+
+def _can_cache(model: torch.nn.Module, inner: torch.nn.Module) -> bool:
+    """Whether `_prompt_once_logits` may run: a cache with gradients through it, M-RoPE offsets to read, and no
+    DDP wrapper (its gradient hooks expect one forward per backward)."""
+    return (
+        not isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        and not _checkpoints_layers(inner)  # transformers turns the cache off then
+        and hasattr(getattr(inner, "model", None), "rope_deltas")
+    )
+
+
+def _checkpoints_layers(inner: torch.nn.Module) -> bool:
+    name = (
+        "is_activation_checkpointing"
+        if hasattr(type(inner), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
+    return bool(getattr(inner, name, False))
+
+
+def _prompt_once_logits(
+    model: torch.nn.Module,
+    inner: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    plan: VisionPlan,
+    Lc: int,
+    device: torch.device,
+    chunk_frames: int,
+    checkpointing: bool,
+) -> torch.Tensor:
+    """(B, Lc, V) logits predicting each completion token, with each distinct prompt run once through the model.
+
+    Pass 1 runs the U distinct prompts (right-padded to the longest, T tokens; their media encoded once)
+    with a cache, keeping the logits of each prompt's last token: they predict completion token 0. The
+    cache rows are then repeated for the sequences of each group (`reorder_cache`, an index_select: the
+    gradient of a prompt's keys and values is the sum over its group). Pass 2 runs the B completions on that
+    cache: tokens 0 .. Lc-2 of each completion (the last predicts nothing), mask = [prompt mask of the row's
+    prompt | completion mask], M-RoPE positions of completion token j = prompt length + j + the prompt's
+    `rope_deltas` (text positions continue after the prompt's largest position, as in generation). A sequence's
+    numbers are those of the full forward: causal attention makes the prompt's states independent of
+    what follows it (tested against `completion_logprobs` without `prompt_once`).
+    """
+    group = batch["prompt_group"].to(device)  # (B,)
+    U = int(group.max()) + 1
+    first = torch.stack([torch.nonzero(group == u)[0, 0] for u in range(U)])  # (U,) a row of each prompt
+    prompt_lengths = batch["prompt_lengths"].to(device)
+    T = int(prompt_lengths.max())
+    ids = inputs["input_ids"]
+    prompt_mask = (torch.arange(T, device=device)[None, :] < prompt_lengths[first][:, None]).long()  # (U, T)
+    head: dict[str, Any] = {"input_ids": ids[first, :T] * prompt_mask, "attention_mask": prompt_mask}
+    if "mm_token_type_ids" in inputs:
+        head["mm_token_type_ids"] = inputs["mm_token_type_ids"][first, :T] * prompt_mask
+    identity = {}
+    for modality, _, grid_key in _MODALITIES:
+        if modality in plan:
+            pixels, grids, index = plan[modality]
+            head[grid_key] = grids.to(device)
+            identity[modality] = (pixels, grids, list(range(int(grids.shape[0]))))
+            if modality == "video" and "second_per_grid_ts" in inputs:  # one per video row: take each first use
+                head["second_per_grid_ts"] = inputs["second_per_grid_ts"][[index.index(j) for j in range(len(grids))]]
+    head = _with_shared_vision(inner, head, identity, device, chunk_frames, checkpointing)
+    out = model(**head, logits_to_keep=(prompt_lengths[first] - 1)[:, None], use_cache=True)
+    first_logits, cache = out.logits, out.cache  # (U, 1, V)
+    deltas = inner.model.rope_deltas  # (U, 1): M-RoPE offsets of the distinct prompts
+    inner.model.rope_deltas = None  # stale for any later forward
+    cache.reorder_cache(group)
+    steps = torch.arange(Lc, device=device)
+    columns = (prompt_lengths[:, None] + steps).clamp(max=ids.shape[1] - 1)  # (B, Lc)
+    completion = ids.gather(1, columns)
+    completion_mask = batch["completion_mask"].to(device).gather(1, columns)
+    positions = (prompt_lengths[:, None] + steps + deltas[group]).expand(3, -1, -1)  # (3, B, Lc), text positions
+    if Lc == 1:
+        return first_logits[group]
+    keep = Lc - 1  # the last completion token predicts nothing
+    tail = model(
+        input_ids=completion[:, :keep],
+        attention_mask=torch.cat([prompt_mask[group], completion_mask[:, :keep]], dim=1),
+        position_ids=positions[..., :keep],
+        cache=cache,
+        use_cache=True,
+    ).logits  # (B, Lc - 1, V)
+    return torch.cat([first_logits[group], tail], dim=1)
 
 
 def encode_vision(
