@@ -54,7 +54,7 @@ def _encode(processor, messages, cfg, budget):
 def test_fitted_prompts_never_exceed_the_budget(processors, video_file, family):
     """Sweep budgets from the full prompt down: each one fits (and is within budget) or is refused."""
     cfg, processor = processors[family]
-    for messages, dropable in ((_frames_messages(8), False), (_file_messages(video_file), True)):
+    for messages, droppable in ((_frames_messages(8), False), (_file_messages(video_file), True)):
         full = _encode(processor, messages, cfg, 100_000)
         assert full.fitted == ""
         smallest = None
@@ -69,7 +69,7 @@ def test_fitted_prompts_never_exceed_the_budget(processors, video_file, family):
         assert smallest is not None
         ((frames, meta),) = smallest.media["video"]
         ((full_frames, full_meta),) = full.media["video"]
-        if not dropable:  # the task's frames are all shown, at their own timestamps
+        if not droppable:  # the task's frames are all shown, at their own timestamps
             assert len(frames) == len(full_frames) and meta["frames_indices"] == full_meta["frames_indices"]
         assert frames.shape[1] * frames.shape[2] < full_frames.shape[1] * full_frames.shape[2]
 

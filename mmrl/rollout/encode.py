@@ -30,7 +30,6 @@ from PIL import Image
 from mmrl import media
 from mmrl.contracts import EncodedPrompt
 from mmrl.errors import MMRLError
-from mmrl.media import smart_resize
 from mmrl.video import read_video, video_info
 
 if TYPE_CHECKING:
@@ -259,21 +258,21 @@ def fit_videos(
 
     def size(frames: np.ndarray, cap: float) -> tuple[int, int]:
         h, w = frames.shape[1:3]
-        return smart_resize(h, w, factor, min_pixels=low, max_pixels=max(low, min(int(cap), high)))
+        return media.smart_resize(h, w, factor, min_pixels=low, max_pixels=max(low, min(int(cap), high)))
 
-    def keep(frames: np.ndarray, dropable: bool, most: int | None) -> np.ndarray:
+    def keep(frames: np.ndarray, droppable: bool, most: int | None) -> np.ndarray:
         """Positions of the frames kept: all, or the centres of `most` equal bins."""
         t = len(frames)
-        if not dropable or most is None or t <= most:
+        if not droppable or most is None or t <= most:
             return np.arange(t)
         return np.floor((np.arange(most) + 0.5) * t / most).astype(np.int64)
 
     def candidate(cap: float, most: int | None) -> list[tuple[np.ndarray, dict[str, Any]]]:
         """Shape-only stand-ins (broadcast views, no pixel memory) of the videos at this choice, for `_measure`."""
         out = []
-        for (frames, meta), dropable in zip(videos, from_files):
+        for (frames, meta), droppable in zip(videos, from_files):
             h, w = size(frames, cap)
-            kept = keep(frames, dropable, most)
+            kept = keep(frames, droppable, most)
             out.append((np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8), (len(kept), h, w, 3)), meta))
         return out
 
@@ -295,9 +294,9 @@ def fit_videos(
             return [], ""
         cap = _first(caps, lambda c: fits(c, most))
     out = []
-    for (frames, meta), dropable in zip(videos, from_files):
+    for (frames, meta), droppable in zip(videos, from_files):
         h, w = size(frames, cap)
-        kept = keep(frames, dropable, most)
+        kept = keep(frames, droppable, most)
         shown = frames[kept]
         if (h, w) != shown.shape[1:3]:
             shown = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BICUBIC)) for f in shown])
