@@ -60,6 +60,10 @@ class ModelConfig:
     """Frames per second sampled from a video given as a file."""
     video_max_frames: Annotated[int, ">= 1"] = 16
     """Most frames sampled from one video given as a file (evenly subsampled beyond this)."""
+    video_fit_budget: bool = True
+    """A prompt over `rollout.max_prompt_tokens` because of its videos is fitted instead of refused: smaller
+    frames first (down to `video_min_pixels`), then fewer frames of videos given as files (timestamps kept);
+    frames a task listed itself are never dropped (`mmrl.rollout.encode.fit_videos`, docs/video_memory.md)."""
     allow_download: bool = False
     """Let a hub id in `path` download from the Hugging Face Hub when it is not in the local cache.
     Off by default: nothing is fetched unless asked for; HF_HUB_OFFLINE=1 forbids it even when on."""
@@ -243,6 +247,19 @@ class TrainConfig:
     """On CUDA, run forward passes under bf16 autocast (accelerate); ignored on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
+    vision_chunk_frames: Annotated[int, ">= 0"] = 0
+    """Run the vision tower on at most this many frames of a video at a time in the trainer's forward (images: one
+    at a time); the features equal one call's. 0: all media of a batch in one call. With `vision_checkpointing`,
+    only one chunk's activations ever exist (docs/video_memory.md)."""
+    vision_checkpointing: bool = False
+    """Keep only the vision tower's inputs for the backward and recompute its activations there (per chunk of
+    `vision_chunk_frames`); no effect when the vision module has nothing to train (`freeze_vision` and
+    `freeze_projector`)."""
+    prompt_once: bool = False
+    """Run each distinct prompt of a group once through the decoder in the trainer's forward and its completions on
+    the prompt's cached keys and values (same log-probs and gradients; the prompt's activations are kept once
+    per group instead of once per sequence). Needs a shared-vision Qwen-VL model, no DDP wrapper and no
+    `gradient_checkpointing`; the plain forward is used otherwise (docs/video_memory.md)."""
     freeze_vision: bool = False
     """Freeze the vision tower (the projector/merger stays trainable)."""
     freeze_projector: bool = False

@@ -106,6 +106,9 @@ class EncodedPrompt:
     media: dict[str, list] = field(default_factory=dict)
     """The loaded media, for engines that run their own processor (vLLM): `image` -> RGB PIL images,
     `video` -> ((T, H, W, 3) uint8 frames, processor video metadata) pairs, in prompt order."""
+    fitted: str = ""
+    """How `encode_prompt` shrank this prompt's videos to fit `rollout.max_prompt_tokens`
+    (`model.video_fit_budget`); empty when they are shown as configured."""
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

@@ -215,6 +215,7 @@ class TaskProducer:
                 log.warning("skipping sample %s: %s", sample.id, e)
                 continue
             check_box_frame(sample, prompt, self.processor, self.cfg.model)  # outside the try: a config error
+            self.stats["prompts_fitted"] += bool(prompt.fitted)  # videos shrunk to fit (model.video_fit_budget)
             return Prepared(sample, prompt, source.reward_for(sample))
         raise MMRLError(f"{MAX_BAD_DRAWS} unusable samples in a row from source {source.spec}; see the log")
 
@@ -309,6 +310,7 @@ class TaskProducer:
             "tokens_generated": float(lengths.sum()),
             "skipped_samples": float(self.stats["skipped_samples"]),
             "reward_errors": float(self.stats["reward_errors"]),
+            "prompts_fitted": float(self.stats["prompts_fitted"]),
             **{k: float(v) for k, v in self.stats.items() if k.startswith("skipped/")},
         }
         by_task: dict[str, list[Rollout]] = {}

@@ -213,7 +213,8 @@ def test_collate_layout(tiny_models, clip):
     assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()  # right padding with pad_id
     assert batch["attention_mask"][:, 0].all()  # every sequence starts at column 0
     assert batch["image_grid_thw"].shape == (2, 3)  # the repeated prompt's image, once per sequence
-    assert batch["pixel_values"].shape[0] == 2 * prompts[0].vision["pixel_values"].shape[0]
+    assert "pixel_values" not in batch  # the group's pixels are kept once, in `unique_pixel_values`
+    assert torch.equal(batch["unique_pixel_values"], prompts[0].vision["pixel_values"])
     assert batch["video_grid_thw"].shape == (1, 3) and batch["second_per_grid_ts"].shape == (1,)
     assert (batch["mm_token_type_ids"][batch["completion_mask"] == 1] == 0).all()
     assert int((batch["mm_token_type_ids"] == 1).sum()) == 2 * prompts[0].num_visual_tokens

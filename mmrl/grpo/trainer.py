@@ -284,7 +284,14 @@ def _micro_step(
     device = policy.accelerator.device
     inputs = _to(collate([r.prompt for r in batch], [r.completion.token_ids for r in batch], policy.pad_id), device)
     logprobs, entropy, mask = completion_logprobs(
-        policy.model, inputs, temperature=cfg.rollout.temperature, with_entropy=True, share_vision=not policy.sharded
+        policy.model,
+        inputs,
+        temperature=cfg.rollout.temperature,
+        with_entropy=True,
+        share_vision=not policy.sharded,
+        vision_chunk_frames=cfg.train.vision_chunk_frames,
+        vision_checkpointing=cfg.train.vision_checkpointing,
+        prompt_once=cfg.train.prompt_once,
     )  # (B, Lc) each
     width = logprobs.shape[1]
     old_lp = old_logprobs(batch, _pad_stack(old, width, device) if old is not None else logprobs.detach())
@@ -342,7 +349,9 @@ def _logprobs_of(model, policy: Policy, rollouts: list[Rollout], cfg: RunConfig)
         inputs = _to(collate([r.prompt for r in batch], [r.completion.token_ids for r in batch], policy.pad_id),
                      policy.accelerator.device)  # fmt: skip
         logprobs, _, mask = completion_logprobs(model, inputs, temperature=cfg.rollout.temperature,
-                                                share_vision=not policy.sharded)  # fmt: skip
+                                                share_vision=not policy.sharded,
+                                                vision_chunk_frames=cfg.train.vision_chunk_frames,
+                                                prompt_once=cfg.train.prompt_once)  # fmt: skip
         out += [lp[m.bool()] for lp, m in zip(logprobs, mask)]
     return out
 

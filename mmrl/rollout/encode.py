@@ -5,7 +5,8 @@ count comes from the processor's own resize rule (Qwen `smart_resize` with the p
 merge factor and pixel budgets), the text is tokenised with every placeholder already expanded, and
 a prompt over `max_prompt_tokens` is rejected with a message saying what to change. Prompts are
 never truncated: cutting inside a visual span is what produces "image features and image tokens do
-not match" in other frameworks.
+not match" in other frameworks. A prompt that is over only because of its videos is first fitted
+(`model.video_fit_budget`, `fit_videos`): smaller frames, then fewer frames of a video decoded here.
 
 Videos given as files are decoded here with decord (`mmrl.video.read_video` at `model.video_fps`,
 at most `model.video_max_frames` frames): transformers 5 can only decode files with torchcodec. The
@@ -18,6 +19,7 @@ len(frames_indices) / total_num_frames * fps) matches the real sampling rate.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from transformers import ProcessorMixin
 
     from mmrl.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 """Processor outputs that describe a prompt's images and videos (batched by concatenation on dim 0)."""
@@ -53,18 +57,30 @@ def encode_prompt(
     most `model_cfg.video_max_frames` frames) or videos given as lists of frames (paths, PIL images
     or HxWx3 uint8 arrays, with an optional `fps`, default `model_cfg.video_fps`, and optional
     per-frame `timestamps` in seconds). Raises MediaError naming an unreadable file, and MMRLError
-    when text + visual tokens exceed `max_prompt_tokens`. `keep_media` stores the loaded images and
-    frames in `EncodedPrompt.media` (the vLLM engine needs them; the HF engine does not).
+    when text + visual tokens exceed `max_prompt_tokens` (after fitting its videos, `fit_videos`, when
+    `model_cfg.video_fit_budget`; `EncodedPrompt.fitted` then says what changed). `keep_media` stores the
+    loaded images and frames (as shown to the model) in `EncodedPrompt.media` (the vLLM engine needs them;
+    the HF engine does not).
     """
-    images, videos = _load_media(messages, model_cfg)
+    images, videos, from_files = _load_media(messages, model_cfg)
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     if not isinstance(text, str):
         raise MMRLError("the chat template must render one prompt string (got a batch)")
     predicted, visual, sizes = _measure(processor, text, images, videos)
+    fitted = ""
+    if predicted > max_prompt_tokens and videos and model_cfg.video_fit_budget:
+        before = "; ".join(sizes)
+        shrunk, fitted = fit_videos(processor, text, images, videos, from_files, model_cfg, max_prompt_tokens)
+        if fitted:
+            videos = shrunk
+            predicted, visual, sizes = _measure(processor, text, images, videos)
+            fitted = f"{before} -> {'; '.join(sizes)} ({fitted})"
+            _log_fit(fitted, max_prompt_tokens)
     detail = "; ".join(sizes) or "no media"
     if predicted > max_prompt_tokens:
+        tried = " (fitting its videos, model.video_fit_budget, could not make it fit)" if videos else ""
         raise MMRLError(
-            f"prompt needs {predicted} tokens ({predicted - visual} text + {visual} visual; {detail}) "
+            f"prompt needs {predicted} tokens ({predicted - visual} text + {visual} visual; {detail}){tried} "
             f"but rollout.max_prompt_tokens={max_prompt_tokens}; lower model.max_pixels "
             f"(now {model_cfg.max_pixels}) for images or model.video_max_pixels / model.video_max_frames "
             f"(now {model_cfg.video_max_pixels} / {model_cfg.video_max_frames}) for videos, "
@@ -103,7 +119,8 @@ def encode_prompt(
         kept["image"] = images
     if keep_media and videos:
         kept["video"] = videos
-    return EncodedPrompt(input_ids=input_ids, vision=vision, text=text, num_visual_tokens=visual, media=kept)
+    return EncodedPrompt(input_ids=input_ids, vision=vision, text=text, num_visual_tokens=visual, media=kept,
+                         fitted=fitted)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,10 +129,12 @@ def encode_prompt(
 
 def _load_media(
     messages: list[dict[str, Any]], cfg: ModelConfig
-) -> tuple[list[Image.Image], list[tuple[np.ndarray, dict[str, Any]]]]:
-    """Images (RGB PIL) and videos ((T, H, W, 3) uint8 frames, processor video metadata) in prompt order."""
+) -> tuple[list[Image.Image], list[tuple[np.ndarray, dict[str, Any]]], list[bool]]:
+    """Images (RGB PIL), videos ((T, H, W, 3) uint8 frames, processor video metadata) in prompt order, and
+    for each video whether it was decoded here from a file (its frames are then ours to choose)."""
     images: list[Image.Image] = []
     videos: list[tuple[np.ndarray, dict[str, Any]]] = []
+    from_files: list[bool] = []
     for message in messages:
         content = message.get("content")
         if not isinstance(content, list):
@@ -131,9 +150,11 @@ def _load_media(
                 images.append(_image(value))
             elif isinstance(value, (str, Path)):
                 videos.append(_video_file(value, cfg))
+                from_files.append(True)
             else:
                 videos.append(_video_frames(value, item.get("fps"), item.get("timestamps"), cfg))
-    return images, videos
+                from_files.append(False)
+    return images, videos, from_files
 
 
 def _image(value: Any) -> Image.Image:
@@ -190,6 +211,124 @@ def _at_least_two(frames: np.ndarray, indices: list) -> tuple[np.ndarray, list]:
     if len(frames) == 1:
         return np.concatenate([frames, frames]), [indices[0], indices[0]]
     return frames, indices
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt budget planner
+
+_FIT_SHRINK = 0.95  # each smaller per-frame pixel budget tried is this share of the previous one
+
+
+def fit_videos(
+    processor: ProcessorMixin,
+    text: str,
+    images: list[Image.Image],
+    videos: list[tuple[np.ndarray, dict[str, Any]]],
+    from_files: list[bool],
+    cfg: ModelConfig,
+    max_prompt_tokens: int,
+) -> tuple[list[tuple[np.ndarray, dict[str, Any]]], str]:
+    """Shrink a prompt's videos until text + visual tokens fit `max_prompt_tokens`; ([], "") when nothing fits.
+
+    Returns the videos to show (frames resized, some frames dropped, metadata to match) and a short note of
+    the choice. Images and text are never changed. The rule, deterministic and measured with the
+    processor's own token count (`_measure`) at every candidate:
+
+    1. Fewer pixels per frame, for every video alike: per-frame budgets P_k = P_0 * 0.95^k (P_0 the
+       largest frame after the processor's resize), down to `model.video_min_pixels`; each frame is resized
+       (bicubic) to `smart_resize(h, w, factor, video_min_pixels, min(P_k, video_max_pixels))`, a size
+       the processor then keeps. The largest P_k that fits wins.
+    2. Only if the smallest frames do not fit: fewer frames, and only of videos decoded here from a file
+       (`_video_file`), whose frames are sampled by `model.video_fps` / `video_max_frames`, not chosen by the
+       task: at most F frames each (evenly spaced, the centres of F equal bins, F a multiple of the temporal
+       patch size), the largest F that fits at the smallest frames; then the largest P_k that fits with F.
+       The kept frames keep their source indices, so the timestamps (Qwen3-VL's `<t seconds>`, Qwen2.5-VL's
+       `second_per_grid_ts`) stay those of the file and an answer in seconds stays valid.
+
+    Videos given as frame lists are the task's own choice (an answer may count, order or index them), so
+    their frames are never dropped: only their pixels shrink, which changes no temporal answer. (Boxes in
+    pixel coordinates are checked for images only, `check_box_frame`; no built-in video task states any.)
+    """
+    vp = processor.video_processor
+    if not all(hasattr(vp, key) for key in ("patch_size", "merge_size")):  # not a Qwen-style processor: no rule
+        return [], ""
+    factor = int(vp.patch_size) * int(vp.merge_size)
+    step = int(getattr(vp, "temporal_patch_size", 2) or 1)
+    low, high = cfg.video_min_pixels, cfg.video_max_pixels
+
+    def size(frames: np.ndarray, cap: float) -> tuple[int, int]:
+        h, w = frames.shape[1:3]
+        return media.smart_resize(h, w, factor, min_pixels=low, max_pixels=max(low, min(int(cap), high)))
+
+    def keep(frames: np.ndarray, droppable: bool, most: int | None) -> np.ndarray:
+        """Positions of the frames kept: all, or the centres of `most` equal bins."""
+        t = len(frames)
+        if not droppable or most is None or t <= most:
+            return np.arange(t)
+        return np.floor((np.arange(most) + 0.5) * t / most).astype(np.int64)
+
+    def candidate(cap: float, most: int | None) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        """Shape-only stand-ins (broadcast views, no pixel memory) of the videos at this choice, for `_measure`."""
+        out = []
+        for (frames, meta), droppable in zip(videos, from_files):
+            h, w = size(frames, cap)
+            kept = keep(frames, droppable, most)
+            out.append((np.broadcast_to(np.zeros((1, 1, 1, 3), np.uint8), (len(kept), h, w, 3)), meta))
+        return out
+
+    def fits(cap: float, most: int | None) -> bool:
+        return _measure(processor, text, images, candidate(cap, most))[0] <= max_prompt_tokens
+
+    start = max(h * w for h, w in (size(frames, high) for frames, _ in videos))
+    caps = [float(start)]
+    while caps[-1] * _FIT_SHRINK > low:
+        caps.append(caps[-1] * _FIT_SHRINK)
+    caps.append(float(low))
+    cap = _first(caps, lambda c: fits(c, None))
+    most: int | None = None
+    if cap is None:
+        longest = max((len(f) for (f, _), d in zip(videos, from_files) if d), default=0)
+        counts = [f for f in range(longest - 1, step - 1, -1) if f % step == 0]  # fewer, whole temporal patches
+        most = _first(counts, lambda f: fits(low, f))
+        if most is None:
+            return [], ""
+        cap = _first(caps, lambda c: fits(c, most))
+    out = []
+    for (frames, meta), droppable in zip(videos, from_files):
+        h, w = size(frames, cap)
+        kept = keep(frames, droppable, most)
+        shown = frames[kept]
+        if (h, w) != shown.shape[1:3]:
+            shown = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BICUBIC)) for f in shown])
+        indices = [meta["frames_indices"][i] for i in kept.tolist()]
+        out.append((shown, {**meta, "frames_indices": indices}))
+    note = f"frames of at most {int(cap)} px" + (f", at most {most} frames per video file" if most else "")
+    return out, note
+
+
+def _first(candidates: list, fits: Any) -> Any:
+    """The first candidate that fits, by bisection: the candidates go from largest to smallest, so the token count
+    never grows along the list (smart_resize is monotone in its pixel budget) and `fits` turns True once."""
+    lo, hi = 0, len(candidates)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(candidates[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return candidates[lo] if lo < len(candidates) else None
+
+
+_fit_logged = False
+
+
+def _log_fit(note: str, max_prompt_tokens: int) -> None:
+    """Say once per process that prompts are being fitted; later fits are only counted (`prompts_fitted`)."""
+    global _fit_logged
+    level = logging.DEBUG if _fit_logged else logging.WARNING
+    _fit_logged = True
+    log.log(level, "a video prompt over rollout.max_prompt_tokens=%d was fitted: %s (model.video_fit_budget; "
+            "further fits are only counted in the metric prompts_fitted)", max_prompt_tokens, note)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,4 +428,5 @@ def continue_assistant(prompt: EncodedPrompt, prefix_ids: list[int], prefix_text
         text=prompt.text + prefix_text,
         num_visual_tokens=prompt.num_visual_tokens,
         media=prompt.media,
+        fitted=prompt.fitted,
     )

@@ -110,11 +110,15 @@ def collate(prompts: list[EncodedPrompt], completions: list[list[int]], pad_id: 
     Returns `input_ids`, `attention_mask`, `completion_mask` (1 on completion tokens) and
     `mm_token_type_ids` (0 on completion and pad tokens), all (B, L); `prompt_lengths` (B,); and
     the prompts' visual tensors concatenated in batch order. The same prompt object may appear
-    several times (a GRPO group): its visual tensors are then repeated, one set per sequence, and the
-    batch also holds each distinct prompt's media once, for `completion_logprobs` to encode once:
-    `unique_pixel_values` + `unique_image_grid_thw` (distinct prompts in first-appearance order) and
-    `unique_image_index` (one entry per row of `image_grid_thw`: that image's row among the unique
-    ones), and the same three for videos (`unique_pixel_values_videos`, ...).
+    several times (a GRPO group): the batch then holds each distinct prompt's media once, for
+    `completion_logprobs` to encode once: `unique_pixel_values` + `unique_image_grid_thw` (distinct
+    prompts in first-appearance order) and `unique_image_index` (one entry per row of `image_grid_thw`:
+    that image's row among the unique ones), and the same three for videos (`unique_pixel_values_videos`,
+    ...). The grids stay one row per sequence's image (M-RoPE reads them), but the pixels are not
+    repeated per sequence (a group of 16 would hold 16 copies of a long video's patches):
+    `completion_logprobs` rebuilds them from the unique ones only for a model that cannot share
+    features (`repeated_pixels`). With those entries comes `prompt_group` (B,): each sequence's distinct
+    prompt, numbered in first-appearance order.
     """
     if len(prompts) != len(completions) or not prompts:
         raise ValueError(f"need one completion per prompt, got {len(prompts)} prompts, {len(completions)} completions")
@@ -142,8 +146,28 @@ def collate(prompts: list[EncodedPrompt], completions: list[list[int]], pad_id: 
     }
     if with_types:
         batch["mm_token_type_ids"] = mm_types
-    batch.update(_unique_vision(prompts))
+    unique = _unique_vision(prompts)
+    if unique:
+        groups: dict[int, int] = {}
+        batch["prompt_group"] = torch.tensor([groups.setdefault(id(p), len(groups)) for p in prompts])
+    for _, pixel_key, _ in _MODALITIES:
+        if f"unique_{pixel_key}" in unique:
+            del batch[pixel_key]
+    batch.update(unique)
     return batch
+
+
+def repeated_pixels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The per-sequence pixel tensors (`pixel_values`, `pixel_values_videos`) that `collate` left out because its
+    `unique_*` entries carry them: unique item j's patch rows, for each entry j of `unique_<modality>_index`."""
+    out = {}
+    for modality, pixel_key, grid_key in _MODALITIES:
+        if pixel_key in batch or f"unique_{pixel_key}" not in batch:
+            continue
+        sizes = batch[f"unique_{grid_key}"].prod(-1).tolist()
+        items = torch.split(batch[f"unique_{pixel_key}"], sizes)
+        out[pixel_key] = torch.cat([items[j] for j in batch[f"unique_{modality}_index"].tolist()])
+    return out
 
 
 def _unique_vision(prompts: list[EncodedPrompt]) -> dict[str, torch.Tensor]:
@@ -177,6 +201,9 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     share_vision: bool = True,
+    vision_chunk_frames: int = 0,
+    vision_checkpointing: bool = False,
+    prompt_once: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Log-prob of each completion token under softmax(logits / temperature), aligned to completion positions.
 
@@ -190,6 +217,16 @@ def completion_logprobs(
     When the batch repeats a prompt (`collate`'s `unique_*` entries) and `shares_vision(model)`, each
     distinct image/video is encoded once and its features are reused by every sequence of its group;
     `share_vision=False` forces the plain path (pixels encoded once per sequence), e.g. to compare them.
+
+    `vision_chunk_frames` > 0 runs the vision tower on at most that many frames of a video at a time
+    (`encode_vision`), and `vision_checkpointing` keeps only each call's inputs for the backward and
+    recomputes its activations there (`train.vision_chunk_frames`, `train.vision_checkpointing`); either
+    routes the media through `encode_vision` for shared-vision models even when no prompt repeats.
+
+    `prompt_once` (`train.prompt_once`) also runs each distinct prompt of a group once through the
+    decoder and the completions on its cached keys and values (`_prompt_once_logits`), when the batch
+    repeats a prompt with media, the model shares vision, is not wrapped for DDP and does not checkpoint
+    its layers; the plain forward otherwise.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to score completions, got {temperature}")
@@ -205,9 +242,18 @@ def completion_logprobs(
     mask = steps[None, :] < completion_lengths[:, None]  # (B, Lc)
 
     inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_KEYS}
-    if share_vision and any(k.startswith("unique_") for k in batch) and shares_vision(model):
-        inputs = _with_shared_vision(unwrap_model(model), inputs, batch, device)
-    logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, Lc, V)
+    plan = _vision_plan(batch, vision_chunk_frames > 0 or vision_checkpointing)
+    shared = bool(plan) and share_vision and shares_vision(model)
+    inner = unwrap_model(model)
+    if shared and prompt_once and "prompt_group" in batch and _can_cache(model, inner):
+        logits = _prompt_once_logits(model, inner, inputs, batch, plan, Lc, device,
+                                     vision_chunk_frames, vision_checkpointing)  # fmt: skip
+    else:
+        if shared:
+            inputs = _with_shared_vision(inner, inputs, plan, device, vision_chunk_frames, vision_checkpointing)
+        else:
+            inputs.update({k: v.to(device) for k, v in repeated_pixels(batch).items()})
+        logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, Lc, V)
 
     suppressed = torch.tensor(suppressed_token_ids(model), dtype=torch.long, device=device)
     rows = max(1, _CHUNK_ELEMENTS // (B * logits.shape[-1]))
@@ -223,29 +269,213 @@ def completion_logprobs(
     return logprobs, entropy, mask
 
 
-def _with_shared_vision(
-    inner: torch.nn.Module, inputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], device: torch.device
-) -> dict[str, Any]:
-    """`inputs` with each modality's pixels replaced by `mm_encoder_outputs` encoded once per distinct prompt.
+VisionPlan = dict[str, tuple[torch.Tensor, torch.Tensor, list[int]]]
+"""Per modality: (pixels of the items to encode, their grids, for each sequence's item the item it uses)."""
 
-    `get_image_features` / `get_video_features` return one `pooler_output` tensor per image (and, for
-    Qwen3-VL, per-layer `deepstack_features` split the same way); selecting them with
-    `unique_<modality>_index` gives every sequence its own entries in batch order, which is the order
-    the model scatters them into the placeholder tokens. The grids stay in `inputs` for M-RoPE.
+
+def _vision_plan(batch: dict[str, torch.Tensor], always: bool) -> VisionPlan:
+    """Per modality (pixels, grids, index): the media to encode once each and, per sequence's item, which one.
+
+    From `collate`'s `unique_*` entries when prompts repeat; otherwise, when `always`, the batch's own media
+    with each item its own (identity index); else empty (the model encodes its pixels itself)."""
+    plan = {}
+    for modality, pixel_key, grid_key in _MODALITIES:
+        if f"unique_{pixel_key}" in batch:
+            index = batch[f"unique_{modality}_index"].tolist()
+            plan[modality] = (batch[f"unique_{pixel_key}"], batch[f"unique_{grid_key}"], index)
+        elif always and pixel_key in batch:
+            plan[modality] = (batch[pixel_key], batch[grid_key], list(range(int(batch[grid_key].shape[0]))))
+    return plan
+
+
+def _with_shared_vision(
+    inner: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    plan: VisionPlan,
+    device: torch.device,
+    chunk_frames: int = 0,
+    checkpointing: bool = False,
+) -> dict[str, Any]:
+    """`inputs` with each modality's pixels replaced by `mm_encoder_outputs`, each planned item encoded once.
+
+    `encode_vision` returns one feature tensor per item (and, for Qwen3-VL, per-layer deepstack features
+    split the same way); selecting them with the plan's index gives every sequence its own entries in
+    batch order, which is the order the model scatters them into the placeholder tokens. The grids stay
+    in `inputs` for M-RoPE.
     """
     encoded = {}
-    for modality, pixel_key, grid_key in _MODALITIES:
-        if f"unique_{pixel_key}" not in batch:
+    for modality, pixel_key, _ in _MODALITIES:
+        if modality not in plan:
             continue
-        encode = getattr(inner, f"get_{modality}_features")
-        out = encode(batch[f"unique_{pixel_key}"].to(device), batch[f"unique_{grid_key}"].to(device), return_dict=True)
-        index = batch[f"unique_{modality}_index"].tolist()
-        fields = {"pooler_output": tuple(out.pooler_output[j] for j in index)}
-        if getattr(out, "deepstack_features", None) is not None:
-            fields["deepstack_features"] = [tuple(layer[j] for j in index) for layer in out.deepstack_features]
-        encoded[modality] = type(out)(**fields)
+        pixels, grids, index = plan[modality]
+        pooled, deepstack, output_type = encode_vision(
+            inner, modality, pixels.to(device), grids.to(device), chunk_frames=chunk_frames, checkpointing=checkpointing
+        )
+        fields: dict[str, Any] = {"pooler_output": tuple(pooled[j] for j in index)}
+        if deepstack is not None:
+            fields["deepstack_features"] = [tuple(layer[j] for j in index) for layer in deepstack]
+        encoded[modality] = output_type(**fields)
         inputs = {k: v for k, v in inputs.items() if k != pixel_key}
     return {**inputs, "mm_encoder_outputs": encoded}
+
+
+def _can_cache(model: torch.nn.Module, inner: torch.nn.Module) -> bool:
+    """Whether `_prompt_once_logits` may run: a cache with gradients through it, M-RoPE offsets to read, and no
+    DDP wrapper (its gradient hooks expect one forward per backward)."""
+    return (
+        not isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        and not _checkpoints_layers(inner)  # transformers turns the cache off then
+        and hasattr(getattr(inner, "model", None), "rope_deltas")
+    )
+
+
+def _checkpoints_layers(inner: torch.nn.Module) -> bool:
+    name = (
+        "is_activation_checkpointing"
+        if hasattr(type(inner), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
+    return bool(getattr(inner, name, False))
+
+
+def _prompt_once_logits(
+    model: torch.nn.Module,
+    inner: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    plan: VisionPlan,
+    Lc: int,
+    device: torch.device,
+    chunk_frames: int,
+    checkpointing: bool,
+) -> torch.Tensor:
+    """(B, Lc, V) logits predicting each completion token, with each distinct prompt run once through the model.
+
+    Pass 1 runs the U distinct prompts (right-padded to the longest, T tokens; their media encoded once)
+    with a cache, keeping the logits of each prompt's last token: they predict completion token 0. The
+    cache rows are then repeated for the sequences of each group (`reorder_cache`, an index_select: the
+    gradient of a prompt's keys and values is the sum over its group). Pass 2 runs the B completions on that
+    cache: tokens 0 .. Lc-2 of each completion (the last predicts nothing), mask = [prompt mask of the row's
+    prompt | completion mask], M-RoPE positions of completion token j = prompt length + j + the prompt's
+    `rope_deltas` (text positions continue after the prompt's largest position, as in generation). A sequence's
+    numbers are those of the full forward: causal attention makes the prompt's states independent of
+    what follows it (tested against `completion_logprobs` without `prompt_once`).
+    """
+    group = batch["prompt_group"].to(device)  # (B,)
+    U = int(group.max()) + 1
+    first = torch.stack([torch.nonzero(group == u)[0, 0] for u in range(U)])  # (U,) a row of each prompt
+    prompt_lengths = batch["prompt_lengths"].to(device)
+    T = int(prompt_lengths.max())
+    ids = inputs["input_ids"]
+    prompt_mask = (torch.arange(T, device=device)[None, :] < prompt_lengths[first][:, None]).long()  # (U, T)
+    head: dict[str, Any] = {"input_ids": ids[first, :T] * prompt_mask, "attention_mask": prompt_mask}
+    if "mm_token_type_ids" in inputs:
+        head["mm_token_type_ids"] = inputs["mm_token_type_ids"][first, :T] * prompt_mask
+    identity = {}
+    for modality, _, grid_key in _MODALITIES:
+        if modality in plan:
+            pixels, grids, index = plan[modality]
+            head[grid_key] = grids.to(device)
+            identity[modality] = (pixels, grids, list(range(int(grids.shape[0]))))
+            if modality == "video" and "second_per_grid_ts" in inputs:  # one per video row: take each first use
+                head["second_per_grid_ts"] = inputs["second_per_grid_ts"][[index.index(j) for j in range(len(grids))]]
+    head = _with_shared_vision(inner, head, identity, device, chunk_frames, checkpointing)
+    out = model(**head, logits_to_keep=(prompt_lengths[first] - 1)[:, None], use_cache=True)
+    first_logits, cache = out.logits, out.cache  # (U, 1, V)
+    deltas = inner.model.rope_deltas  # (U, 1): M-RoPE offsets of the distinct prompts
+    inner.model.rope_deltas = None  # stale for any later forward
+    cache.reorder_cache(group)
+    steps = torch.arange(Lc, device=device)
+    columns = (prompt_lengths[:, None] + steps).clamp(max=ids.shape[1] - 1)  # (B, Lc)
+    completion = ids.gather(1, columns)
+    completion_mask = batch["completion_mask"].to(device).gather(1, columns)
+    positions = (prompt_lengths[:, None] + steps + deltas[group]).expand(3, -1, -1)  # (3, B, Lc), text positions
+    if Lc == 1:
+        return first_logits[group]
+    keep = Lc - 1  # the last completion token predicts nothing
+    tail = model(
+        input_ids=completion[:, :keep],
+        attention_mask=torch.cat([prompt_mask[group], completion_mask[:, :keep]], dim=1),
+        position_ids=positions[..., :keep],
+        cache=cache,
+        use_cache=True,
+    ).logits  # (B, Lc - 1, V)
+    return torch.cat([first_logits[group], tail], dim=1)
+
+
+def encode_vision(
+    model: torch.nn.Module,
+    modality: str,
+    pixels: torch.Tensor,
+    grids: torch.Tensor,
+    *,
+    chunk_frames: int = 0,
+    checkpointing: bool = False,
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]] | None, type]:
+    """Features of each image or video (`get_image_features` / `get_video_features` of a Qwen-VL model).
+
+    Returns (one merged feature tensor per item, per-layer deepstack features per item or None, the
+    output class). `chunk_frames` = 0 encodes all items in one call. `chunk_frames` = c > 0 encodes one
+    item at a time and a video c frames at a time: ceil(c / temporal_patch_size) temporal patches, i.e. the
+    contiguous patch rows t0*h*w ... t1*h*w of its (t, h, w) grid, encoded as a clip of grid (t1 - t0, h, w).
+    This equals one call because the Qwen-VL vision towers never mix temporal patches: attention is
+    limited to one temporal patch (`cu_seqlens` per frame, Qwen2.5-VL's windows inside a frame), positions
+    depend on (h, w) only, and the merger pools 2x2 neighbours of one frame (tested to float rounding).
+
+    `checkpointing` wraps each call in `torch.utils.checkpoint` (non-reentrant): the backward keeps the
+    call's pixels, not its activations, and runs the call again. With chunks, at most one chunk's
+    activations exist at a time in forward and backward. It is skipped when nothing would be kept anyway:
+    no gradients enabled, or no trainable parameter in the vision module (`train.freeze_vision` together
+    with `train.freeze_projector`; with the tower alone frozen the merger still trains, and only its
+    activations are kept).
+    """
+    encode = getattr(model, f"get_{modality}_features")
+    visual = getattr(model, "visual", None) or getattr(getattr(model, "model", None), "visual", None)
+    trainable = visual is None or any(p.requires_grad for p in visual.parameters())
+    checkpointing = checkpointing and torch.is_grad_enabled() and trainable
+    output_type: list[type] = []
+
+    def run(px: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = encode(px, grid, return_dict=True)
+        if not output_type:
+            output_type.append(type(out))
+        deep = getattr(out, "deepstack_features", None) or []
+        return (*out.pooler_output, *(f for layer in deep for f in layer))  # items, then layers x items
+
+    sizes = grids.prod(-1).tolist()
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    if chunk_frames > 0:
+        vision_config = getattr(getattr(model, "config", None), "vision_config", None)
+        step = -(-chunk_frames // int(getattr(vision_config, "temporal_patch_size", 2)))  # temporal patches per call
+        calls = []  # (items, first row, end row, grids of the call)
+        for i, (t, h, w) in enumerate(grids.tolist()):
+            for t0 in range(0, t, step):
+                t1 = min(t, t0 + step)
+                part = torch.tensor([[t1 - t0, h, w]], dtype=grids.dtype, device=grids.device)
+                calls.append(([i], starts[i] + t0 * h * w, starts[i] + t1 * h * w, part))
+    else:
+        calls = [(list(range(len(sizes))), 0, int(pixels.shape[0]), grids)]
+
+    pooled: list[list[torch.Tensor]] = [[] for _ in sizes]
+    deepstack: list[list[list[torch.Tensor]]] = []
+    for items, begin, end, grid in calls:
+        args = (pixels[begin:end], grid)
+        parts = checkpoint(run, *args, use_reentrant=False) if checkpointing else run(*args)
+        n = len(items)
+        layers = (len(parts) - n) // n
+        while len(deepstack) < layers:
+            deepstack.append([[] for _ in sizes])
+        for k, item in enumerate(items):
+            pooled[item].append(parts[k])
+            for layer in range(layers):
+                deepstack[layer][item].append(parts[n + layer * n + k])
+    features = [_join(p) for p in pooled]
+    deep_features = [[_join(p) for p in layer] for layer in deepstack] if deepstack else None
+    return features, deep_features, output_type[0]
+
+
+def _join(pieces: list[torch.Tensor]) -> torch.Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def _score(
