@@ -169,6 +169,9 @@ def _worker_main(setup: Any, tickets: Any, results: Any, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the caller stops us
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+    # Exiting must not wait until our last results are read: an orphan's never are (and the pipe stays open, as
+    # the other workers hold its read end too). The caller discards unread results anyway.
+    results.cancel_join_thread()
     parent = multiprocessing.parent_process()
     job_bytes = _get_while_parent_lives(setup, parent)
     if job_bytes is None:
