@@ -33,6 +33,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,11 @@ def describe_draw(spec: DataSource, index: int, counter: int) -> str:
     return f"source {index} (task {spec.task}), draw {counter} ({where})"
 
 
+def describe_key(specs: list[DataSource], key: tuple[int, int]) -> str:
+    """`describe_draw` of a prefetch key (source index, draw number)."""
+    return describe_draw(specs[key[0]], key[0], key[1])
+
+
 @dataclass
 class Prepared:
     """A drawn Sample, encoded, with the task that scores it."""
@@ -332,7 +338,7 @@ class TaskProducer:
                 job,
                 workers=self.cfg.data.prefetch_workers,
                 name=f"prefetch[rank {self.rank}]",
-                describe=self._describe_key,
+                describe=partial(describe_key, [s.spec for s in self.sources]),  # not a method: no cycle via self
             )
         next_draw = [s.counter for s in self.sources]
         try:
@@ -352,10 +358,6 @@ class TaskProducer:
             except MMRLError:  # an unknown task: the worker's draw fails and names it when that draw is taken
                 pass
         return classes
-
-    def _describe_key(self, key: tuple[int, int]) -> str:
-        index, counter = key
-        return describe_draw(self.sources[index].spec, index, counter)
 
     def close(self) -> None:
         """Stop the prefetch workers, if any (the trainer calls it when the run ends or fails)."""
