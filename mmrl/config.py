@@ -219,7 +219,8 @@ class DataConfig:
     """Draw and encode the prompts of up to this many future steps in worker processes while the current step
     generates and trains (0: off, all in the trainer's process). The Samples, their order and seeds are the same
     either way, and checkpoints hold the draws used, not those prefetched (`mmrl.prefetch`); resample rounds of
-    dynamic sampling, not known in advance, wait for their draws."""
+    dynamic sampling, not known in advance, wait for their draws. Applies to the task mixture of `data.sources`
+    (GRPO and the supervised cold start); self-play games and Syn-GRPO draw in the trainer's process."""
     prefetch_workers: Annotated[int, ">= 1"] = 1
     """Worker processes that prefetch (with `prefetch > 0`); each holds its own copy of the sources and the
     processor and uses one CPU thread."""
