@@ -225,6 +225,15 @@ class DataConfig:
     the mean over them) next to the greedy ones (`eval/*`); 0: greedy only."""
     seed: Annotated[int, ">= 0"] = 0
     """Seed of data order and live generation."""
+    prefetch: Annotated[int, ">= 0"] = 0
+    """Draw and encode the prompts of up to this many future steps in worker processes while the current step
+    generates and trains (0: off, all in the trainer's process). The Samples, their order and seeds are the same
+    either way, and checkpoints hold the draws used, not those prefetched (`mmrl.prefetch`); resample rounds of
+    dynamic sampling, not known in advance, wait for their draws. Applies to the task mixture of `data.sources`
+    (GRPO and the supervised cold start); self-play games and Syn-GRPO draw in the trainer's process."""
+    prefetch_workers: Annotated[int, ">= 1"] = 1
+    """Worker processes that prefetch (with `prefetch > 0`); each holds its own copy of the sources and the
+    processor and uses one CPU thread."""
 
 
 @dataclass

@@ -12,6 +12,16 @@ draws are keyed by (seed, source index, kind, task key, counter or epoch), the t
 `mmrl.task.task_key(name)`: two tasks with the same seed draw different items and shuffles.
 The producer's state (source counters, dataset epoch orders) goes into checkpoints.
 
+Prefetching (`data.prefetch > 0`): draw number k of source i is a pure function of (seed, i, task, k), so
+worker processes (`mmrl.prefetch.KeyedPrefetcher`, each with its own copy of the sources and the processor)
+compute draws `(i, k)` (the Sample, its encoded prompt, or why it was skipped) for the round-0 plans of the
+next `data.prefetch` steps while the current step trains. The trainer's process still runs the draw loop
+itself (`prepare`): it picks the source with the same (step, round, slot) rng, takes draw `(i, counter_i)`
+from the prefetcher instead of computing it, counts skips and advances the counter exactly as without
+prefetching. So samples, order and seeds are the same by construction, dynamic-sampling rounds (round >= 1,
+unknown in advance) take their draws on demand (computed by a worker then, or found ready when the plan had
+already asked for them), and checkpoints hold the counters of the draws used, never of those prefetched.
+
 `make_producer` is what the trainer calls: `TaskProducer`, or the producer of the self-play game
 `game.name` names, found through the registry.
 """
@@ -23,6 +33,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +47,7 @@ from mmrl.corpus import LazyCorpus
 from mmrl.errors import MediaError, MMRLError, SkipItem
 from mmrl.grpo.advantages import group_advantages, zero_variance_groups
 from mmrl.grpo.replay import select_replay
+from mmrl.prefetch import KeyedPrefetcher
 from mmrl.rollout import sampling_params
 from mmrl.rollout.encode import encode_prompt
 from mmrl.sample import Sample, read_dataset
@@ -114,6 +126,78 @@ class SampleSource:
 
 
 @dataclass
+class Attempt:
+    """What draw number k of one source gave: a usable Sample and its prompt, or the reason it is skipped."""
+
+    sample: Sample | None
+    prompt: EncodedPrompt | None
+    skip: str = ""
+    """Empty for a usable draw, else the `stats` key it counts under: `skipped/<reason>` (the source item is
+    unusable) or `skipped_samples` (the Sample does not encode)."""
+    why: str = ""
+    """The error message of a skip, for the log."""
+
+
+def attempt_draw(source: SampleSource, counter: int, processor: Any, cfg: RunConfig) -> Attempt:
+    """Draw number `counter` of `source`, encoded: a pure function of (source seed, index, task, counter). It
+    leaves `source.counter` at `counter + 1`. The trainer's process and prefetch workers both call it."""
+    source.counter = counter
+    try:
+        sample = source.draw()
+    except (SkipItem, MediaError) as e:  # an unusable source item
+        return Attempt(None, None, f"skipped/{getattr(e, 'reason', 'unreadable_media')}", str(e))
+    try:
+        prompt = encode_prompt(processor, sample.messages, cfg.model, max_prompt_tokens=cfg.rollout.max_prompt_tokens)
+    except MMRLError as e:
+        return Attempt(sample, None, "skipped_samples", str(e))
+    check_box_frame(sample, prompt, processor, cfg.model)  # outside the try: a config error, not a skip
+    return Attempt(sample, prompt)
+
+
+def make_sources(cfg: RunConfig, rank: int) -> list[SampleSource]:
+    """The mixture's sources of data-parallel rank `rank`, each at counter 0."""
+    seed = cfg.data.seed * 1000 + rank
+    return [SampleSource(s, i, seed, cfg.corpus) for i, s in enumerate(cfg.data.sources)]
+
+
+@dataclass
+class SourceDraws:
+    """The job of a prefetch worker: `(source index, draw number) -> Attempt`, on the worker's own copies of the
+    mixture's sources (made on first use there). `task_classes` are pickled by reference so that a worker
+    imports the modules that register the tasks, plugins registered in-process (`registry.register`) included."""
+
+    cfg: RunConfig
+    processor: Any
+    rank: int
+    task_classes: list[type]
+    _sources: list[SampleSource] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sources": None}  # each worker builds (and caches) its own
+
+    def __call__(self, key: tuple[int, int]) -> Attempt:
+        index, counter = key
+        if self._sources is None:
+            self._sources = make_sources(self.cfg, self.rank)
+        source = self._sources[index]
+        try:
+            return attempt_draw(source, counter, self.processor, self.cfg)
+        except Exception as e:  # name the source and the draw: the trainer sees this message, not our frames
+            raise MMRLError(f"{describe_draw(source.spec, index, counter)}: {type(e).__name__}: {e}") from e
+
+
+def describe_draw(spec: DataSource, index: int, counter: int) -> str:
+    """Words for draw `counter` of source `index` in error messages (a live Sample's id is `<task>-<index>-<k>`)."""
+    where = f"dataset {spec.path}" if spec.path else f"sample id {spec.task}-{index}-{counter}"
+    return f"source {index} (task {spec.task}), draw {counter} ({where})"
+
+
+def describe_key(specs: list[DataSource], key: tuple[int, int]) -> str:
+    """`describe_draw` of a prefetch key (source index, draw number)."""
+    return describe_draw(specs[key[0]], key[0], key[1])
+
+
+@dataclass
 class Prepared:
     """A drawn Sample, encoded, with the task that scores it."""
 
@@ -134,13 +218,13 @@ class TaskProducer:
     stats: Counter = field(default_factory=Counter)
     _heldout: list[Prepared] | None = field(default=None, init=False)
     _baselines: dict[str, float] | None = field(default=None, init=False)
+    _prefetcher: KeyedPrefetcher | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         specs = self.cfg.data.sources
         if not specs:
             raise MMRLError("data.sources is empty: name at least one task or dataset")
-        seed = self.cfg.data.seed * 1000 + self.rank
-        self.sources = [SampleSource(s, i, seed, self.cfg.corpus) for i, s in enumerate(specs)]
+        self.sources = make_sources(self.cfg, self.rank)
         weights = np.array([s.weight for s in specs], dtype=float)
         if (weights < 0).any() or weights.sum() <= 0:
             raise MMRLError(f"data.sources weights must be >= 0 and not all 0, got {weights.tolist()}")
@@ -152,7 +236,7 @@ class TaskProducer:
         """Rollouts for one optimiser step plus the metrics of making them."""
         cfg = self.cfg
         n, want = cfg.rollout.n, cfg.data.prompts_per_step
-        metrics: dict[str, float] = {"time/generate": 0.0, "time/score": 0.0}
+        metrics: dict[str, float] = {"time/wait_prompts": 0.0, "time/generate": 0.0, "time/score": 0.0}
         kept: list[list[Rollout]] = []
         all_groups: list[list[Rollout]] = []
         rounds = 1 + (cfg.algorithm.max_resample if cfg.algorithm.dynamic_sampling else 0)
@@ -160,7 +244,9 @@ class TaskProducer:
             missing = want - len(kept)
             if missing <= 0:
                 break
-            prepared = [self.prepare(step, round_, slot) for slot in range(missing)]
+            t0 = time.perf_counter()
+            prepared = self._prepare_batch(step, round_, missing, cfg.train.steps)
+            metrics["time/wait_prompts"] += time.perf_counter() - t0
             seed = int(np.random.default_rng([cfg.train.seed, self.rank, step, round_]).integers(2**31))
             sampling = sampling_params(cfg.rollout, seed=seed)
             t0 = time.perf_counter()
@@ -189,35 +275,96 @@ class TaskProducer:
         return rollouts, metrics
 
     def prepare(self, step: int, round_: int, slot: int) -> Prepared:
-        """Draw one usable Sample from the mixture; unusable ones are skipped and counted."""
-        rng = np.random.default_rng([self.cfg.data.seed, self.rank, step, round_, slot])
-        source = self.sources[int(rng.choice(len(self.sources), p=self._weights_at(step)))]
+        """Draw one usable Sample from the mixture; unusable ones are skipped and counted.
+
+        The source is `rng([data.seed, rank, step, round, slot]).choice(sources, p=weights)`; its draws
+        `counter, counter + 1, ...` are taken until one is usable (at most MAX_BAD_DRAWS), from the prefetcher
+        when one runs, else computed here (`attempt_draw`)."""
+        index = self._source_at(step, round_, slot)
+        source = self.sources[index]
         for _ in range(MAX_BAD_DRAWS):
-            try:
-                sample = source.draw()
-            except (SkipItem, MediaError) as e:  # an unusable source item: count it, draw the next one
-                key = f"skipped/{getattr(e, 'reason', 'unreadable_media')}"
-                self.stats[key] += 1
-                # The first skip of each reason is shown; later ones only count (metrics `skipped/<reason>`).
-                level = logging.WARNING if self.stats[key] == 1 else logging.DEBUG
-                log.log(level, "skipping a source item of %s: %s (further skips for this reason are only counted)",
-                        source.spec.task, e)  # fmt: skip
+            counter = source.counter
+            if self._prefetcher is not None:
+                attempt = self._prefetcher.take((index, counter))
+            else:
+                attempt = attempt_draw(source, counter, self.processor, self.cfg)
+            source.counter = counter + 1
+            if attempt.skip:
+                self._count_skip(source, attempt)
                 continue
-            try:
-                prompt = encode_prompt(
-                    self.processor,
-                    sample.messages,
-                    self.cfg.model,
-                    max_prompt_tokens=self.cfg.rollout.max_prompt_tokens,
-                )
-            except MMRLError as e:
-                self.stats["skipped_samples"] += 1
-                log.warning("skipping sample %s: %s", sample.id, e)
-                continue
-            check_box_frame(sample, prompt, self.processor, self.cfg.model)  # outside the try: a config error
-            self.stats["prompts_fitted"] += bool(prompt.fitted)  # videos shrunk to fit (model.video_fit_budget)
-            return Prepared(sample, prompt, source.reward_for(sample))
+            assert attempt.sample is not None and attempt.prompt is not None
+            self.stats["prompts_fitted"] += bool(attempt.prompt.fitted)  # videos shrunk to fit (model.video_fit_budget)
+            return Prepared(attempt.sample, attempt.prompt, source.reward_for(attempt.sample))
         raise MMRLError(f"{MAX_BAD_DRAWS} unusable samples in a row from source {source.spec}; see the log")
+
+    def _source_at(self, step: int, round_: int, slot: int) -> int:
+        """Index of the source that slot `slot` of round `round_` of step `step` draws from."""
+        rng = np.random.default_rng([self.cfg.data.seed, self.rank, step, round_, slot])
+        return int(rng.choice(len(self.sources), p=self._weights_at(step)))
+
+    def _count_skip(self, source: SampleSource, attempt: Attempt) -> None:
+        self.stats[attempt.skip] += 1
+        if attempt.skip == "skipped_samples":
+            log.warning("skipping sample %s: %s", attempt.sample.id if attempt.sample else "?", attempt.why)
+            return
+        # The first skip of each reason is shown; later ones only count (metrics `skipped/<reason>`).
+        level = logging.WARNING if self.stats[attempt.skip] == 1 else logging.DEBUG
+        log.log(level, "skipping a source item of %s: %s (further skips for this reason are only counted)",
+                source.spec.task, attempt.why)  # fmt: skip
+
+    def _prepare_batch(self, step: int, round_: int, count: int, steps: int) -> list[Prepared]:
+        """Slots 0..count-1 of (step, round); a round-0 batch first asks the prefetcher (with `data.prefetch`)
+        for the draws of this step and the next `data.prefetch` ones (of `steps`)."""
+        if round_ == 0:
+            self._prefetch_ahead(step, count, steps)
+        return [self.prepare(step, round_, slot) for slot in range(count)]
+
+    def start_prefetch(self, step: int) -> None:
+        """Start the prefetch workers (with `data.prefetch > 0`) and ask them for the draws of steps
+        `step .. step + data.prefetch` (the trainer calls it after restoring a checkpoint, so that the
+        workers start up while it evaluates). A no-op without prefetching."""
+        self._prefetch_ahead(step, self.cfg.data.prompts_per_step, self.cfg.train.steps)
+
+    def _prefetch_ahead(self, step: int, count: int, steps: int) -> None:
+        """Request the draws the round-0 plans of steps `step .. step + data.prefetch` (below `steps`) will take,
+        `count` slots each, assuming no skips: slot by slot, source i's next draw number. Only a forecast:
+        what is used is decided by `prepare`, so a wrong forecast (skips, resample rounds) costs a wait, never a
+        different sample."""
+        depth = self.cfg.data.prefetch
+        if depth <= 0:
+            return
+        if self._prefetcher is None:
+            job = SourceDraws(self.cfg, self.processor, self.rank, self._task_classes())
+            self._prefetcher = KeyedPrefetcher(
+                job,
+                workers=self.cfg.data.prefetch_workers,
+                name=f"prefetch[rank {self.rank}]",
+                describe=partial(describe_key, [s.spec for s in self.sources]),  # not a method: no cycle via self
+            )
+        next_draw = [s.counter for s in self.sources]
+        try:
+            for planned in range(step, min(step + depth + 1, steps)):
+                for slot in range(count):
+                    index = self._source_at(planned, 0, slot)
+                    self._prefetcher.request((index, next_draw[index]))
+                    next_draw[index] += 1
+        except MMRLError:  # a step without an active source: `prepare` reports it when (if) it is reached
+            pass
+
+    def _task_classes(self) -> list[type]:
+        classes = []
+        for source in self.sources:
+            try:
+                classes.append(registry.task_class(source.spec.task))
+            except MMRLError:  # an unknown task: the worker's draw fails and names it when that draw is taken
+                pass
+        return classes
+
+    def close(self) -> None:
+        """Stop the prefetch workers, if any (the trainer calls it when the run ends or fails)."""
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
 
     def _weights_at(self, step: int) -> np.ndarray:
         """The mixture weights at optimiser step `step`: sources outside their `steps` window get 0 (the
@@ -235,7 +382,7 @@ class TaskProducer:
         draw at (step, round 0), each with its task's `reference_completion`. With
         `sft.shuffle_answers` the completions are permuted within the batch (rng([data.seed, step, 5])), so the
         model learns the format and the answer vocabulary, not the task (accuracy at chance)."""
-        batch = [self.prepare(step, 0, slot) for slot in range(count)]
+        batch = self._prepare_batch(step, 0, count, self.cfg.sft.steps)
         targets = [p.task.reference_completion(p.sample) for p in batch]
         if self.cfg.sft.shuffle_answers:
             order = np.random.default_rng([self.cfg.data.seed, step, 5]).permutation(len(targets))
@@ -330,12 +477,12 @@ class TaskProducer:
         training Sample; a dataset source shares its Samples with training). Skips while drawing them
         are not counted in `stats`, which describe the training stream."""
         sources = [dataclasses.replace(s, seed=s.seed + 10**6, counter=0, _dataset=s._dataset) for s in self.sources]
-        saved, self.sources = (self.sources, self.stats), sources
-        self.stats = Counter()
+        saved, self.sources = (self.sources, self.stats, self._prefetcher), sources
+        self.stats, self._prefetcher = Counter(), None  # the workers prefetch the training stream only
         try:
             return [self.prepare(HELDOUT_STEP, 0, slot) for slot in range(count)]
         finally:
-            self.sources, self.stats = saved
+            self.sources, self.stats, self._prefetcher = saved
 
     def evaluate(self, engine: Engine) -> dict[str, float]:
         """The `data.eval_samples` held-out Samples (drawn once, on first use), answered greedily and, with
@@ -387,6 +534,8 @@ class TaskProducer:
     # -- checkpoint state -------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """Source counters and skip counts of the draws used so far (draws prefetched and not used yet are not
+        in it: a resumed run computes them again)."""
         return {"counters": [s.counter for s in self.sources], "stats": dict(self.stats)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -396,6 +545,7 @@ class TaskProducer:
         for s, c in zip(self.sources, counters):
             s.counter = int(c)
         self.stats = Counter(state.get("stats", {}))
+        self.close()  # draws prefetched for the old counters would be used by nobody; restarted on next use
 
 
 def check_box_frame(sample: Sample, prompt: EncodedPrompt, processor: Any, model_cfg: Any) -> None:

@@ -467,6 +467,8 @@ def train(cfg: RunConfig) -> Path:
     start = resumed or 0
     if resumed is not None:
         engine.sync_weights(policy.unwrapped)
+    if start_prefetch := getattr(producer, "start_prefetch", None):  # workers start up while we evaluate
+        start_prefetch(start)
     logger = RunLogger(run_dir, cfg.log, total_steps=cfg.train.steps, resume_step=resumed) if main else None
     evaluates = main or policy.sharded  # FSDP: every rank takes part in each forward pass; rank 0 logs
     if logger:
@@ -487,6 +489,8 @@ def train(cfg: RunConfig) -> Path:
             engine.sync_weights(policy.unwrapped)
             metrics["time/update"] = time.perf_counter() - t_update
             metrics["time/step"] = time.perf_counter() - t_step
+            if "time/wait_prompts" in metrics:  # the share of the step spent waiting for its prompts (data.prefetch)
+                metrics["time/wait_prompts_share"] = metrics["time/wait_prompts"] / max(metrics["time/step"], 1e-9)
             metrics["tokens_per_s"] = metrics["tokens_generated"] / max(metrics["time/generate"], 1e-9)
             metrics |= peak_memory()
             metrics["world_size"] = acc.num_processes
