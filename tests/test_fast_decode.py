@@ -280,7 +280,8 @@ def test_memory_sizing(tiny):
 
 def test_config_reaches_engine(tiny):
     _, model, processor, _ = tiny["qwen2.5-vl"]
-    assert make_engine(RolloutConfig(), model, processor).decode == "auto"
+    # static stays opt-in until it has run on a GPU
+    assert make_engine(RolloutConfig(), model, processor).decode == "generate"
     assert not make_engine(RolloutConfig(), model, processor).uses_static(torch.device("cpu"))
     engine = make_engine(RolloutConfig(decode="static", batch_size=3), model, processor)
     assert engine.decode == "static" and engine.uses_static(torch.device("cpu")) and engine.batch_size == 3
