@@ -266,8 +266,9 @@ def best_tau(cos: np.ndarray, groups: np.ndarray, positive: Sequence[str], negat
     return float(np.round(np.median(best), 3))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: Sequence[str] | None, description: str | None) -> argparse.Namespace:
+    """The calibration scripts' shared options; sets torch's thread count for the embedder."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=300, help="scenes (half calibration, half held out)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the embedder")
@@ -275,22 +276,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    pairs = build_pairs(args.scenes, args.seed)
-    t1 = time.perf_counter()
-    embed = default_embedder()
+    return args
+
+
+def score_pairs(pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """(cos, groups, splits, credit, distinct texts) of the pairs: each distinct text embedded once, as the reward
+    embeds it (`canonical_text`); credit = slot agreement ** the reward's `slot_exponent`."""
     texts = list(dict.fromkeys(t for p in pairs for t in (p.reference, p.statement)))
     index = {t: i for i, t in enumerate(texts)}
-    vectors = embed([canonical_text(t) for t in texts])  # what the reward embeds (`canonical_words`)
-    t2 = time.perf_counter()
+    vectors = default_embedder()([canonical_text(t) for t in texts])
     cos = np.array([float(vectors[index[p.reference]] @ vectors[index[p.statement]]) for p in pairs])
     groups = np.array([p.group for p in pairs])
     splits = np.array([p.split for p in pairs])
     credit = np.array([slot_agreement(slots(p.reference), slots(p.statement)) for p in pairs])
-    credit = credit ** StatementRewardParams().slot_exponent
-    print(
-        f"{len(pairs)} pairs from {args.scenes} scenes ({t1 - t0:.1f} s), {len(texts)} texts embedded ({t2 - t1:.1f} s)"
-    )
+    return cos, groups, splits, credit ** StatementRewardParams().slot_exponent, len(texts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv, __doc__)
+    t0 = time.perf_counter()
+    pairs = build_pairs(args.scenes, args.seed)
+    t1 = time.perf_counter()
+    cos, groups, splits, credit, n_texts = score_pairs(pairs)
+    t2 = time.perf_counter()
+    print(f"{len(pairs)} pairs from {args.scenes} scenes ({t1 - t0:.1f} s), {n_texts} texts embedded ({t2 - t1:.1f} s)")
     all_groups = (*POSITIVE_GROUPS, *NEGATIVE_GROUPS, *REPORTED_GROUPS)
     for split in ("calibration", "held_out"):
         print(f"  {split}: " + ", ".join(f"{g} {int(((groups == g) & (splits == split)).sum())}" for g in all_groups))

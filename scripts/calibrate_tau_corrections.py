@@ -20,7 +20,6 @@ for `slot_check: false` near misses count as negatives. Texts are embedded as th
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -33,13 +32,12 @@ for path in (ROOT, ROOT / "scripts"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from calibrate_tau import Pair, balanced_accuracy, best_tau  # noqa: E402
+from calibrate_tau import Pair, balanced_accuracy, best_tau, parse_args, score_pairs  # noqa: E402
 
 from mmrl.errors import SkipItem  # noqa: E402
 from pretext_tasks.caption_refine import CaptionRefineParams, compare, describe, inject_errors, truthful_caption  # noqa: E402
 from pretext_tasks.viper_scenes import article, draw_scene  # noqa: E402
-from rewards.embedding import default_embedder  # noqa: E402
-from rewards.statements import StatementRewardParams, canonical_text, slot_agreement, slots  # noqa: E402
+from rewards.statements import StatementRewardParams  # noqa: E402
 
 PARAPHRASES: dict[str, tuple[str, ...]] = {
     "attribute": ("The {obj} should be {true}, not {said}.", "That {obj} is really {true}.",
@@ -131,24 +129,11 @@ def build_pairs(n_scenes: int, seed: int) -> list[Pair]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenes", type=int, default=300, help="scenes (half calibration, half held out)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for the embedder")
-    args = ap.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)
+    args = parse_args(argv, __doc__)
     t0 = time.perf_counter()
     pairs = build_pairs(args.scenes, args.seed)
-    texts = list(dict.fromkeys(t for q in pairs for t in (q.reference, q.statement)))
-    index = {t: i for i, t in enumerate(texts)}
-    vectors = default_embedder()([canonical_text(t) for t in texts])
-    cos = np.array([float(vectors[index[q.reference]] @ vectors[index[q.statement]]) for q in pairs])
-    groups, splits = np.array([q.group for q in pairs]), np.array([q.split for q in pairs])
-    credit = np.array([slot_agreement(slots(q.reference), slots(q.statement)) for q in pairs])
-    credit = credit ** StatementRewardParams().slot_exponent
-    print(f"{len(pairs)} pairs, {len(texts)} texts, {time.perf_counter() - t0:.1f} s")
+    cos, groups, splits, credit, n_texts = score_pairs(pairs)
+    print(f"{len(pairs)} pairs, {n_texts} texts, {time.perf_counter() - t0:.1f} s")
     positive, negative = ("paraphrase", "near_miss"), ("other_scene", "same_scene")
     plain_negative = ("near_miss", *negative)
     cal, held = splits == "calibration", splits == "held_out"
