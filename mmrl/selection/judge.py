@@ -41,6 +41,12 @@ STEP_INSTRUCTION = (
 """Appended to the question for MCTS (our wording): steps end at a newline, the answer keeps the task's format."""
 
 
+def holds_final_answer(tasks: TaskCache, sample: Sample, text: str) -> bool:
+    """Whether `text` already holds an answer in the sample's answer format (never for `raw` replies)."""
+    mode = tasks.of(sample).answer_mode(sample)
+    return mode != "raw" and extract_answer(text, mode) is not None
+
+
 class TaskVerifier:
     """Judge replies with each sample's own task reward (see the module docstring for the rule)."""
 
@@ -52,8 +58,7 @@ class TaskVerifier:
         """Replies whose reward raised (a task bug): counted, judged unsolved."""
 
     def is_final(self, sample: Sample, text: str) -> bool:
-        mode = self.tasks.of(sample).answer_mode(sample)
-        return mode != "raw" and extract_answer(text, mode) is not None
+        return holds_final_answer(self.tasks, sample, text)
 
     def solves(self, sample: Sample, text: str) -> bool:
         reward, error = score_completion(self.tasks.of(sample), text, sample)
@@ -119,8 +124,7 @@ class CriticVerifier:
         self._verdicts: dict[tuple[str, str], bool] = {}
 
     def is_final(self, sample: Sample, text: str) -> bool:
-        mode = self.tasks.of(sample).answer_mode(sample)
-        return mode != "raw" and extract_answer(text, mode) is not None
+        return holds_final_answer(self.tasks, sample, text)
 
     def critic_prompt(self, sample: Sample, text: str) -> str:
         return CRITIC_PROMPT.format(question=question_text(sample), reference=answer_payload(sample.answer),
