@@ -182,7 +182,9 @@ def test_lora_run_trains_adapter_and_saves_merged_model(tmp_path):
 
 @pytest.mark.slow
 def test_grpo_learns_the_diagnostic_task(tmp_path):
-    """Held-out reward after the supervised format-only cold start vs after GRPO (seeded)."""
+    """Held-out reward after the supervised format-only cold start vs after GRPO (seeded): the README's main
+    job names every colour. (With groups of 8 it stopped at 0.75 on 3 seeds of 3, yellow read as red: a
+    weaker bar, end - start >= 0.3, let that through.)"""
     cfg = load_config(
         RunConfig,
         QUICKSTART,
@@ -196,8 +198,10 @@ def test_grpo_learns_the_diagnostic_task(tmp_path):
     train(cfg)
     evals = [r for r in read_metrics(tmp_path / "run") if "eval/reward" in r]
     start, end = evals[0]["eval/reward"], evals[-1]["eval/reward"]
-    print(f"held-out reward: start {start:.3f} -> end {end:.3f}")
+    accuracy = evals[-1]["eval/accuracy"]
+    print(f"held-out reward: start {start:.3f} -> end {end:.3f}, accuracy {accuracy:.3f}")
     assert end - start >= 0.3
+    assert accuracy >= 0.95  # four colours, about a quarter each: one colour wrong caps it near 0.75
 
 
 # --------------------------------------------------------------------------------------------------
