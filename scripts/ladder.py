@@ -74,7 +74,7 @@ def run_rung(config: Path, runs: Path, overrides: list[str] | None = None) -> di
     `overrides` are `key=value` config overrides (e.g. another source folder)."""
     name = config.stem
     out = runs / name
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     cmd = [sys.executable, "-m", "mmrl.cli", "train", "--config", str(config), f"train.out_dir={out}",
            f"sft.out_dir={out / 'sft'}", "train.overwrite=true", "log.progress=false", *(overrides or [])]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -82,8 +82,26 @@ def run_rung(config: Path, runs: Path, overrides: list[str] | None = None) -> di
     if proc.returncode != 0:
         return {"name": name, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     row = read_row(config, out, minutes)
+    if reused := cold_start_minutes(out / "sft", finished_before=started_at):
+        row["minutes"] += reused
+        row["cold_start_reused"] = True
     (out / "ladder_row.json").write_text(json.dumps(row, indent=1) + "\n")
     return row
+
+
+def cold_start_minutes(sft_dir: Path, finished_before: float) -> float:
+    """Minutes of step time of a cold start that finished before `finished_before` (a Unix time), else 0.
+
+    `mmrl train` skips the cold start when `<sft.out_dir>/final` exists. The cold start is supervised and
+    samples nothing, so a rerun after a sampler change reuses it unchanged; its recorded step times
+    (`time/step` in its metrics.jsonl) are then added to the rung's minutes, which count the cold start."""
+    metrics = sft_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0.0
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not records or records[-1].get("time", finished_before) >= finished_before:
+        return 0.0
+    return sum(r.get("time/step", 0.0) for r in records) / 60
 
 
 def read_row(config: Path, out: Path, minutes: float) -> dict:
@@ -135,8 +153,9 @@ def table(rows: list[dict], margin: float) -> str:
         if "error" in r:
             lines.append(f"| {r['name']} | | | | | | | | | | {verdict(r, margin)} |")
             continue
+        reused = "*" if r.get("cold_start_reused") else ""  # see `cold_start_minutes`
         lines.append(
-            f"| {r['name']} | {r['setting']} | {r['steps']} | {r['minutes']:.1f} | "
+            f"| {r['name']} | {r['setting']} | {r['steps']} | {r['minutes']:.1f}{reused} | "
             f"{r['before_reward']:.3f} → {r['after_reward']:.3f} | "
             f"{r['before_reward_sampled']:.3f} → {r['after_reward_sampled']:.3f} | {r['random']:.3f} | "
             f"{r['constant']:.3f} | {r['after_spread']:.2f} ({r['constant_spread']:.2f}) | "

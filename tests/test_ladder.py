@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,21 @@ def test_the_table_goes_between_the_markers_and_the_prose_stays(tmp_path: Path) 
     page.write_text(f"# Ladder\nintro\n{ladder.TABLE_START}\nold\n{ladder.TABLE_END}\nfindings\n")
     ladder.write_table(page, "| new |")
     assert page.read_text() == f"# Ladder\nintro\n{ladder.TABLE_START}\n| new |\n{ladder.TABLE_END}\nfindings\n"
+
+
+def test_a_reused_cold_start_adds_its_step_times_and_a_fresh_one_adds_nothing(tmp_path: Path) -> None:
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    steps = [{"step": k, "time": 1000.0 + 30 * k, "time/step": 30.0} for k in range(1, 5)]  # 4 steps of 30 s
+    (sft / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in steps))
+    assert ladder.cold_start_minutes(sft, finished_before=2000.0) == pytest.approx(2.0)  # ran before: reused
+    assert ladder.cold_start_minutes(sft, finished_before=1050.0) == 0.0  # ran inside this command: counted already
+    assert ladder.cold_start_minutes(tmp_path / "none", finished_before=2000.0) == 0.0
+    row = {"name": "r", "setting": "s", "steps": 1, "minutes": 3.0, "before_reward": 0.1, "after_reward": 0.2,
+           "before_reward_sampled": 0.1, "after_reward_sampled": 0.2, "random": 0.1, "constant": 0.2,
+           "constant_spread": 0.02, "after_spread": 0.02, "after_top_share_sampled": 1.0}  # fmt: skip
+    assert "| 3.0* |" in ladder.table([{**row, "cold_start_reused": True}], 0.05)
+    assert "| 3.0 |" in ladder.table([row], 0.05)
 
 
 def test_the_docs_table_has_a_measured_row_for_every_task_family() -> None:
