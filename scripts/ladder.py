@@ -9,6 +9,12 @@ and at the end, greedy and sampled at the training temperature (mean over `data.
 to the two baselines on the same held-out Samples (a random answer of the right form; the best constant
 reply) and the answer spread of the sampled policy against the constant's. A rung learns when its final
 sampled reward is above both baselines by `--margin` and its spread is above the constant's.
+
+`--ceilings` trains each rung's supervised ceiling instead, into `runs/ladder/ceiling/<name>`: the same model
+and prompts, its cold start trained on the true answers (`CEILING`). Its held-out reward at step 0 is what the
+model reaches when told the answers, so a rung below the bar whose ceiling is high is limited by GRPO's
+exploration, and one whose ceiling is low by what the model can see. The table shows the ceiling where one
+was trained.
 """
 
 from __future__ import annotations
@@ -67,6 +73,11 @@ def write_fades(
         pixels = ramp * tint + rng.normal(0, 8, size=(frames, size, size, 3))
         write_video(folder / f"fade_{i:03d}.mp4", np.clip(pixels, 0, 255).astype(np.uint8), fps)
     return folder
+
+
+CEILING = ["sft.shuffle_answers=false", "sft.steps=400", "train.steps=1"]
+"""Overrides of a rung's supervised ceiling: 400 cold-start steps on the true answers, then one GRPO step (the
+held-out evaluation at step 0 reads the supervised model)."""
 
 
 def run_rung(config: Path, runs: Path, overrides: list[str] | None = None) -> dict:
@@ -144,14 +155,24 @@ def verdict(row: dict, margin: float) -> str:
     return "learns" if learnt else f"below the bar ({bar:.3f})"
 
 
-def table(rows: list[dict], margin: float) -> str:
+def ceiling_cell(ceiling: dict | None) -> str:
+    """A supervised ceiling's held-out reward, greedy / sampled (its step-0 evaluation), or a dash."""
+    if not ceiling or "error" in ceiling:
+        return "—"
+    return f"{ceiling['before_reward']:.3f} / {ceiling['before_reward_sampled']:.3f}"
+
+
+def table(rows: list[dict], margin: float, ceilings: dict[str, dict] | None = None) -> str:
+    """The Markdown table of `rows`; `ceilings` maps a rung's name to its supervised ceiling's row."""
+    ceilings = ceilings or {}
     columns = ["rung", "setting", "steps", "minutes", "held-out reward before → after, greedy", "sampled", "random",
-               "best constant", "spread greedy (constant)", "top share sampled", "verdict"]  # fmt: skip
+               "best constant", "spread greedy (constant)", "top share sampled", "supervised ceiling, greedy / sampled",
+               "verdict"]  # fmt: skip
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
     lines = [head]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | | | | | | | | | | {verdict(r, margin)} |")
+            lines.append(f"| {r['name']} | | | | | | | | | | | {verdict(r, margin)} |")
             continue
         reused = "*" if r.get("cold_start_reused") else ""  # see `cold_start_minutes`
         lines.append(
@@ -159,7 +180,7 @@ def table(rows: list[dict], margin: float) -> str:
             f"{r['before_reward']:.3f} → {r['after_reward']:.3f} | "
             f"{r['before_reward_sampled']:.3f} → {r['after_reward_sampled']:.3f} | {r['random']:.3f} | "
             f"{r['constant']:.3f} | {r['after_spread']:.2f} ({r['constant_spread']:.2f}) | "
-            f"{r['after_top_share_sampled']:.2f} | {verdict(r, margin)} |"
+            f"{r['after_top_share_sampled']:.2f} | {ceiling_cell(ceilings.get(r['name']))} | {verdict(r, margin)} |"
         )
     return "\n".join(lines)
 
@@ -185,22 +206,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the table into this Markdown file (default: print only)")
     parser.add_argument("--table-only", action="store_true", help="tabulate the rungs already trained, train none")
     parser.add_argument("--margin", type=float, default=0.05, help="how far above both baselines counts as learnt")
+    parser.add_argument("--ceilings", action="store_true",
+                        help="train the rungs' supervised ceilings (`CEILING`, into <runs>/ceiling) instead of the "
+                             "rungs; games have none")  # fmt: skip
     args = parser.parse_args()
     configs = args.configs or sorted((ROOT / "configs" / "ladder").glob("*.yaml"))
     if not args.table_only:
         write_ramps(CUES / "ramps")
         write_fades(CUES / "fades")
-    rows = []
+    ceiling_runs = args.runs / "ceiling"
     for config in configs:
+        if args.ceilings and not args.table_only and "game" not in yaml.safe_load(config.read_text()):
+            print(f"ladder: training the supervised ceiling of {config.name} ...", flush=True)
+            print(ceiling_cell(run_rung(config, ceiling_runs, CEILING)), flush=True)
+    rows, ceilings = [], {}
+    for config in configs:
+        if (kept_ceiling := ceiling_runs / config.stem / "ladder_row.json").is_file():
+            ceilings[config.stem] = json.loads(kept_ceiling.read_text())
         kept = args.runs / config.stem / "ladder_row.json"
-        if args.table_only:
+        if args.table_only or args.ceilings:
             if kept.is_file():
                 rows.append(json.loads(kept.read_text()))
             continue
         print(f"ladder: training {config.name} ...", flush=True)
         rows.append(run_rung(config, args.runs))
-        print(table(rows[-1:], args.margin).splitlines()[-1], flush=True)
-    text = table(rows, args.margin)
+        print(table(rows[-1:], args.margin, ceilings).splitlines()[-1], flush=True)
+    text = table(rows, args.margin, ceilings)
     print(text)
     if args.out:
         write_table(args.out, text)

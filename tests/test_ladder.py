@@ -88,7 +88,7 @@ def test_the_table_goes_between_the_markers_and_the_prose_stays(tmp_path: Path) 
     assert page.read_text() == f"# Ladder\nintro\n{ladder.TABLE_START}\n| new |\n{ladder.TABLE_END}\nfindings\n"
 
 
-def test_a_reused_cold_start_adds_its_step_times_and_a_fresh_one_adds_nothing(tmp_path: Path) -> None:
+def test_a_reused_cold_start_adds_its_step_times_and_the_ceiling_shows_beside_its_rung(tmp_path: Path) -> None:
     sft = tmp_path / "sft"
     sft.mkdir()
     steps = [{"step": k, "time": 1000.0 + 30 * k, "time/step": 30.0} for k in range(1, 5)]  # 4 steps of 30 s
@@ -101,6 +101,9 @@ def test_a_reused_cold_start_adds_its_step_times_and_a_fresh_one_adds_nothing(tm
            "constant_spread": 0.02, "after_spread": 0.02, "after_top_share_sampled": 1.0}  # fmt: skip
     assert "| 3.0* |" in ladder.table([{**row, "cold_start_reused": True}], 0.05)
     assert "| 3.0 |" in ladder.table([row], 0.05)
+    ceiling = {**row, "before_reward": 0.9, "before_reward_sampled": 0.85}
+    assert "| 0.900 / 0.850 |" in ladder.table([row], 0.05, {"r": ceiling})
+    assert "| — |" in ladder.table([row], 0.05, {"other": ceiling})
 
 
 def test_the_docs_table_has_a_measured_row_for_every_task_family() -> None:
