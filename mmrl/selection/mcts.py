@@ -359,7 +359,7 @@ def search(
             try:
                 prompt = codec.encode(sample)
             except MMRLError as e:
-                reason = _reason(e)
+                reason = encode_skip_reason(e)
                 stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
                 yield SearchResult(sample.id, sample.task, None, 0, False, [], 0, skipped=f"{reason}: {e}")
                 continue
@@ -394,7 +394,9 @@ def search(
         live = still
 
 
-def _reason(error: Exception) -> str:
+def encode_skip_reason(error: Exception) -> str:
+    """The skip counter a prompt that cannot be encoded goes to: over the token budget, unreadable media, or
+    otherwise rejected (shared by the MCTS search and the pass-rate selector)."""
     text = str(error)
     if text.startswith("prompt needs"):
         return "prompt_over_budget"
@@ -404,4 +406,4 @@ def _reason(error: Exception) -> str:
 
 
 __all__ = ["Codec", "MCTSParams", "Node", "SearchResult", "SearchStats", "Step", "Tree", "Verifier", "cut_step",
-           "search"]  # fmt: skip
+           "encode_skip_reason", "search"]  # fmt: skip

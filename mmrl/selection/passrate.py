@@ -20,7 +20,7 @@ import numpy as np
 from mmrl.contracts import Engine, SamplingParams
 from mmrl.errors import MMRLError
 from mmrl.sample import Sample
-from mmrl.selection.mcts import Codec, Verifier, _reason
+from mmrl.selection.mcts import Codec, Verifier, encode_skip_reason
 
 
 @dataclass
@@ -92,7 +92,7 @@ def pass_rates(
         try:
             batch.append((sample, codec.encode(sample)))
         except MMRLError as e:
-            reason = _reason(e)
+            reason = encode_skip_reason(e)
             stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
             yield PassRateResult(sample.id, sample.task, 0, params.n, 0, skipped=f"{reason}: {e}")
             continue
