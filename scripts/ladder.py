@@ -20,10 +20,15 @@ was trained.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +45,31 @@ def write_ramps(folder: Path, count: int = 256, size: tuple[int, int] = (168, 56
     away by their mean brightness alone (left third about 30-75 grey levels, middle 90-150, right 150-220),
     a cue any model that sees the tiles can use. Each image draws its ramp's dark end in [0, 40], its bright
     end in [215, 255], a tint in [0.85, 1] per channel and pixel noise (σ 8), from rng(seed): same seed,
-    same bytes. The folder is rewritten each time."""
-    folder.mkdir(parents=True, exist_ok=True)
+    same bytes. The folder is rewritten each time, file by file atomically (`_replace_into`)."""
     rng = np.random.default_rng(seed)
     width, height = size
-    for i in range(count):
-        low, high = rng.uniform(0, 40), rng.uniform(215, 255)
-        ramp = np.linspace(low, high, width)[None, :, None]  # (1, W, 1)
-        tint = rng.uniform(0.85, 1.0, size=3)[None, None, :]  # (1, 1, 3)
-        pixels = ramp * tint + rng.normal(0, 8, size=(height, width, 3))
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"ramp_{i:03d}.png")
+    with _replace_into(folder) as staging:
+        for i in range(count):
+            low, high = rng.uniform(0, 40), rng.uniform(215, 255)
+            ramp = np.linspace(low, high, width)[None, :, None]  # (1, W, 1)
+            tint = rng.uniform(0.85, 1.0, size=3)[None, None, :]  # (1, 1, 3)
+            pixels = ramp * tint + rng.normal(0, 8, size=(height, width, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(staging / f"ramp_{i:03d}.png")
     return folder
+
+
+@contextlib.contextmanager
+def _replace_into(folder: Path) -> Iterator[Path]:
+    """A staging folder beside `folder` whose files are moved into it (one `os.replace` each) on exit: a rung
+    that reads the cue while another ladder process rewrites it sees each file whole, old or new."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        yield staging
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_fades(
@@ -60,18 +79,18 @@ def write_fades(
     their place in time away by their mean brightness alone, the video counterpart of `write_ramps`. Each
     video draws its dark start in [0, 40], its bright end in [215, 255], a tint in [0.85, 1] per channel and
     pixel noise (σ 8), from rng(seed): same seed, same bytes (libx264 is bit-exact here). `seconds` clears
-    video_jigsaw's 12 s `min_duration`. The folder is rewritten each time."""
+    video_jigsaw's 12 s `min_duration`. The folder is rewritten each time, file by file atomically."""
     from mmrl.video import write_video
 
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     frames = int(round(fps * seconds))
-    for i in range(count):
-        low, high = rng.uniform(0, 40), rng.uniform(215, 255)
-        ramp = np.linspace(low, high, frames)[:, None, None, None]  # (T, 1, 1, 1)
-        tint = rng.uniform(0.85, 1.0, size=3)[None, None, None, :]  # (1, 1, 1, 3)
-        pixels = ramp * tint + rng.normal(0, 8, size=(frames, size, size, 3))
-        write_video(folder / f"fade_{i:03d}.mp4", np.clip(pixels, 0, 255).astype(np.uint8), fps)
+    with _replace_into(folder) as staging:
+        for i in range(count):
+            low, high = rng.uniform(0, 40), rng.uniform(215, 255)
+            ramp = np.linspace(low, high, frames)[:, None, None, None]  # (T, 1, 1, 1)
+            tint = rng.uniform(0.85, 1.0, size=3)[None, None, None, :]  # (1, 1, 1, 3)
+            pixels = ramp * tint + rng.normal(0, 8, size=(frames, size, size, 3))
+            write_video(staging / f"fade_{i:03d}.mp4", np.clip(pixels, 0, 255).astype(np.uint8), fps)
     return folder
 
 

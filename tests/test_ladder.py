@@ -57,6 +57,8 @@ def test_ramps_give_each_tile_its_column_by_brightness_and_repeat_byte_for_byte(
         return [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.png"))]
 
     assert digest(first) == digest(again) != digest(other)
+    rewritten = digest(ladder.write_ramps(tmp_path / "a", count=12, seed=3))  # in place, through a staging folder
+    assert rewritten == digest(first) and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
     for path in sorted(first.glob("*.png")):
         pixels = np.asarray(Image.open(path), dtype=float)
         thirds = [pixels[:, i * 56 : (i + 1) * 56].mean() for i in range(3)]
