@@ -35,6 +35,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from mmrl.logging import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 CUES = ROOT / "runs" / "ladder" / "cues"
 """Sources with a cue made visible on purpose (`write_ramps`, `write_fades`), written before any rung trains."""
@@ -125,10 +127,7 @@ def cold_start_minutes(sft_dir: Path, finished_before: float) -> float:
     `mmrl train` skips the cold start when `<sft.out_dir>/final` exists. The cold start is supervised and
     samples nothing, so a rerun after a sampler change reuses it unchanged; its recorded step times
     (`time/step` in its metrics.jsonl) are then added to the rung's minutes, which count the cold start."""
-    metrics = sft_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return 0.0
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = read_metrics(sft_dir)
     if not records or records[-1].get("time", finished_before) >= finished_before:
         return 0.0
     return sum(r.get("time/step", 0.0) for r in records) / 60
@@ -137,17 +136,14 @@ def cold_start_minutes(sft_dir: Path, finished_before: float) -> float:
 def read_row(config: Path, out: Path, minutes: float) -> dict:
     """The table row of a finished run in `out`: its first and last held-out evaluations."""
     name = config.stem
-    records: dict[int, dict] = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        records.setdefault(record["step"], {}).update(record)
-    evals = [records[s] for s in sorted(records) if "eval/reward" in records[s]]
+    records = read_metrics(out)
+    evals = [r for r in records if "eval/reward" in r]
     first, last = evals[0], evals[-1]
     cfg = yaml.safe_load(config.read_text())
     return {
         "name": name,
         "setting": setting(cfg),
-        "steps": max(records),
+        "steps": records[-1]["step"],
         "minutes": minutes,
         **{f"before_{k}": first.get(f"eval/{k}") for k in ("reward", "reward_sampled")},
         **{f"after_{k}": last.get(f"eval/{k}") for k in ("reward", "reward_sampled", "spread", "top_share_sampled")},
@@ -234,10 +230,11 @@ def main() -> None:
         write_ramps(CUES / "ramps")
         write_fades(CUES / "fades")
     ceiling_runs = args.runs / "ceiling"
-    for config in configs:
-        if args.ceilings and not args.table_only and "game" not in yaml.safe_load(config.read_text()):
-            print(f"ladder: training the supervised ceiling of {config.name} ...", flush=True)
-            print(ceiling_cell(run_rung(config, ceiling_runs, CEILING)), flush=True)
+    if args.ceilings and not args.table_only:
+        for config in configs:
+            if "game" not in yaml.safe_load(config.read_text()):  # a game has no answer key to train on
+                print(f"ladder: training the supervised ceiling of {config.name} ...", flush=True)
+                print(ceiling_cell(run_rung(config, ceiling_runs, CEILING)), flush=True)
     rows, ceilings = [], {}
     for config in configs:
         if (kept_ceiling := ceiling_runs / config.stem / "ladder_row.json").is_file():
