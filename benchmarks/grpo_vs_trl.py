@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import dataclasses
 import io
 import logging
 import os
@@ -46,22 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-CONFIGS = {
-    # The default tiny build (what `tiny:qwen2.5-vl` is).
-    "tiny": {},
-    # About 5M parameters: 4 text layers of width 256, a 4-block vision tower of width 128.
-    "5m": dict(
-        hidden_size=256,
-        intermediate_size=768,
-        num_layers=4,
-        num_heads=8,
-        num_kv_heads=4,
-        vision_hidden_size=128,
-        vision_intermediate_size=256,
-        vision_depth=4,
-        vision_heads=4,
-    ),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` is importable
+from benchmarks.peer import SPECS, build_checkpoint, mmrl_config, require_trl, trl_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=16, help="completion length (forced on both sides)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--configs", default="tiny,5m", help=f"comma-separated model configs: {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default="tiny,5m", help=f"comma-separated model configs: {', '.join(SPECS)}")
     p.add_argument(
         "--threads",
         type=int,
@@ -84,9 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="cProfile the timed steps of both sides (inflates times)")
     args = p.parse_args(argv)
-    unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
+    unknown = [c for c in args.configs.split(",") if c not in SPECS]
     if unknown:
-        p.error(f"unknown config(s) {unknown}; valid: {', '.join(CONFIGS)}")
+        p.error(f"unknown config(s) {unknown}; valid: {', '.join(SPECS)}")
     if args.steps < 1 or args.warmup < 0 or args.prompts < 1 or args.group < 2 or args.max_new_tokens < 1:
         p.error("need --steps >= 1, --warmup >= 0, --prompts >= 1, --group >= 2, --max-new-tokens >= 1")
     return args
@@ -100,9 +85,7 @@ def build_model(name: str, root: Path, seed: int) -> tuple[Path, int]:
     """The checkpoint of config `name` and its parameter count."""
     from transformers import AutoModelForImageTextToText
 
-    from mmrl.tiny import TinySpec, build_tiny
-
-    path = build_tiny("qwen2.5-vl", root / f"model-{name}", seed=seed, spec=TinySpec(**CONFIGS[name]))
+    path = build_checkpoint(name, root, seed)
     params = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(path).parameters())
     return path, params
 
@@ -152,15 +135,13 @@ class MMRLSide:
     """One mmrl GRPO step = what `mmrl.grpo.trainer.train` runs per step, minus logging and checkpoints."""
 
     def __init__(self, args: argparse.Namespace, model_path: Path, data_path: Path, total_steps: int, out: Path):
-        from mmrl.config import AlgorithmConfig, DataConfig, DataSource, RolloutConfig, RunConfig, TrainConfig
+        from mmrl.config import DataConfig, DataSource, RolloutConfig
         from mmrl.grpo.trainer import setup_policy
         from mmrl.producers import TaskProducer
         from mmrl.rollout import make_engine
 
         seqs = args.prompts * args.group
-        cfg = RunConfig()
-        cfg.model = dataclasses.replace(cfg.model, path=str(model_path), dtype="float32")
-        cfg.rollout = RolloutConfig(
+        rollout = RolloutConfig(
             n=args.group,
             max_new_tokens=args.max_new_tokens,
             min_new_tokens=args.max_new_tokens,  # fixed-length completions, as TRL's min_new_tokens
@@ -169,20 +150,13 @@ class MMRLSide:
             top_k=0,
             batch_size=seqs,  # one generate call per step, as TRL
         )
-        cfg.algorithm = AlgorithmConfig(advantage="grpo", loss="ppo_clip", aggregation="token-mean", kl_coef=0.0)
+        cfg = mmrl_config(model_path, rollout, steps=total_steps, lr=args.lr, sequences=seqs, seed=args.seed,
+                          out_dir=out / "mmrl-run")  # fmt: skip
         cfg.data = DataConfig(
             sources=[DataSource(task="dominant_color", path=str(data_path))],
             prompts_per_step=args.prompts,
             eval_samples=0,
             seed=args.seed,
-        )
-        cfg.train = TrainConfig(
-            steps=total_steps,
-            lr=args.lr,
-            micro_batch_size=seqs,  # one forward/backward per step, as TRL
-            grad_clip=1.0,
-            seed=args.seed,
-            out_dir=str(out / "mmrl-run"),
         )
         self.cfg = cfg
         self.policy = setup_policy(cfg, total_steps)
@@ -228,7 +202,7 @@ def make_trl_trainer(args: argparse.Namespace, model_path: Path, data_path: Path
     """A `GRPOTrainer` on the same checkpoint, Samples (in mmrl's order) and reward, with matching settings."""
     import datasets
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from mmrl.registry import get_task
     from mmrl.sample import read_dataset
@@ -255,40 +229,18 @@ def make_trl_trainer(args: argparse.Namespace, model_path: Path, data_path: Path
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return [float(task.reward(t, by_id[sid]).score) for t, sid in zip(texts, sample_id)]
 
-    seqs = args.prompts * args.group
-    config = GRPOConfig(
-        output_dir=str(out / "trl-run"),
-        per_device_train_batch_size=seqs,  # TRL counts completions: prompts x group, all in one step
-        gradient_accumulation_steps=1,
-        num_generations=args.group,
-        num_iterations=1,
-        max_completion_length=args.max_new_tokens,
-        generation_kwargs={"min_new_tokens": args.max_new_tokens},
+    config = trl_config(
+        output_dir=out / "trl-run",
+        sequences=args.prompts * args.group,
+        group=args.group,
+        completion_tokens=args.max_new_tokens,
+        lr=args.lr,
+        steps=total,
+        seed=args.seed,
+        generation_kwargs={"min_new_tokens": args.max_new_tokens},  # fixed-length completions
         temperature=args.temperature,
         top_p=1.0,
         top_k=0,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        max_grad_norm=1.0,
-        beta=0.0,
-        loss_type="dapo",  # token-mean over the batch: mmrl's `aggregation: token-mean`
-        scale_rewards="group",  # (r - group mean) / group std: mmrl's `advantage: grpo`
-        epsilon=0.2,
-        max_steps=total,
-        gradient_checkpointing=False,  # GRPOConfig defaults to True; mmrl's default is False
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        shuffle_dataset=False,  # keep mmrl's order
-        seed=args.seed,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
     )
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(model_path)
@@ -451,10 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import trl
-    except ImportError:
-        print("TRL is not installed: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
+    trl = require_trl()
+    if trl is None:
         return 2
     quiet()
     import transformers

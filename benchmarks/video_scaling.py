@@ -6,7 +6,7 @@ per video and group size, on the 5M tiny Qwen2.5-VL (issue 18).
     .venv/bin/python benchmarks/video_scaling.py --quick    # frames 8,48 x group 8
 
 Every cell (frames, group, side) runs in a fresh subprocess (`--worker`), so the RSS high-water mark of one cell
-is never inherited by another. Both sides get the same checkpoint (the `5m` config of `grpo_vs_trl.py`, float32,
+is never inherited by another. Both sides get the same checkpoint (the `5m` size of `peer.py`, float32,
 CPU, one torch thread), the same video prompts (`--prompts` synthetic clips of `--frames` frames of
 `--size`x`--size` px at 2 fps, the same question), the same fixed completions (`--completion-tokens` random text
 tokens per sequence, drawn once from the seed: generation is not compared) and the same fixed rewards (drawn
@@ -46,18 +46,8 @@ from typing import Any
 
 import numpy as np
 
-FIVE_M = dict(
-    hidden_size=256,
-    intermediate_size=768,
-    num_layers=4,
-    num_heads=8,
-    num_kv_heads=4,
-    vision_hidden_size=128,
-    vision_intermediate_size=256,
-    vision_depth=4,
-    vision_heads=4,
-)
-"""The `5m` config of benchmarks/grpo_vs_trl.py: 5,199,488 parameters, 1,205,632 of them in the vision tower."""
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `benchmarks` is importable
+from benchmarks.peer import build_checkpoint, mmrl_config, require_trl, trl_config  # noqa: E402
 
 FRAMES = (8, 16, 32, 48)
 GROUPS = (4, 8, 16)
@@ -147,24 +137,19 @@ def reset_peak() -> bool:
 
 
 def run_mmrl(args: argparse.Namespace, frames: int, group: int, lowmem: bool) -> dict[str, Any]:
-    import dataclasses
-
-    from mmrl.config import AlgorithmConfig, RolloutConfig, RunConfig, TrainConfig
+    from mmrl.config import RolloutConfig
     from mmrl.contracts import Completion, Rollout
     from mmrl.grpo.advantages import group_advantages
     from mmrl.grpo.trainer import setup_policy, update_policy
     from mmrl.rollout.encode import encode_prompt
 
     total = args.warmup + args.steps
-    cfg = RunConfig()
-    cfg.model = dataclasses.replace(cfg.model, path=args.model, dtype="float32")
-    cfg.rollout = RolloutConfig(n=group, max_new_tokens=args.completion_tokens, max_prompt_tokens=8192)
-    cfg.algorithm = AlgorithmConfig(advantage="grpo", loss="ppo_clip", aggregation="token-mean", kl_coef=0.0)
-    train = dict(steps=total, lr=args.lr, micro_batch_size=args.prompts * group, grad_clip=1.0, seed=args.seed,
-                 out_dir=tempfile.mkdtemp(prefix="mmrl-video-"))  # fmt: skip
+    rollout = RolloutConfig(n=group, max_new_tokens=args.completion_tokens, max_prompt_tokens=8192)
+    switches = {}
     if lowmem:
-        train.update(vision_chunk_frames=args.chunk_frames, vision_checkpointing=True, prompt_once=True)
-    cfg.train = TrainConfig(**train)
+        switches = dict(vision_chunk_frames=args.chunk_frames, vision_checkpointing=True, prompt_once=True)
+    cfg = mmrl_config(args.model, rollout, steps=total, lr=args.lr, sequences=args.prompts * group, seed=args.seed,
+                      out_dir=tempfile.mkdtemp(prefix="mmrl-video-"), **switches)  # fmt: skip
     policy = setup_policy(cfg, total)
     vocab = len(policy.processor.tokenizer) - 64  # clear of the special tokens at the end of the vocabulary
     clips = [clip_frames(frames, args.size, args.seed, k) for k in range(args.prompts)]
@@ -231,7 +216,7 @@ def run_trl(args: argparse.Namespace, frames: int, group: int) -> dict[str, Any]
     import datasets
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     total = args.warmup + args.steps
     clips = [clip_frames(frames, args.size, args.seed, k) for k in range(args.prompts)]
@@ -294,36 +279,8 @@ def run_trl(args: argparse.Namespace, frames: int, group: int) -> dict[str, Any]
                 forward, input_ids, attention_mask, logits_to_keep, batch_size, **kwargs
             )
 
-    seqs = args.prompts * group
-    config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-video-"),
-        per_device_train_batch_size=seqs,
-        gradient_accumulation_steps=1,
-        num_generations=group,
-        num_iterations=1,
-        max_completion_length=args.completion_tokens,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        max_grad_norm=1.0,
-        beta=0.0,
-        loss_type="dapo",
-        scale_rewards="group",
-        max_steps=total,
-        gradient_checkpointing=False,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        shuffle_dataset=False,
-        seed=args.seed,
-        logging_strategy="no",
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    config = trl_config(output_dir=tempfile.mkdtemp(prefix="trl-video-"), sequences=args.prompts * group, group=group,
+                        completion_tokens=args.completion_tokens, lr=args.lr, steps=total, seed=args.seed)  # fmt: skip
     model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.float32)
     trainer = VideoGRPOTrainer(model=model, reward_funcs=fixed_reward, args=config, train_dataset=dataset,
                                processing_class=processor, rollout_func=rollout_func)  # fmt: skip
@@ -439,20 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    try:
-        import trl
-    except ImportError:
-        print("TRL is not installed: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
+    trl = require_trl()
+    if trl is None:
         return 2
-    from mmrl.tiny import TinySpec, build_tiny
-
     sides = ["mmrl", "trl"] if args.no_lowmem else ["mmrl", "mmrl-lowmem", "trl"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cells = []
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mmrl-video-bench-") as tmp:
-        model = build_tiny("qwen2.5-vl", Path(tmp) / "model-5m", seed=args.seed, spec=TinySpec(**FIVE_M))
+        model = build_checkpoint("5m", Path(tmp), args.seed)
         for frames in args.frame_list:
             for group in args.group_list:
                 results = {}
