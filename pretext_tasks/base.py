@@ -131,6 +131,19 @@ class Shuffle:
         return [elements[i] for i in self.order]
 
 
+def labelled_items(label: str, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Prompt content showing `items` under labels 1..K: `"{label} 1: "`, item 1, `"\n{label} 2: "`, item 2, ...
+
+    Each label starts its own line, after the previous item (the ordering tasks' `Tile j:` / `Clip j:`).
+    """
+    content: list[dict[str, Any]] = []
+    for j, item in enumerate(items, start=1):
+        newline = "\n" if j > 1 else ""
+        content.append({"type": "text", "text": f"{newline}{label} {j}: "})
+        content.append(item)
+    return content
+
+
 def shuffle_and_label(k: int, rng: np.random.Generator, *, allow_identity: bool = False) -> Shuffle:
     """Draw the shown order of `k` elements; by default never the identity (it would give the answer away)."""
     if k < 2:
@@ -185,6 +198,7 @@ __all__ = [
     "check_order_size",
     "degenerate",
     "item_path",
+    "labelled_items",
     "options_text",
     "shuffle_and_label",
     "video_sources",

@@ -39,6 +39,7 @@ from pretext_tasks.base import (
     answer_instruction,
     check_order_size,
     item_path,
+    labelled_items,
     shuffle_and_label,
 )
 from rewards.ordering import OrderingParams
@@ -227,10 +228,7 @@ class ImageJigsaw(OrderingTask):
         if p.composed:
             content.append({"type": "image", "image": compose(shown, p.rows, p.cols)})
         else:
-            for j, tile in enumerate(shown, start=1):
-                newline = "\n" if j > 1 else ""  # each label on its own line, after the previous tile
-                content.append({"type": "text", "text": f"{newline}Tile {j}: "})
-                content.append({"type": "image", "image": tile})
+            content += labelled_items("Tile", [{"type": "image", "image": tile} for tile in shown])
         content.append({"type": "text", "text": instruction_text(p)})
         meta = {
             "source": source_id,

@@ -31,7 +31,14 @@ from mmrl.errors import ConfigError
 from mmrl.sample import Sample
 from mmrl.task import Panel
 from pretext_tasks import evidence, videossr
-from pretext_tasks.base import OrderingTask, check_order_size, item_path, shuffle_and_label, video_sources
+from pretext_tasks.base import (
+    OrderingTask,
+    check_order_size,
+    item_path,
+    labelled_items,
+    shuffle_and_label,
+    video_sources,
+)
 from pretext_tasks.video_jigsaw import instruction_text
 from rewards.extract import AnswerMode
 from rewards.ordering import OrderingParams
@@ -97,10 +104,8 @@ class TemporalJigsaw(OrderingTask):
         seed = int(rng.integers(2**63))
         shuffle = shuffle_and_label(p.clips, np.random.default_rng(seed))
         content: list[dict[str, Any]] = [{"type": "text", "text": intro_text(p.clips, length)}]
-        for j, true_index in enumerate(shuffle.order, start=1):
-            newline = "\n" if j > 1 else ""
-            content.append({"type": "text", "text": f"{newline}Clip {j}: "})
-            content.append(videossr.video_item(clips[true_index], video.sample_fps))  # times from 0: no order leak
+        shown = [videossr.video_item(clips[i], video.sample_fps) for i in shuffle.order]  # times from 0: no order leak
+        content += labelled_items("Clip", shown)
         content.append({"type": "text", "text": instruction_text(p)})
         meta = {
             "source": source_id,

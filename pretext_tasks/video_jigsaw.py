@@ -50,6 +50,7 @@ from pretext_tasks.base import (
     answer_instruction,
     check_order_size,
     item_path,
+    labelled_items,
     shuffle_and_label,
     video_sources,
 )
@@ -241,18 +242,16 @@ class VideoJigsaw(OrderingTask):
         seed = int(rng.integers(2**63))
         shuffle = shuffle_and_label(p.clips, np.random.default_rng(seed))
         content: list[dict[str, Any]] = [{"type": "text", "text": intro_text(p)}]
-        for j, true_index in enumerate(shuffle.order, start=1):
-            start = split.ranges[true_index][0]
-            newline = "\n" if j > 1 else ""  # each label on its own line, after the previous clip
-            content.append({"type": "text", "text": f"{newline}Clip {j}: "})
-            content.append(
-                {
-                    "type": "video",
-                    "video": list(frames[true_index]),
-                    "fps": clip_fps,
-                    "timestamps": [(i - start) / source_fps for i in indices[true_index]],
-                }
-            )
+        shown = [
+            {
+                "type": "video",
+                "video": list(frames[true_index]),
+                "fps": clip_fps,
+                "timestamps": [(i - split.ranges[true_index][0]) / source_fps for i in indices[true_index]],
+            }
+            for true_index in shuffle.order
+        ]
+        content += labelled_items("Clip", shown)
         content.append({"type": "text", "text": instruction_text(p)})
         meta = {
             "source": source_id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections import Counter
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage
+from jigsaw_helpers import texts_of, write_samples
 from PIL import Image
 
 from mmrl.config import ModelConfig, RunConfig, load_config
@@ -44,10 +44,6 @@ def tiles_of(sample: Sample) -> list[Image.Image]:
     return [item["image"] for item in sample.media()]
 
 
-def texts_of(sample: Sample) -> list[str]:
-    return [i["text"] for m in sample.messages for i in m["content"] if i["type"] == "text"]
-
-
 def reassemble(tiles_by_label: list[np.ndarray], answer: list[int], rows: int, cols: int) -> np.ndarray:
     """Put the tile shown under label answer[i] at raster position i and glue rows and columns.
 
@@ -61,14 +57,6 @@ def reassemble(tiles_by_label: list[np.ndarray], answer: list[int], rows: int, c
 def piece_sizes(total: int, parts: int) -> list[int]:
     """The sheet's slicing rule, written out again: the first `total % parts` pieces are 1 px longer."""
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def dataset_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,22 +208,12 @@ def test_meta() -> None:
 # Determinism, sources, skips, errors
 
 
-def write_samples(task: ImageJigsaw, out: Path, seed: int) -> str:
-    """Three Samples of CHELSEA drawn from `seed`, written as a dataset; returns its digest."""
-    samples = []
-    for i in range(3):
-        sample = task.make(CHELSEA, np.random.default_rng([seed, i]))
-        sample.id = f"s{i}"
-        samples.append(sample)
-    return dataset_digest(write_dataset(samples, out))
-
-
 def test_same_seed_same_bytes_different_seed_differs(tmp_path: Path) -> None:
     for name, params in {"tiles": {}, "composed": {"composed": True, "rows": 2, "cols": 2}}.items():
         task = get_task("image_jigsaw", **params)
-        first = write_samples(task, tmp_path / f"{name}-a", 1)
-        assert write_samples(task, tmp_path / f"{name}-b", 1) == first
-        assert write_samples(task, tmp_path / f"{name}-c", 2) != first
+        first = write_samples(task, CHELSEA, tmp_path / f"{name}-a", 1, n=3)
+        assert write_samples(task, CHELSEA, tmp_path / f"{name}-b", 1, n=3) == first
+        assert write_samples(task, CHELSEA, tmp_path / f"{name}-c", 2, n=3) != first
 
 
 def test_dataset_round_trip_keeps_pixels_and_answer(tmp_path: Path) -> None:

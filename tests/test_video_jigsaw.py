@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage
+from jigsaw_helpers import texts_of, write_samples
 from PIL import Image
 
 from mmrl import media
@@ -55,10 +55,6 @@ def clips_of(sample: Sample) -> list[dict]:
     return [item for item in sample.media() if item["type"] == "video"]
 
 
-def texts_of(sample: Sample) -> list[str]:
-    return [i["text"] for m in sample.messages for i in m["content"] if i["type"] == "text"]
-
-
 def source_positions(frames: list[np.ndarray], decoded: np.ndarray) -> list[int]:
     """Each shown frame's index in the independently decoded video, by nearest mean pixel distance."""
     positions = []
@@ -70,14 +66,6 @@ def source_positions(frames: list[np.ndarray], decoded: np.ndarray) -> list[int]
         assert np.sort(distance)[1] > distance[best] + 1.0, "the match must be unambiguous"
         positions.append(best)
     return positions
-
-
-def dataset_digest(root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,20 +289,11 @@ def test_sources(tmp_path: Path, videos: dict[str, Path]) -> None:
     assert sample.meta["source"] == "a.mp4"
 
 
-def write_samples(task: VideoJigsaw, path: Path, out: Path, seed: int) -> str:
-    samples = []
-    for i in range(2):
-        sample = task.make(path, np.random.default_rng([seed, i]))
-        sample.id = f"s{i}"
-        samples.append(sample)
-    return dataset_digest(write_dataset(samples, out))
-
-
 def test_same_seed_same_bytes_different_seed_differs(tmp_path: Path, videos: dict[str, Path]) -> None:
     task = get_task("video_jigsaw", frame_max_pixels=4000)
-    first = write_samples(task, videos["pan130"], tmp_path / "a", 1)
-    assert write_samples(task, videos["pan130"], tmp_path / "b", 1) == first
-    assert write_samples(task, videos["pan130"], tmp_path / "c", 2) != first
+    first = write_samples(task, videos["pan130"], tmp_path / "a", 1, n=2)
+    assert write_samples(task, videos["pan130"], tmp_path / "b", 1, n=2) == first
+    assert write_samples(task, videos["pan130"], tmp_path / "c", 2, n=2) != first
 
 
 def test_dataset_round_trip_and_reward(tmp_path: Path, videos: dict[str, Path]) -> None:
