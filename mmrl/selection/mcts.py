@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -100,6 +100,10 @@ class Verifier(Protocol):
     def is_final(self, sample: Sample, text: str) -> bool: ...
 
     def solves(self, sample: Sample, text: str) -> bool: ...
+
+    def solves_all(self, replies: Sequence[tuple[Sample, str]]) -> list[bool]:
+        """`solves` of each (sample, reply) pair; a model judge answers them in one batch."""
+        ...
 
 
 class Codec(Protocol):

@@ -109,8 +109,11 @@ def _score(batch, engine, verifier, params, stats) -> Iterator[PassRateResult]:
     outputs = engine.generate([prompt for _, prompt in batch], params.n, sampling)
     stats.engine_calls += 1
     stats.sequences += len(batch) * params.n
+    verdicts = iter(
+        verifier.solves_all([(sample, c.text) for (sample, _), group in zip(batch, outputs) for c in group])
+    )
     for (sample, _), group in zip(batch, outputs):
-        passes = sum(verifier.solves(sample, c.text) for c in group)
+        passes = sum(next(verdicts) for _ in group)
         yield PassRateResult(sample.id, sample.task, passes, params.n, sum(len(c.token_ids) for c in group))
 
 
