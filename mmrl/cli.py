@@ -577,7 +577,12 @@ def add_select_parser(verbs: argparse._SubParsersAction) -> None:
                         "model (--critic-model) that reads question, reference answer and reply")  # fmt: skip
     p.add_argument("--critic-model", help="--judge critic: the critic's checkpoint folder, hub id or tiny:<family>")
     p.add_argument("--critic-max-new-tokens", type=positive, default=64, help="--judge critic: verdict length (64)")
-    p.add_argument("--batch-size", type=positive, default=64, help="most sequences per generate batch (64)")
+    p.add_argument(
+        "--batch-size",
+        type=positive,
+        default=64,
+        help="most sequences per generate batch, the policy's and the critic's (64)",
+    )
     p.add_argument("--limit", type=positive, help="score only the first N samples of --data")
     p.add_argument("--max-prompt-tokens", type=positive, default=4096, help="longer prompts are skipped (4096)")
     p.add_argument("--max-pixels", type=_int_at_least(ModelConfig.min_pixels), help="per-image pixel budget")
@@ -633,7 +638,7 @@ def cmd_select(args: argparse.Namespace) -> None:
         critic, critic_processor = (model, processor) if args.critic_model == args.model else load_policy(critic_cfg)
         encode_critic = partial(encode_prompt, critic_processor, model_cfg=critic_cfg,
                                 max_prompt_tokens=args.max_prompt_tokens, keep_media=False)  # fmt: skip
-        critic_engine = make_engine(RolloutConfig(batch_size=1), critic, critic_processor, seed=args.seed)
+        critic_engine = make_engine(RolloutConfig(batch_size=args.batch_size), critic, critic_processor, seed=args.seed)
         verifier = CriticVerifier(critic_engine, encode_critic, max_new_tokens=args.critic_max_new_tokens)
     judge = "task" if args.judge == "task" else f"critic:{args.critic_model}"
     report = select_pool(samples, args.out, engine, codec, verifier, method=args.method, mcts=mcts,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmrl.cli import main
@@ -67,6 +68,51 @@ def test_a_tiny_critic_judges_each_reply_once_from_a_prompt_holding_question_ref
                for text in encoded[:2]]  # fmt: skip
     assert first == bool(critic_verdict(replies[0]))
     assert critic.unreadable == sum(critic_verdict(r) is None for r in replies)
+
+
+class CountingEngine:
+    """A real engine, passed through, counting its generate calls and keeping what it generated."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.calls, self.completions = engine, 0, []
+
+    def generate(self, prompts, n, sampling):
+        self.calls += 1
+        out = self.engine.generate(prompts, n, sampling)
+        self.completions += [c for group in out for c in group]
+        return out
+
+
+def test_a_batch_of_replies_is_judged_in_one_critic_call_with_the_verdicts_of_one_at_a_time() -> None:
+    cfg = ModelConfig(path="tiny:qwen2.5-vl")
+    model, processor = load_policy(cfg)
+
+    def encode(messages: list[dict]):
+        return encode_prompt(processor, messages, cfg, max_prompt_tokens=1024, keep_media=False)
+
+    samples = [Sample(f"s{i}", "vqa", [{"role": "user", "content": f"What colour is cup {i}?"}], c)
+               for i, c in enumerate(["red", "blue", "green"])]  # fmt: skip
+    replies = [(s, f"<answer>{c}</answer>") for s in samples for c in ("red", "blue green", "a long yellow answer")]
+    replies.append(replies[0])  # a repeat is judged once
+    verdicts, generations, completions = {}, {}, {}
+    for batch in (1, 16):
+        engine = CountingEngine(make_engine(RolloutConfig(batch_size=batch), model, processor, seed=0))
+        critic = CriticVerifier(engine, encode, max_new_tokens=8)
+        if batch == 1:
+            verdicts[batch] = [critic.solves(s, t) for s, t in replies]
+            assert engine.calls == 9
+        else:
+            verdicts[batch] = critic.solves_all(replies)
+            assert engine.calls == 1
+        generations[batch] = (critic.calls, critic.unreadable)
+        completions[batch] = engine.completions
+    # The same critic replies, batched or not (an untrained critic says the same words to every prompt, so the
+    # log-probabilities, which differ between prompts, are compared too).
+    assert [c.token_ids for c in completions[16]] == [c.token_ids for c in completions[1]]
+    assert np.allclose([c.logprobs for c in completions[16]], [c.logprobs for c in completions[1]], atol=1e-4)
+    assert len({round(c.logprobs[0], 4) for c in completions[1]}) > 1
+    assert verdicts[16] == verdicts[1] and len(verdicts[1]) == 10
+    assert generations[16] == generations[1] and generations[1][0] == 9
 
 
 @pytest.mark.slow

@@ -303,3 +303,38 @@ def test_on_the_real_tiny_model_batched_trees_draw_what_each_tree_draws_alone(tm
     assert many == one and len(one) == 6
     assert many_seen == one_seen and len(one_seen) == one_stats.sequences  # every request seeded apart
     assert many_stats.engine_calls < one_stats.engine_calls
+
+
+def test_on_the_real_tiny_model_a_pass_rate_depends_on_the_sample_alone(tmp_path: Path) -> None:
+    """Per-sample prompt seeds: each sample's n replies are the same whatever batch it shares (batch_prompts 2 or
+    5) and when a run resumes part-way (the rest of the pool then forms other batches)."""
+    from mmrl.cli import main
+    from mmrl.config import ModelConfig
+    from mmrl.models import load_policy
+    from mmrl.rollout import HFEngine
+    from mmrl.selection import ProcessorCodec, load_pool
+    from mmrl.selection.passrate import sample_seed
+
+    assert main(["generate", "--task", "dominant_color", "--n", "7", "--out", str(tmp_path / "pool"), "--quiet",
+                 "--param", "image_size=56"]) == 0  # fmt: skip
+    samples = load_pool(tmp_path / "pool", None)
+    cfg = ModelConfig(path="tiny:qwen2.5-vl")
+    model, processor = load_policy(cfg)
+    codec = ProcessorCodec(processor, cfg, max_prompt_tokens=1024)
+    replies: dict[str, dict] = {}  # run -> {sample's seed: its n replies' token ids}
+
+    def scored(out: str, pool, batch: int) -> dict[str, dict]:
+        engine = Recording(HFEngine(model, processor, batch_size=64))
+        params = PassRateParams(n=3, max_new_tokens=6, batch_prompts=batch, seed=5)
+        select_pool(pool, tmp_path / out, engine, codec, TaskVerifier(), method="passrate", passrate=params,
+                    progress=False)  # fmt: skip
+        replies.setdefault(out, {}).update({seed: ids for (_, seed), ids in engine.seen.items()})
+        return {r["id"]: r for r in map(json.loads, (tmp_path / out / DIFFICULTY_FILE).read_text().splitlines())}
+
+    whole = scored("whole", samples, 2)
+    assert scored("batch5", samples, 5) == whole and len(whole) == 7
+    scored("resumed", samples[:3], 2)
+    assert scored("resumed", samples, 2) == whole  # batches {3,4}, {5,6} instead of {2,3}, {4,5}, {6}
+    assert replies["batch5"] == replies["resumed"] == replies["whole"]
+    assert set(replies["whole"]) == {sample_seed(5, s.id) for s in samples}
+    assert len({str(ids) for ids in replies["whole"].values()}) == 7  # every sample drew its own replies

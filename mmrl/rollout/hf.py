@@ -213,14 +213,9 @@ class HFEngine:
         inner = unwrap_model(self.model)
         if self._decoder is None or self._decoder.model is not inner:
             self._decoder = StaticDecoder(inner, compile_step=device.type == "cuda")
-        rows: dict[int, int] = {}  # id(prompt) -> its row among the distinct prompts
-        distinct: list[EncodedPrompt] = []
-        for p in prompts:
-            if id(p) not in rows:
-                rows[id(p)] = len(distinct)
-                distinct.append(p)
+        distinct, rows = _distinct_prompts(prompts)
         inputs = {k: v.to(device) for k, v in _left_pad(distinct, self.pad_id).items()}
-        row_index = torch.tensor([rows[id(p)] for p in prompts], dtype=torch.long, device=device)
+        row_index = torch.tensor(rows, dtype=torch.long, device=device)
         chooser = self._chooser(sampling, inner.lm_head.weight.shape[0], device)
         tokens, logprobs = self._decoder.generate(
             inputs, row_index, keys, chooser,
@@ -291,18 +286,13 @@ class HFEngine:
         (B, T) tokens and mask (it runs only the uncached last column), the grids for M-RoPE, and no
         pixels: the images and videos are already in the cache.
         """
-        rows: dict[int, int] = {}  # id(prompt) -> its row among the distinct prompts (first-appearance order)
-        distinct: list[EncodedPrompt] = []
-        for p in prompts:
-            if id(p) not in rows:
-                rows[id(p)] = len(distinct)
-                distinct.append(p)
+        distinct, rows = _distinct_prompts(prompts)
         head = {k: v.to(device) for k, v in _left_pad(distinct, self.pad_id).items()}
         if head["input_ids"].shape[1] != inputs["input_ids"].shape[1]:
             raise AssertionError("distinct prompts padded to another length than their batch")
         head = {k: v[:, :-1] if k in _TOKEN_KEYS else v for k, v in head.items()}
         cache = self.model(**head, use_cache=True, logits_to_keep=1).cache
-        cache.reorder_cache(torch.tensor([rows[id(p)] for p in prompts], dtype=torch.long, device=device))
+        cache.reorder_cache(torch.tensor(rows, dtype=torch.long, device=device))
         unwrap_model(self.model).model.rope_deltas = None  # stale (distinct rows): generate recomputes them
         return {**{k: v for k, v in inputs.items() if k not in _PIXEL_KEYS}, "cache": cache}
 
@@ -345,6 +335,18 @@ class _SeededSampler(LogitsProcessor):
         if len(self.steps) != new_tokens.shape[1]:
             raise AssertionError(f"recorded {len(self.steps)} steps for {new_tokens.shape[1]} generated tokens")
         return torch.stack(self.steps, dim=1).cpu()
+
+
+def _distinct_prompts(prompts: Sequence[EncodedPrompt]) -> tuple[list[EncodedPrompt], list[int]]:
+    """The distinct prompt objects in first-appearance order, and each prompt's row among them (a GRPO group
+    passes one object n times: it is prefilled once)."""
+    rows: dict[int, int] = {}  # id(prompt) -> row
+    distinct: list[EncodedPrompt] = []
+    for p in prompts:
+        if id(p) not in rows:
+            rows[id(p)] = len(distinct)
+            distinct.append(p)
+    return distinct, [rows[id(p)] for p in prompts]
 
 
 def _left_pad(prompts: Sequence[EncodedPrompt], pad_id: int) -> dict[str, torch.Tensor]:

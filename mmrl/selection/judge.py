@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mmrl.baselines import TaskCache
@@ -68,6 +68,9 @@ class TaskVerifier:
         threshold = self.thresholds.get(sample.task)
         return reward.is_exact if threshold is None else reward.score >= threshold
 
+    def solves_all(self, replies: Sequence[tuple[Sample, str]]) -> list[bool]:
+        return [self.solves(sample, text) for sample, text in replies]
+
 
 CRITIC_PROMPT = (
     "You are grading a student's reply against a reference answer.\n\n"
@@ -110,7 +113,8 @@ class CriticVerifier:
 
     `engine` generates with the critic (greedy, `max_new_tokens`); `encode` turns a chat (a list of
     messages) into the critic's EncodedPrompt. Verdicts are cached per (sample id, reply): MCTS reaches
-    the same final reply along several paths."""
+    the same final reply along several paths. `solves_all` judges a batch of replies (a pass-rate batch:
+    samples × n) in one engine call instead of one call per reply."""
 
     def __init__(self, engine: Engine, encode: Any, *, max_new_tokens: int = 64) -> None:
         self.engine = engine
@@ -131,17 +135,23 @@ class CriticVerifier:
                                     reply=text.strip())  # fmt: skip
 
     def solves(self, sample: Sample, text: str) -> bool:
-        key = (sample.id, text)
-        if key not in self._verdicts:
-            prompt = self.encode([{"role": "user", "content": self.critic_prompt(sample, text)}])
+        return self.solves_all([(sample, text)])[0]
+
+    def solves_all(self, replies: Sequence[tuple[Sample, str]]) -> list[bool]:
+        """Verdicts for many (sample, reply) pairs; the ones not cached yet are judged in one greedy engine call
+        (the engine splits it by its batch size)."""
+        todo = list(dict.fromkeys((s.id, t) for s, t in replies if (s.id, t) not in self._verdicts))
+        if todo:
+            samples = {s.id: s for s, _ in replies}
+            prompts = [self.encode([{"role": "user", "content": self.critic_prompt(samples[i], t)}]) for i, t in todo]
             sampling = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=0.0, seed=0)
-            reply = self.engine.generate([prompt], 1, sampling)[0][0].text
-            self.calls += 1
-            verdict = critic_verdict(reply)
-            if verdict is None:
-                self.unreadable += 1
-            self._verdicts[key] = bool(verdict)
-        return self._verdicts[key]
+            outputs = self.engine.generate(prompts, 1, sampling)
+            self.calls += len(todo)
+            for key, (out,) in zip(todo, outputs):
+                verdict = critic_verdict(out.text)
+                self.unreadable += verdict is None
+                self._verdicts[key] = bool(verdict)
+        return [self._verdicts[(s.id, t)] for s, t in replies]
 
 
 class ProcessorCodec:

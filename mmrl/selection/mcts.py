@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -100,6 +100,10 @@ class Verifier(Protocol):
     def is_final(self, sample: Sample, text: str) -> bool: ...
 
     def solves(self, sample: Sample, text: str) -> bool: ...
+
+    def solves_all(self, replies: Sequence[tuple[Sample, str]]) -> list[bool]:
+        """`solves` of each (sample, reply) pair; a model judge answers them in one batch."""
+        ...
 
 
 class Codec(Protocol):
@@ -322,11 +326,18 @@ class Tree:
 
 @dataclass
 class SearchStats:
-    """What a batched search cost: engine calls and the sequences they generated."""
+    """What a batched search (or pass-rate scoring) cost: engine calls, the sequences they generated, and the
+    samples skipped because their prompt could not be encoded, by reason."""
 
     engine_calls: int = 0
     sequences: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+
+    def count_skip(self, error: Exception) -> str:
+        """Count one unencodable prompt under its reason (`encode_skip_reason`); returns the reason."""
+        reason = encode_skip_reason(error)
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        return reason
 
 
 def search(
@@ -359,8 +370,7 @@ def search(
             try:
                 prompt = codec.encode(sample)
             except MMRLError as e:
-                reason = encode_skip_reason(e)
-                stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+                reason = stats.count_skip(e)
                 yield SearchResult(sample.id, sample.task, None, 0, False, [], 0, skipped=f"{reason}: {e}")
                 continue
             rng = np.random.default_rng([params.seed, zlib.crc32(sample.id.encode("utf-8"))])

@@ -11,8 +11,9 @@ generated for `batch_prompts` samples per engine call (n each).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import numpy as np
 from mmrl.contracts import Engine, SamplingParams
 from mmrl.errors import MMRLError
 from mmrl.sample import Sample
-from mmrl.selection.mcts import Codec, Verifier, encode_skip_reason
+from mmrl.selection.mcts import Codec, SearchStats, Verifier
 
 
 @dataclass
@@ -36,7 +37,8 @@ class PassRateParams:
     batch_prompts: int = 8
     """Samples per engine call (each sampled n times)."""
     seed: int = 0
-    """Seed of every engine call's sampling."""
+    """Seed of the sampling: sample S's n replies are drawn from `prompt_seeds` = [hash of (seed, S's id)], so
+    they do not depend on the batch S lands in, its place in the pool, or a resume."""
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.batch_prompts < 1 or self.max_new_tokens < 1 or self.temperature < 0:
@@ -70,49 +72,49 @@ class PassRateResult:
         return out
 
 
-@dataclass
-class PassRateStats:
-    engine_calls: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-
-
 def pass_rates(
     samples: Iterable[Sample],
     engine: Engine,
     codec: Codec,
     verifier: Verifier,
     params: PassRateParams,
-    stats: PassRateStats | None = None,
+    stats: SearchStats | None = None,
 ) -> Iterator[PassRateResult]:
     """Score every sample; yields results in pool order, a batch at a time."""
-    stats = stats if stats is not None else PassRateStats()
+    stats = stats if stats is not None else SearchStats()
     batch: list[tuple[Sample, Any]] = []
-    call = 0
     for sample in samples:
         try:
             batch.append((sample, codec.encode(sample)))
         except MMRLError as e:
-            reason = encode_skip_reason(e)
-            stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
+            reason = stats.count_skip(e)
             yield PassRateResult(sample.id, sample.task, 0, params.n, 0, skipped=f"{reason}: {e}")
             continue
         if len(batch) == params.batch_prompts:
-            yield from _score(batch, engine, codec, verifier, params, call)
-            stats.engine_calls += 1
-            call += 1
+            yield from _score(batch, engine, verifier, params, stats)
             batch = []
     if batch:
-        yield from _score(batch, engine, codec, verifier, params, call)
-        stats.engine_calls += 1
+        yield from _score(batch, engine, verifier, params, stats)
 
 
-def _score(batch, engine, codec, verifier, params, call) -> Iterator[PassRateResult]:
-    seed = int(np.random.default_rng([params.seed, 2, call]).integers(2**31))
-    sampling = SamplingParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature, seed=seed)
+def sample_seed(seed: int, sample_id: str) -> int:
+    """The sampling seed of one sample's replies, in [0, 2^62): a function of (seed, sample id) only."""
+    return int(np.random.default_rng([seed, 3, zlib.crc32(sample_id.encode("utf-8"))]).integers(2**62))
+
+
+def _score(batch, engine, verifier, params, stats) -> Iterator[PassRateResult]:
+    seeds = [sample_seed(params.seed, sample.id) for sample, _ in batch]
+    sampling = SamplingParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                              prompt_seeds=seeds)  # fmt: skip
     outputs = engine.generate([prompt for _, prompt in batch], params.n, sampling)
+    stats.engine_calls += 1
+    stats.sequences += len(batch) * params.n
+    verdicts = iter(
+        verifier.solves_all([(sample, c.text) for (sample, _), group in zip(batch, outputs) for c in group])
+    )
     for (sample, _), group in zip(batch, outputs):
-        passes = sum(verifier.solves(sample, c.text) for c in group)
+        passes = sum(next(verdicts) for _ in group)
         yield PassRateResult(sample.id, sample.task, passes, params.n, sum(len(c.token_ids) for c in group))
 
 
-__all__ = ["PassRateParams", "PassRateResult", "PassRateStats", "pass_rates"]
+__all__ = ["PassRateParams", "PassRateResult", "pass_rates", "sample_seed"]

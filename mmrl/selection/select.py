@@ -25,7 +25,7 @@ from mmrl.contracts import Engine
 from mmrl.errors import MMRLError
 from mmrl.sample import SAMPLES_FILE, Sample, read_dataset, write_dataset
 from mmrl.selection.mcts import Codec, MCTSParams, SearchStats, Verifier, search
-from mmrl.selection.passrate import PassRateParams, PassRateStats, pass_rates
+from mmrl.selection.passrate import PassRateParams, pass_rates
 from mmrl.selection.records import DIFFICULTY_FILE, DifficultyLog, KeepRule, sweep, sweep_markdown
 
 Method = Literal["mcts", "passrate"]
@@ -101,11 +101,10 @@ def select_pool(
                dynamic_ncols=True)  # fmt: skip
     solved = sum(bool(r.get("solved")) for i, r in records.items() if i in pool)
     done = resumed
+    stats = SearchStats()
     if method == "mcts":
-        stats: SearchStats | PassRateStats = SearchStats()
         results = search(todo, engine, codec, verifier, mcts, stats)
     else:
-        stats = PassRateStats()
         results = pass_rates(todo, engine, codec, verifier, passrate, stats)
     try:
         for result in results:
