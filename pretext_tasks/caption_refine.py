@@ -23,36 +23,29 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from PIL import Image
 
-from mmrl.config import to_dict
-from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
 from mmrl.scenes import Camera, Scene, place_object
-from mmrl.task import Panel, Task
+from mmrl.task import Panel
 from pretext_tasks import evidence
 from pretext_tasks.base import degenerate
 from pretext_tasks.viper_scenes import (
+    StatementsTask,
     ViperSceneParams,
     article,
+    base_meta,
     check_image,
     draw_scene,
     format_sentence,
     image_columns,
     numbered,
     pair_panel,
-    scene_sources,
-    statement_scores,
-    statements_reply,
 )
-
-if TYPE_CHECKING:
-    from mmrl.corpus import Corpus
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +54,6 @@ ERROR_KINDS: tuple[str, ...] = ("color", "shape", "size", "count", "relation", "
 """Mistakes the procedural captioner injects (the kinds a VLM's caption has: attributes, counting, spatial
 relations, missing and invented objects)."""
 ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size")
-THOUGHT = (
-    "I check every object, attribute, the count and each left/right relation of the description against the image."
-)
 _SPACING = 1.35  # metres between neighbours in a caption's rendering: a large cube's footprint plus a gap
 _ROW_FOV = 55.0
 
@@ -404,11 +394,14 @@ def prompt_text(params: CaptionRefineParams, caption: str) -> str:
 
 
 @dataclass
-class CaptionRefine(Task):
+class CaptionRefine(StatementsTask):
     """An image and a flawed description of it; state every correction, one sentence each."""
 
     Params: ClassVar[type[CaptionRefineParams]] = CaptionRefineParams
     name: ClassVar[str] = NAME
+    reference_thought: ClassVar[str] = (
+        "I check every object, attribute, the count and each left/right relation of the description against the image."
+    )
     params: CaptionRefineParams = field(default_factory=CaptionRefineParams)
     """Scene, captioner, prompt and reward parameters."""
     pool: list[dict] = field(default_factory=list, init=False, repr=False)
@@ -454,10 +447,6 @@ class CaptionRefine(Task):
         self.pool, self.pool_step = list(state["pool"]), state["pool_step"]
         self.loop_counts = dict(state.get("counts", {}))
 
-    def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[Any]:
-        """Procedural scene indices (the default corpus or None: scenes are drawn, not read)."""
-        return scene_sources(NAME, self.params, corpus)
-
     def make(self, source_item: int, rng: np.random.Generator) -> Sample:
         if self.serving and self.pool:
             return self._pool_sample(source_item, rng)
@@ -483,9 +472,8 @@ class CaptionRefine(Task):
         else:
             rendering = render(drawn).rgb
         rendering = check_image(rendering, "caption rendering", p.min_image_std)
-        meta: dict[str, Any] = {
-            "params": to_dict(p), "answer_mode": "answer_tag", "think": p.think, "backend": p.backend, "seed": seed,
-            "image_size": list(image.size), "scene": scene.to_graph(), "caption": text,
+        meta = base_meta(p) | {
+            "seed": seed, "image_size": list(image.size), "scene": scene.to_graph(), "caption": text,
             "caption_graph": caption.to_dict(), "caption_scene": drawn.to_graph(), "corrections": corrections,
             "split": "+".join(sorted({c["kind"] for c in corrections})), "captioner": "procedural",
         }  # fmt: skip
@@ -507,27 +495,12 @@ class CaptionRefine(Task):
 
         entry = self.pool[int(rng.integers(len(self.pool)))]
         image, rendering, meta = pool_sample_parts(self.params, entry)
-        meta = {"params": to_dict(self.params), "answer_mode": "answer_tag", "think": self.params.think,
-                "backend": self.params.backend, "pool_step": self.pool_step, **meta}  # fmt: skip
+        meta = base_meta(self.params) | {"pool_step": self.pool_step, **meta}
         return self._sample(source_item, image, rendering, entry["caption"], entry["corrections"], meta)
-
-    def reward(self, completion: str, sample: Sample) -> Reward:
-        """`rewards.statements.statement_reward`: w_format · format + w_correct · length-weighted F1 of the stated
-        corrections against the true ones (sentence matches above τ with agreeing numbers, colours, sides)."""
-        return statement_scores([completion], sample, self.params)[0]
-
-    def reward_group(self, completions: Sequence[str], sample: Sample) -> list[Reward]:
-        """`reward` of each completion, with one embedding call for the group's sentences."""
-        return statement_scores(completions, sample, self.params)
-
-    def reference_completion(self, sample: Sample) -> str:
-        """Every correction, one per line, after a short thought when the prompt asked."""
-        return statements_reply(sample.answer, THOUGHT, bool(sample.meta.get("think", self.params.think)))
 
     def random_answer(self, sample: Sample, rng: np.random.Generator) -> str:
         """The corrections of another, randomly flawed caption of the same scene: plausible sentences about the
         right objects that mostly fix mistakes this caption does not have."""
-        think = bool(sample.meta.get("think", self.params.think))
         try:
             scene = Scene.from_graph(sample.meta["scene"])
             p = self.params
@@ -535,13 +508,12 @@ class CaptionRefine(Task):
             lines = [c["text"] for c in compare(scene, other)]
         except (KeyError, SkipItem):
             lines = ["There are 4 objects, not 3."]
-        return statements_reply(lines, "A guess.", think)
+        return self.reply(sample, lines, "A guess.")
 
     def constant_answer(self, sample: Sample) -> str:
         """One fixed count correction, the one sentence form every sample can have: "There are 4 objects, not 5."
         (4 is the middle of the default 3-6 objects)."""
-        return statements_reply(["There are 4 objects, not 5."], "A fixed guess.",
-                                bool(sample.meta.get("think", self.params.think)))  # fmt: skip
+        return self.reply(sample, ["There are 4 objects, not 5."], "A fixed guess.")
 
     def evidence(self, sample: Sample) -> list[Panel]:
         """The image next to the rendering of its caption (the generator's picture), then the caption and the
