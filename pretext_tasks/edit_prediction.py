@@ -15,37 +15,32 @@ sentence each, reasoning in <think> first. Reward: `rewards.statements.statement
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from mmrl.config import to_dict
-from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
-from mmrl.task import Panel, Task
+from mmrl.task import Panel
 from pretext_tasks import evidence
 from pretext_tasks.base import MIN_ANSWERS, degenerate
 from pretext_tasks.viper_scenes import (
+    StatementsTask,
     ViperSceneParams,
+    base_meta,
     check_image,
     draw_scene,
     format_sentence,
     marked,
     numbered,
     pair_panel,
-    scene_sources,
-    statement_scores,
-    statements_reply,
 )
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from mmrl.corpus import Corpus
     from mmrl.scenes import Scene
 
 NAME = "edit_prediction"
@@ -54,7 +49,6 @@ EDIT_KINDS: tuple[str, ...] = ("recolor", "reshape", "resize", "move", "remove",
 is drawn (a test checks the two are equal)."""
 MOVE_DIRECTIONS = 8
 """Direction phrases a move's description can take (left/right, closer/farther, and the four pairs of them)."""
-THOUGHT = "I compare the two images object by object and note every object that changed, appeared or vanished."
 
 
 @dataclass
@@ -120,17 +114,16 @@ def prompt_text(params: EditPredictionParams) -> str:
 
 
 @dataclass
-class EditPrediction(Task):
+class EditPrediction(StatementsTask):
     """Two images, the second an edited copy of the first; state every editing operation, one sentence each."""
 
     Params: ClassVar[type[EditPredictionParams]] = EditPredictionParams
     name: ClassVar[str] = NAME
+    reference_thought: ClassVar[str] = (
+        "I compare the two images object by object and note every object that changed, appeared or vanished."
+    )
     params: EditPredictionParams = field(default_factory=EditPredictionParams)
     """Scene, edit, prompt and reward parameters."""
-
-    def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[Any]:
-        """Procedural scene indices (the default corpus or None: scenes are drawn, not read)."""
-        return scene_sources(NAME, self.params, corpus)
 
     def make(self, source_item: int, rng: np.random.Generator) -> Sample:
         from mmrl.scene_edits import random_edits  # open3d: only when scenes are drawn
@@ -142,8 +135,7 @@ class EditPrediction(Task):
         count = int(rng.integers(p.min_edits, p.max_edits + 1))
         before_render = render(scene)
         before = check_image(before_render.rgb, "before image", p.min_image_std)
-        meta: dict[str, Any] = {"params": to_dict(p), "answer_mode": "answer_tag", "think": p.think,
-                                "backend": p.backend, "seed": seed, "image_size": [p.width, p.height]}  # fmt: skip
+        meta = base_meta(p) | {"seed": seed, "image_size": [p.width, p.height]}
         if p.backend == "diffusers":
             after, statements = self._diffusers_edit(before, scene, rng)
             meta |= {"scene_before": scene.to_graph(), "edits": [{"kind": "instruction", "description": s}
@@ -186,19 +178,6 @@ class EditPrediction(Task):
         edited, statements = out
         return check_image(edited, "edited image", p.min_image_std), list(statements)
 
-    def reward(self, completion: str, sample: Sample) -> Reward:
-        """`rewards.statements.statement_reward`: w_format · format + w_correct · length-weighted F1 of the stated
-        operations against the applied ones (sentence matches above τ with agreeing numbers, colours, sides)."""
-        return statement_scores([completion], sample, self.params)[0]
-
-    def reward_group(self, completions: Sequence[str], sample: Sample) -> list[Reward]:
-        """`reward` of each completion, with one embedding call for the group's sentences."""
-        return statement_scores(completions, sample, self.params)
-
-    def reference_completion(self, sample: Sample) -> str:
-        """Every applied operation's description, one per line, after a short thought when the prompt asked."""
-        return statements_reply(sample.answer, THOUGHT, bool(sample.meta.get("think", self.params.think)))
-
     def random_answer(self, sample: Sample, rng: np.random.Generator) -> str:
         """As many plausible operations as the sample has, each of a random kind on a random object of the first
         scene (an addition: a random new object), worded like the real descriptions."""
@@ -223,15 +202,14 @@ class EditPrediction(Task):
                 lines.append(f"The {thing} was removed.")
             else:
                 lines.append(f"A {pick(list(p.sizes))} {pick(list(p.colors))} {pick(list(p.shapes))} was added.")
-        return statements_reply(lines, "A guess.", bool(sample.meta.get("think", p.think)))
+        return self.reply(sample, lines, "A guess.")
 
     def constant_answer(self, sample: Sample) -> str:
         """One fixed operation sentence, "The medium red cube was moved to the left.". Under one-to-one matching
         with colour and side checks no fixed reply scores much on any setting with several objects and kinds:
         it is right only when that exact object made that exact move. The kinds are drawn uniformly, so no
         sentence form is commoner than another; this one names the middle size."""
-        return statements_reply(["The medium red cube was moved to the left."], "A fixed guess.",
-                                bool(sample.meta.get("think", self.params.think)))  # fmt: skip
+        return self.reply(sample, ["The medium red cube was moved to the left."], "A fixed guess.")
 
     def evidence(self, sample: Sample) -> list[Panel]:
         """Before and after side by side with each edited object's box (same colour on both), and the

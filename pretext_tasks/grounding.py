@@ -10,19 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from mmrl.config import ModelConfig
 from mmrl.errors import ConfigError, SkipItem
+from mmrl.media import load_image
 from mmrl.sample import Sample
 from mmrl.scenes import SHAPES, Scene, random_scene
 from pretext_tasks import evidence
 from pretext_tasks.base import answer_instruction
 from rewards.boxes import COORD_FAMILIES, CoordFamily, box_text, meta_frame, model_size, truth_model_box
 from rewards.extract import AnswerMode, check_mode, wrap_answer
+
+if TYPE_CHECKING:
+    from mmrl.scene_render import Rendering
+    from pretext_tasks.grounding_import import ImportedImage
 
 _DEFAULT_MODEL = ModelConfig()
 BOX_COLOURS = evidence.KIND_COLOURS
@@ -176,12 +181,34 @@ def draw_scene(params: GroundingParams, seed: int) -> Scene:
         raise SkipItem("scene_placement_failed", str(e)) from None
 
 
+def rendered_scene(params: GroundingParams, rng: np.random.Generator) -> tuple[int, Scene, Rendering]:
+    """(seed, scene, rendering): the scene of a seed drawn from `rng` (`draw_scene`), ray-cast by open3d."""
+    from mmrl.scene_render import render  # open3d: only when scenes are drawn
+
+    seed = int(rng.integers(2**63))
+    scene = draw_scene(params, seed)
+    return seed, scene, render(scene)
+
+
 def usable(obj_id: int, rendering: Any, params: GroundingParams) -> bool:
     """Visible enough and large enough on screen to be a target or a label."""
     box = rendering.boxes.get(obj_id)
     if box is None or rendering.visible_fraction.get(obj_id, 0.0) < params.min_visible:
         return False
     return box[2] - box[0] >= params.min_box_side and box[3] - box[1] >= params.min_box_side
+
+
+# --------------------------------------------------------------------------------------------------
+# Users' annotated photos
+
+
+def imported_photo(item: ImportedImage) -> Image.Image:
+    """The photo of an imported annotation (`pretext_tasks.grounding_import`), EXIF-rotated; skipped
+    (`size_mismatch`) when the rotation leaves it another size than the annotated one."""
+    image = load_image(item.path)
+    if image.size != item.size:
+        raise SkipItem("size_mismatch", f"{item.path}: {image.size} after EXIF rotation, annotated {item.size}")
+    return image
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,10 +237,12 @@ __all__ = [
     "coordinate_sentence",
     "draw_scene",
     "example_box",
+    "imported_photo",
     "instruction",
     "messages",
     "model_box_text",
     "random_model_box",
+    "rendered_scene",
     "reply",
     "usable",
 ]

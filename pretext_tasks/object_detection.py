@@ -25,7 +25,6 @@ from PIL import Image
 from mmrl.config import to_dict
 from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, SkipItem
-from mmrl.media import load_image
 from mmrl.sample import Sample
 from mmrl.task import Panel, Task
 from pretext_tasks import evidence, grounding
@@ -116,12 +115,8 @@ class ObjectDetection(Task):
         return self._make_scene(int(source_item), rng)
 
     def _make_scene(self, index: int, rng: np.random.Generator) -> Sample:
-        from mmrl.scene_render import render  # open3d: only when scenes are drawn
-
         p = self.params
-        seed = int(rng.integers(2**63))
-        scene = grounding.draw_scene(p, seed)
-        rendering = render(scene)
+        seed, scene, rendering = grounding.rendered_scene(p, rng)
         in_scene = {o.shape for o in scene.objects}
         clean = [s for s in p.shapes if s in in_scene and all(
             grounding.usable(o.id, rendering, p) for o in scene.objects if o.shape == s)]  # fmt: skip
@@ -137,9 +132,7 @@ class ObjectDetection(Task):
         return Sample(f"{NAME}-{index:08d}", NAME, grounding.messages(image, text), answer, meta)
 
     def _make_imported(self, item: ImportedImage, rng: np.random.Generator) -> Sample:
-        image = load_image(item.path)
-        if image.size != item.size:
-            raise SkipItem("size_mismatch", f"{item.path}: {image.size} after EXIF rotation, annotated {item.size}")
+        image = grounding.imported_photo(item)
         present = sorted({label for label, _ in item.boxes})
         absent = [c for c in item.categories if c not in present]
         categories = sorted(choose_categories(present, absent, self.params, rng))

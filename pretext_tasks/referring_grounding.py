@@ -22,7 +22,6 @@ from PIL import Image
 from mmrl.config import to_dict
 from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, SkipItem
-from mmrl.media import load_image
 from mmrl.sample import Sample
 from mmrl.task import Panel, Task
 from pretext_tasks import evidence, grounding
@@ -100,12 +99,8 @@ class ReferringGrounding(Task):
         return self._make_scene(int(source_item), rng)
 
     def _make_scene(self, index: int, rng: np.random.Generator) -> Sample:
-        from mmrl.scene_render import render  # open3d: only when scenes are drawn
-
         p = self.params
-        seed = int(rng.integers(2**63))
-        scene = grounding.draw_scene(p, seed)
-        rendering = render(scene)
+        seed, scene, rendering = grounding.rendered_scene(p, rng)
         eligible = [o.id for o in scene.objects if grounding.usable(o.id, rendering, p)]
         if not eligible:
             raise SkipItem("target_too_occluded_or_small", f"no object at least {p.min_visible:.0%} visible")
@@ -138,9 +133,7 @@ class ReferringGrounding(Task):
         return Sample(f"{NAME}-{index:08d}", NAME, grounding.messages(image, text), answer, meta)
 
     def _make_imported(self, item: ImportedImage, rng: np.random.Generator) -> Sample:
-        image = load_image(item.path)
-        if image.size != item.size:
-            raise SkipItem("size_mismatch", f"{item.path}: {image.size} after EXIF rotation, annotated {item.size}")
+        image = grounding.imported_photo(item)
         (label, box), expression = item.boxes[0], str(item.expression)
         meta = grounding.base_meta(self.params, image.size, to_dict(self.params))
         meta |= {"expression": expression, "target_category": label, "source": item.source_id}

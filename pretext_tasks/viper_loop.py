@@ -7,7 +7,7 @@ writes the captions of Stage 1 itself, so that model and data co-evolve.
     generator              ->  Î rendered from C_g       procedural: C_g parsed into a caption graph
                                                          (`parse_caption`, `align`), drawn with open3d;
                                                          diffusers: `diffusion_render_captions`
-    corrections R          ->  procedural: the scene-graph diff (`caption_refine.compare`), exact
+    corrections R          ->  procedural: the scene-graph diff (`caption_graph.compare`), exact
                                diffusers: the policy as critic, two samples, a correction kept when the
                                second sample repeats it (`critic_corrections`, agreement at τ through the
                                statement reward's matcher, `statement_matcher`)
@@ -41,7 +41,7 @@ from mmrl.contracts import SamplingParams
 from mmrl.dataserver.closed_loop import PolicyRoles
 from mmrl.errors import MMRLError, SkipItem
 from mmrl.scenes import COLORS, SHAPES, SIZES, Scene
-from pretext_tasks.caption_refine import CaptionGraph, caption_scene, compare
+from pretext_tasks.caption_graph import CaptionGraph, caption_scene, compare
 from pretext_tasks.viper_scenes import check_image, draw_scene, number_word
 
 if TYPE_CHECKING:

@@ -1,6 +1,7 @@
 """What the two ViPER tasks share (`caption_refine`, `edit_prediction`; docs/viper.md): parameters of the
-procedural scenes, the check that throws away bad generator outputs, the statement-list reply, the reward
-call, and the drawing of evidence panels.
+procedural scenes, the check that throws away bad generator outputs, the meta every Sample starts with, the
+statement-list reply, the reward call and the hooks built on them (`StatementsTask`), and the drawing of evidence
+panels.
 
 Both tasks answer a list of statements, one sentence per line inside `<answer>…</answer>` (after a
 `<think>…</think>` block when asked), scored by `rewards.statements.statement_reward` (length-weighted F1 of
@@ -13,18 +14,23 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmrl.config import to_dict
 from mmrl.contracts import Reward
 from mmrl.errors import ConfigError, SkipItem
 from mmrl.sample import Sample
 from mmrl.scenes import COLORS, SHAPES, SIZES, Scene, random_scene
+from mmrl.task import Task
 from pretext_tasks import evidence
 from pretext_tasks.base import answer_instruction
 from rewards.extract import wrap_answer
+
+if TYPE_CHECKING:
+    from mmrl.corpus import Corpus
 
 Backend = Literal["procedural", "diffusers"]
 BACKENDS: tuple[str, ...] = ("procedural", "diffusers")
@@ -154,6 +160,11 @@ def article(phrase: str) -> str:
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
+def base_meta(params: ViperSceneParams) -> dict[str, Any]:
+    """The meta every ViPER Sample starts with (each task adds its own keys after these)."""
+    return {"params": to_dict(params), "answer_mode": "answer_tag", "think": params.think, "backend": params.backend}
+
+
 # --------------------------------------------------------------------------------------------------
 # The reply and the reward
 
@@ -170,14 +181,6 @@ def statements_reply(statements: Sequence[str], thought: str, think: bool) -> st
     """`statements` one per line inside <answer>, after `<think>thought</think>` when `think`."""
     body = wrap_answer("\n".join(statements), "answer_tag")
     return f"<think>{thought}</think>{body}" if think else body
-
-
-def scene_sources(task: str, params: ViperSceneParams, corpus: Any) -> range:
-    """Both tasks' source items: procedural scene indices (the default corpus or None: scenes are drawn, not
-    read); any other source is refused."""
-    if isinstance(corpus, (str, Path)) and str(corpus) != "default":
-        raise ConfigError(f"{task}: source must be `default` (procedural scenes), got {corpus}")
-    return range(params.num_sources)
 
 
 def statement_scores(completions: Sequence[str], sample: Sample, params: ViperSceneParams) -> list[Reward]:
@@ -198,6 +201,44 @@ def statement_scores(completions: Sequence[str], sample: Sample, params: ViperSc
         **(({"require_think": think} if "require_think" in known else {}) | dict(reward_params))
     )
     return statement_rewards(cleaned, [list(references)] * len(cleaned), default_embedder(), params)
+
+
+class StatementsTask(Task):
+    """Sources, reward and reference of a ViPER task: procedural scene indices in, a list of statements
+    (`sample.answer`) out, replied one per line (`statements_reply`) and scored by `statement_scores`.
+
+    `params` is a `ViperSceneParams`; a task sets `reference_thought`.
+    """
+
+    params: ViperSceneParams
+    reference_thought: ClassVar[str]
+    """The reasoning sentence of the SFT reference when the prompt asks for <think>."""
+
+    def sources(self, corpus: Corpus | str | Path | None = None) -> Sequence[Any]:
+        """Procedural scene indices (the default corpus or None: scenes are drawn, not read); any other source is
+        refused."""
+        if isinstance(corpus, (str, Path)) and str(corpus) != "default":
+            raise ConfigError(f"{self.name}: source must be `default` (procedural scenes), got {corpus}")
+        return range(self.params.num_sources)
+
+    def reward(self, completion: str, sample: Sample) -> Reward:
+        """`rewards.statements.statement_reward`: w_format · format + w_correct · length-weighted F1 of the stated
+        sentences against the sample's (the corrections or the operations; sentence matches above τ with agreeing
+        numbers, colours, sides)."""
+        return statement_scores([completion], sample, self.params)[0]
+
+    def reward_group(self, completions: Sequence[str], sample: Sample) -> list[Reward]:
+        """`reward` of each completion, with one embedding call for the group's sentences."""
+        return statement_scores(completions, sample, self.params)
+
+    def reference_completion(self, sample: Sample) -> str:
+        """Every statement of the answer, one per line, after `reference_thought` when the prompt asked."""
+        return self.reply(sample, sample.answer, self.reference_thought)
+
+    def reply(self, sample: Sample, statements: Sequence[str], thought: str) -> str:
+        """`statements_reply` with a think block exactly when the sample's prompt asked for one (`meta["think"]`,
+        else `params.think`)."""
+        return statements_reply(statements, thought, bool(sample.meta.get("think", self.params.think)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,8 +280,10 @@ def numbered(statements: Sequence[str]) -> str:
 __all__ = [
     "BACKENDS",
     "Backend",
+    "StatementsTask",
     "ViperSceneParams",
     "article",
+    "base_meta",
     "check_image",
     "draw_scene",
     "format_sentence",
@@ -249,7 +292,6 @@ __all__ = [
     "number_word",
     "numbered",
     "pair_panel",
-    "scene_sources",
     "statement_scores",
     "statements_reply",
 ]

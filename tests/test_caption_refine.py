@@ -18,11 +18,9 @@ from mmrl.generate import generate, iter_samples
 from mmrl.scene_render import render
 from mmrl.scenes import Scene
 from mmrl.task import PANEL_MAX_WIDTH
-from pretext_tasks.caption_refine import (
+from pretext_tasks.caption_graph import (
     ERROR_KINDS,
     CaptionGraph,
-    CaptionRefine,
-    CaptionRefineParams,
     apply_corrections,
     caption_scene,
     caption_text,
@@ -31,6 +29,7 @@ from pretext_tasks.caption_refine import (
     scene_graph_caption,
     truthful_caption,
 )
+from pretext_tasks.caption_refine import CaptionRefine, CaptionRefineParams
 from pretext_tasks.viper_scenes import draw_scene, image_columns
 from rewards.extract import extract_answer, format_ok
 

@@ -17,10 +17,8 @@ from mmrl.errors import ConfigError, MMRLError, SkipItem
 from mmrl.models import load_policy
 from mmrl.rollout import make_engine
 from mmrl.scenes import Scene
-from pretext_tasks.caption_refine import (
+from pretext_tasks.caption_graph import (
     CaptionGraph,
-    CaptionRefine,
-    CaptionRefineParams,
     apply_corrections,
     caption_text,
     compare,
@@ -28,6 +26,7 @@ from pretext_tasks.caption_refine import (
     scene_graph_caption,
     truthful_caption,
 )
+from pretext_tasks.caption_refine import CaptionRefine, CaptionRefineParams
 from pretext_tasks.viper_loop import align, build_pool, parse_caption
 from pretext_tasks.viper_scenes import draw_scene, image_columns
 
