@@ -18,3 +18,21 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("MMRL_CACHE", None)
     else:
         os.environ["MMRL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """family -> (cfg, model in eval mode, processor) for qwen2-vl, qwen2.5-vl and qwen3-vl, each tiny checkpoint
+    built (`build_tiny`, seed 0) and loaded once per session. Shared: a test that changes weights works on a copy
+    (`copy.deepcopy`), one that takes gradients zeroes them again."""
+    from mmrl.config import ModelConfig
+    from mmrl.models import load_policy
+    from mmrl.tiny import build_tiny
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    out = {}
+    for family in ("qwen2-vl", "qwen2.5-vl", "qwen3-vl"):
+        cfg = ModelConfig(path=str(build_tiny(family, root / family)))
+        model, processor = load_policy(cfg, device="cpu")
+        out[family] = (cfg, model.eval(), processor)
+    return out
