@@ -21,6 +21,17 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def policy(isolated_cache):
+    """(model, processor) of the default config's model (tiny:qwen2.5-vl, built into the session cache), loaded once
+    for every test that asks. Shared: a test only generates and scores with it, never trains or edits it."""
+    # Imported here, not at the top: every test loads this file, and most need no model.
+    from mmrl.config import RunConfig, load_config
+    from mmrl.models import load_policy
+
+    return load_policy(load_config(RunConfig).model, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """family -> (cfg, model in eval mode, processor) for qwen2-vl, qwen2.5-vl and qwen3-vl, each tiny checkpoint
     built (`build_tiny`, seed 0) and loaded once per session. Shared: a test that changes weights works on a copy
