@@ -68,6 +68,7 @@ def test_build_tiny_writes_a_loadable_checkpoint(tmp_path):
 # Bad values fail in one line, before any model or corpus is loaded
 
 SPY = str(Path(__file__).resolve().parents[1] / "configs" / "spy_tiny.yaml")
+EVAL = ["eval", "--model", "tiny:qwen2.5-vl", "--data", "data"]  # the dataset `workdir` makes
 BAD_INPUTS = [
     # config values (issue 10): each used to fail after the model loaded, or to exit 0
     (["train", "train.lr=-1"], "config key 'train.lr' must be > 0, got -1.0"),
@@ -86,19 +87,13 @@ BAD_INPUTS = [
      "argument --preview: must be >= 0, got -1"),
     (["generate", "--task", "dominant_color", "--n", "0", "--out", "o"], "argument --n: must be >= 1, got 0"),
     (["play", "--config", SPY, "--games", "0"], "argument --games: must be >= 1, got 0"),
-    (["eval", "--model", "tiny:qwen2.5-vl", "--data", "data", "--n", "0"], "argument --n: must be >= 1, got 0"),
-    (["eval", "--model", "tiny:qwen2.5-vl", "--data", "data", "--batch-size", "0"],
-     "argument --batch-size: must be >= 1, got 0"),
-    (["eval", "--model", "tiny:qwen2.5-vl", "--data", "data", "--max-new-tokens", "-4"],
-     "argument --max-new-tokens: must be >= 1, got -4"),
-    (["eval", "--model", "tiny:qwen2.5-vl", "--data", "data", "--max-prompt-tokens", "0"],
-     "argument --max-prompt-tokens: must be >= 1, got 0"),
-    (["eval", "--model", "tiny:qwen2.5-vl", "--data", "data", "--max-pixels", "100"],
-     "argument --max-pixels: must be >= 3136, got 100"),
-    (["eval", "--model", "tiny:qwen2.5-vl", "--data", "data", "--temperature", "-0.5"],
-     "argument --temperature: must be a finite number >= 0, got '-0.5'"),
-    (["eval", "--model", "tiny:qwen2.5-vl", "--data", "data", "--temperature", "nan"],
-     "argument --temperature: must be a finite number >= 0, got 'nan'"),
+    ([*EVAL, "--n", "0"], "argument --n: must be >= 1, got 0"),
+    ([*EVAL, "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    ([*EVAL, "--max-new-tokens", "-4"], "argument --max-new-tokens: must be >= 1, got -4"),
+    ([*EVAL, "--max-prompt-tokens", "0"], "argument --max-prompt-tokens: must be >= 1, got 0"),
+    ([*EVAL, "--max-pixels", "100"], "argument --max-pixels: must be >= 3136, got 100"),
+    ([*EVAL, "--temperature", "-0.5"], "argument --temperature: must be a finite number >= 0, got '-0.5'"),
+    ([*EVAL, "--temperature", "nan"], "argument --temperature: must be a finite number >= 0, got 'nan'"),
     # outputs: a folder that is a file, or eval's result file that is a folder
     (["build-tiny", "--out", "afile"], "--out afile is an existing file, not a folder"),
     (["corpus", "--root", "afile"], "corpus root afile is an existing file, not a folder"),
@@ -111,8 +106,7 @@ BAD_INPUTS = [
      "transcript folder afile/play lies inside afile, which is a file"),
     (["generate", "--task", "dominant_color", "--n", "2", "--out", "afile/o"],
      "--out afile/o lies inside afile, which is a file"),
-    (["eval", "--model", "tiny:qwen2.5-vl", "--data", "data", "--out", "data"],
-     "--out data is an existing folder; give the path of a file"),
+    ([*EVAL, "--out", "data"], "--out data is an existing folder; give the path of a file"),
 ]  # fmt: skip
 
 

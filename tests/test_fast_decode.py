@@ -10,9 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrl.config import ModelConfig, RolloutConfig
+from mmrl.config import RolloutConfig
 from mmrl.contracts import SamplingParams
-from mmrl.models import load_policy
 from mmrl.rollout import HFEngine, collate, completion_logprobs, encode_prompt, make_engine
 from mmrl.rollout.decode import (
     LENGTH_BUCKET,
@@ -25,19 +24,17 @@ from mmrl.rollout.decode import (
     sequences_that_fit,
     token_hashes,
 )
-from mmrl.tiny import build_tiny
 
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """family -> (cfg, model, processor, prompts): image prompts (one, two images) and a text-only one."""
-    root = tmp_path_factory.mktemp("fast-decode")
+def tiny(tiny_models):
+    """family -> (cfg, model, processor, prompts): the session's tiny models (conftest.py) with image prompts
+    (one, two images) and a text-only one."""
     out = {}
     for family in FAMILIES:
-        cfg = ModelConfig(path=str(build_tiny(family, root / family)))
-        model, processor = load_policy(cfg, device="cpu")
+        cfg, model, processor = tiny_models[family]
         messages = [
             _user({"type": "image", "image": _image(64, 64, 1)}, _text("Count.")),
             _user(
@@ -48,7 +45,7 @@ def tiny(tmp_path_factory):
             [{"role": "user", "content": "Only text here."}],
         ]
         prompts = [encode_prompt(processor, m, cfg, max_prompt_tokens=4096) for m in messages]
-        out[family] = (cfg, model.eval(), processor, prompts)
+        out[family] = (cfg, model, processor, prompts)
     return out
 
 

@@ -15,74 +15,44 @@ import psutil
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from tiny_runs import (
+    QUICKSTART,
+    ROOT,
+    ParityTask,
+    assert_same_trained_weights,
+    mmrl_cli,
+    sample_ids,
+    write_task_dataset,
+)
 
 from mmrl.config import DataSource, RunConfig, load_config
-from mmrl.contracts import Reward
 from mmrl.corpus import camera_motion_frames
 from mmrl.grpo.checkpoint import latest_checkpoint
 from mmrl.logging import read_metrics
-from mmrl.models import load_policy, resolve_model_path
 from mmrl.prefetch import PrefetchError
 from mmrl.producers import Prepared, TaskProducer
 from mmrl.registry import get_task, register
 from mmrl.rollout import make_engine
-from mmrl.sample import Sample, write_dataset
-from mmrl.task import Task
 from mmrl.video import write_video
 
-ROOT = Path(__file__).resolve().parents[1]
 VIDEOSSR = ROOT / "configs" / "videossr_tiny.yaml"
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
 @register("test_prefetch_parity")
-class ParityTask(Task):
-    """Test task: even source items always score 0.5 (a zero-variance group, which dynamic sampling replaces);
-    odd ones score the parity of the completion's length. Registered in this module only: a prefetch worker
+class PrefetchParityTask(ParityTask):
+    """`ParityTask` (tests/tiny_runs.py) on 16-pixel images. Registered in this module only: a prefetch worker
     finds it by importing this module."""
 
     @dataclass
-    class Params:
+    class Params(ParityTask.Params):
         size: int = 16
         """Image side."""
-        broken_every: int = 0
-        """When > 0, `make` raises ValueError for source items divisible by it (a bug in a task)."""
-
-    def __init__(self, params):
-        self.params = params
-
-    def sources(self, corpus=None):
-        return range(1000)
-
-    def make(self, index, rng):
-        if self.params.broken_every and index % self.params.broken_every == 0:
-            raise ValueError(f"cannot make item {index}")
-        image = Image.fromarray(rng.integers(0, 256, (self.params.size, self.params.size, 3), dtype=np.uint8))
-        content = [{"type": "image", "image": image}, {"type": "text", "text": "Say anything."}]
-        return Sample(f"p{index}", "test_prefetch_parity", [{"role": "user", "content": content}], answer=None,
-                      meta={"even": bool(index % 2 == 0)})  # fmt: skip
-
-    def reward(self, completion, sample):
-        if sample.meta["even"]:
-            return Reward(0.5, {"constant": 1.0})
-        return Reward(float(len(completion) % 2), {"constant": 0.0})
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return load_policy(load_config(RunConfig).model, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def corrupt_dataset(tmp_path_factory) -> Path:
     """Three dominant_color Samples, one with an unreadable image: a skip (`skipped_samples`) once per epoch."""
-    folder = tmp_path_factory.mktemp("prefetch") / "ds"
-    task = get_task("dominant_color")
-    samples = [task.make(i, np.random.default_rng(i)) for i in range(3)]
-    for i, s in enumerate(samples):
-        s.id = f"s{i}"
-    write_dataset(samples, folder)
+    folder = write_task_dataset(get_task("dominant_color"), 3, tmp_path_factory.mktemp("prefetch") / "ds")
     (folder / "media" / "s1_0.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     return folder
 
@@ -129,10 +99,6 @@ def spawned_children(pid: int) -> list[psutil.Process]:
     except psutil.Error:
         return []
     return children
-
-
-def mmrl_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmrl.cli", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def video_mixture(videos: Path, dataset: Path, *overrides: str) -> RunConfig:
@@ -271,22 +237,9 @@ def test_killed_run_with_prefetch_resumes_to_the_run_without_and_leaves_no_worke
     resumed = mmrl_cli("train", *common, *prefetch, f"train.out_dir={killed}", "train.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    def sample_ids(run: Path) -> dict[int, list[str]]:
-        rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-        steps: dict[int, list[str]] = {}
-        for row in rows:
-            steps.setdefault(row["step"], []).append(row["sample_id"])
-        return steps
-
     a, b = sample_ids(tmp_path / "full"), sample_ids(killed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4] and a == b
     metrics = read_metrics(killed)
     assert [r["step"] for r in metrics] == [1, 2, 3, 4]
     assert all(0 <= r["time/wait_prompts_share"] <= 1 for r in metrics)
-    wa = load_file(tmp_path / "full" / "final" / "model.safetensors")
-    wb = load_file(killed / "final" / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=1e-5, atol=1e-6, msg=name)
-    initial = load_file(Path(resolve_model_path("tiny:qwen2.5-vl")) / "model.safetensors")
-    assert any(not torch.allclose(initial[k], wa[k]) for k in wa)  # training moved the weights
+    assert_same_trained_weights(tmp_path / "full", killed)

@@ -2,56 +2,24 @@
 dynamic sampling and replay."""
 
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_runs import ParityTask, write_task_dataset
 
 from mmrl.config import DataSource, RunConfig, load_config
-from mmrl.contracts import Reward
+from mmrl.contracts import Rollout
 from mmrl.errors import ConfigError, SkipItem
-from mmrl.models import load_policy
 from mmrl.producers import TaskProducer
 from mmrl.registry import get_task, register
 from mmrl.rollout import make_engine
-from mmrl.sample import Sample, write_dataset
-from mmrl.task import Task
 from mmrl.video import write_video
 
 
 @register("test_parity")
-class ParityTask(Task):
-    """Test task: even-indexed Samples always score 0.5 (a zero-variance group); odd ones score the
-    parity of the completion's length, so their groups usually have variance."""
-
-    @dataclass
-    class Params:
-        size: int = 32
-        """Image side."""
-
-    def __init__(self, params):
-        self.params = params
-
-    def sources(self, corpus=None):
-        return range(1000)
-
-    def make(self, index, rng):
-        image = Image.fromarray(rng.integers(0, 256, (self.params.size, self.params.size, 3), dtype=np.uint8))
-        content = [{"type": "image", "image": image}, {"type": "text", "text": "Say anything."}]
-        return Sample(f"p{index}", "test_parity", [{"role": "user", "content": content}], answer=None,
-                      meta={"even": bool(index % 2 == 0)})  # fmt: skip
-
-    def reward(self, completion, sample):
-        if sample.meta["even"]:
-            return Reward(0.5, {"constant": 1.0})
-        return Reward(float(len(completion) % 2), {"constant": 0.0})
-
-
-@pytest.fixture(scope="module")
-def policy():
-    model, processor = load_policy(load_config(RunConfig).model, device="cpu")
-    return model, processor
+class ProducerParityTask(ParityTask):
+    """`ParityTask` (tests/tiny_runs.py) on 32-pixel images."""
 
 
 def config(*overrides: str) -> RunConfig:
@@ -87,11 +55,7 @@ def test_step_windows_make_stages_and_heldout_draws_from_every_stage(policy):
 
 
 def test_dataset_source_visits_every_sample_once_per_epoch_and_skips_bad_ones(policy, tmp_path):
-    task = get_task("dominant_color")
-    samples = [task.make(i, np.random.default_rng(i)) for i in range(6)]
-    for i, s in enumerate(samples):
-        s.id = f"s{i}"
-    write_dataset(samples, tmp_path / "ds")
+    write_task_dataset(get_task("dominant_color"), 6, tmp_path / "ds")
     (tmp_path / "ds" / "media" / "s3_0.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     cfg = config()
     cfg.data.sources = [DataSource(task="dominant_color", path=str(tmp_path / "ds"))]
@@ -107,12 +71,16 @@ def test_dataset_source_visits_every_sample_once_per_epoch_and_skips_bad_ones(po
     ]
 
 
-def test_produce_groups_rewards_and_advantages(policy):
+def produce_parity(policy, *overrides: str) -> tuple[list[Rollout], dict[str, float]]:
+    """Rollouts and metrics of step 0 of a producer that draws from test_parity alone."""
     model, processor = policy
-    cfg = config()
+    cfg = config(*overrides)
     cfg.data.sources = [DataSource(task="test_parity")]
-    producer = TaskProducer(cfg, processor)
-    rollouts, metrics = producer.produce(make_engine(cfg.rollout, model, processor), step=0)
+    return TaskProducer(cfg, processor).produce(make_engine(cfg.rollout, model, processor), step=0)
+
+
+def test_produce_groups_rewards_and_advantages(policy):
+    rollouts, metrics = produce_parity(policy)
     assert len(rollouts) == 4 * 4
     groups = Counter(r.group_id for r in rollouts)
     assert set(groups.values()) == {4}
@@ -130,11 +98,7 @@ def test_produce_groups_rewards_and_advantages(policy):
 
 
 def test_dynamic_sampling_keeps_only_informative_groups(policy):
-    model, processor = policy
-    cfg = config("algorithm.dynamic_sampling=true", "algorithm.max_resample=6")
-    cfg.data.sources = [DataSource(task="test_parity")]
-    producer = TaskProducer(cfg, processor)
-    rollouts, metrics = producer.produce(make_engine(cfg.rollout, model, processor), step=0)
+    rollouts, metrics = produce_parity(policy, "algorithm.dynamic_sampling=true", "algorithm.max_resample=6")
     groups = {r.group_id for r in rollouts}
     assert len(groups) == 4 and len(rollouts) == 16
     for gid in groups:
@@ -145,23 +109,20 @@ def test_dynamic_sampling_keeps_only_informative_groups(policy):
 
 
 def test_replay_trains_on_nonzero_advantages_only(policy):
-    model, processor = policy
-    cfg = config("algorithm.replay=true", "data.prompts_per_step=8")
-    cfg.data.sources = [DataSource(task="test_parity")]
-    producer = TaskProducer(cfg, processor)
-    rollouts, metrics = producer.produce(make_engine(cfg.rollout, model, processor), step=0)
+    rollouts, metrics = produce_parity(policy, "algorithm.replay=true", "data.prompts_per_step=8")
     assert len(rollouts) == metrics["replay/selected"] <= 8 * 4 // 2
     assert all(r.advantage != 0 for r in rollouts)
 
 
 @register("test_sometimes_unusable")
 class SometimesUnusableTask(ParityTask):
-    """Test task: every second source item is unusable (SkipItem), like a too-short video."""
+    """Test task: every second source item is unusable (SkipItem), like a too-short video; the others are
+    test_parity's Samples."""
 
     def make(self, index, rng):
         if index % 2 == 0:
             raise SkipItem("item_unusable", f"item {index}")
-        return super().make(index, rng)
+        return ProducerParityTask(self.params).make(index, rng)
 
 
 def test_unusable_source_items_are_counted_in_metrics_and_warned_once(policy, caplog):
@@ -222,11 +183,8 @@ def test_two_tasks_with_one_seed_draw_different_items_shuffles_and_dataset_order
     assert jigsaw != temporal  # before: identical (same video, same labels) at every k
     assert first_draws("video_jigsaw") == jigsaw and first_draws("temporal_jigsaw") == temporal
 
-    for name, task in (("a", get_task("dominant_color")), ("b", ParityTask(ParityTask.Params()))):
-        samples = [task.make(i, np.random.default_rng(i)) for i in range(8)]
-        for i, s in enumerate(samples):
-            s.id = f"s{i}"
-        write_dataset(samples, tmp_path / name)
+    for name, task in (("a", get_task("dominant_color")), ("b", ProducerParityTask(ProducerParityTask.Params()))):
+        write_task_dataset(task, 8, tmp_path / name)
 
     def order(task: str, path: str) -> list[str]:
         source = SampleSource(DataSource(task=task, path=str(tmp_path / path)), 0, 0, corpus)

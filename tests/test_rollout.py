@@ -13,7 +13,6 @@ from PIL import Image
 from mmrl.config import ModelConfig, RolloutConfig
 from mmrl.contracts import EncodedPrompt, SamplingParams
 from mmrl.errors import MediaError, MMRLError
-from mmrl.models import load_policy
 from mmrl.rollout import (
     HFEngine,
     collate,
@@ -24,22 +23,9 @@ from mmrl.rollout import (
     sampling_params,
 )
 from mmrl.rollout.forward import shares_vision, suppressed_token_ids, unwrap_model
-from mmrl.tiny import build_tiny
 from mmrl.video import write_video
 
 BUDGET = 4096
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """family -> (cfg, model, processor), each tiny checkpoint built once per module."""
-    root = tmp_path_factory.mktemp("rollout-models")
-    out = {}
-    for family in ("qwen2-vl", "qwen2.5-vl", "qwen3-vl"):
-        cfg = ModelConfig(path=str(build_tiny(family, root / family)))
-        model, processor = load_policy(cfg, device="cpu")
-        out[family] = (cfg, model.eval(), processor)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """The GRPO loop end to end on the tiny model: outputs, resume, reference model, freezing, learning,
 and non-finite steps, which are skipped and never reach the weights."""
 
-import json
 import math
 import shutil
 import signal
@@ -13,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import QUICKSTART, ROOT, assert_same_trained_weights, mmrl_cli, quickstart_config, sample_ids
 
-from mmrl.config import RunConfig, load_config
+from mmrl.config import RunConfig
 from mmrl.contracts import Completion, Rollout
 from mmrl.errors import MMRLError
 from mmrl.grpo.checkpoint import latest_checkpoint
@@ -22,30 +22,12 @@ from mmrl.grpo.trainer import setup_policy, train, update_policy
 from mmrl.logging import read_metrics
 from mmrl.models import resolve_model_path
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-
 
 def quick_config(tmp_path: Path, *overrides: str) -> RunConfig:
     """The quickstart recipe shrunk to seconds, writing into tmp_path."""
-    return load_config(
-        RunConfig,
-        QUICKSTART,
-        [
-            f"train.out_dir={tmp_path / 'run'}",
-            f"sft.out_dir={tmp_path / 'sft'}",
-            "train.steps=4",
-            "data.prompts_per_step=4",
-            "rollout.n=4",
-            "data.eval_samples=4",
-            "log.progress=false",
-            *overrides,
-        ],
+    return quickstart_config(
+        tmp_path, "train.steps=4", "data.prompts_per_step=4", "rollout.n=4", "data.eval_samples=4", *overrides
     )
-
-
-def mmrl_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmrl.cli", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 @pytest.mark.slow
@@ -112,26 +94,11 @@ def test_killed_run_resumes_with_same_data_and_weights(tmp_path):
     resumed = mmrl_cli("train", *common, f"train.out_dir={killed}", "train.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    def sample_ids(run: Path) -> dict[int, list[str]]:
-        rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-        steps: dict[int, list[str]] = {}
-        for row in rows:
-            steps.setdefault(row["step"], []).append(row["sample_id"])
-        return steps
-
     a, b = sample_ids(tmp_path / "full"), sample_ids(killed)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     assert a == b
     assert [r["step"] for r in read_metrics(killed)] == [1, 2, 3, 4, 5, 6]
-    wa = load_file(tmp_path / "full" / "final" / "model.safetensors")
-    wb = load_file(killed / "final" / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        torch.testing.assert_close(wa[name], wb[name], rtol=1e-5, atol=1e-6, msg=name)
-    # Training changed the weights (the comparison above is not vacuous).
-    initial = load_file(Path(resolve_model_path("tiny:qwen2.5-vl")) / "model.safetensors")
-    assert initial.keys() == wa.keys()
-    assert any(not torch.allclose(initial[k], wa[k]) for k in wa)
+    assert_same_trained_weights(tmp_path / "full", killed)
 
 
 def test_reference_model_only_with_kl(tmp_path):
@@ -185,12 +152,7 @@ def test_grpo_learns_the_diagnostic_task(tmp_path):
     """Held-out reward after the supervised format-only cold start vs after GRPO (seeded): the README's main
     job names every colour. (With groups of 8 it stopped at 0.75 on 3 seeds of 3, yellow read as red: a
     weaker bar, end - start >= 0.3, let that through.)"""
-    cfg = load_config(
-        RunConfig,
-        QUICKSTART,
-        [f"train.out_dir={tmp_path / 'run'}", f"sft.out_dir={tmp_path / 'sft'}", "log.progress=false",
-         "train.eval_every=0"],
-    )  # fmt: skip
+    cfg = quickstart_config(tmp_path, "train.eval_every=0")
     from mmrl.sft import sft
 
     sft(cfg)

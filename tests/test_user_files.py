@@ -19,17 +19,15 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from tiny_runs import QUICKSTART, ROOT, quickstart_config
 
-from mmrl.config import RunConfig, load_config
+from mmrl.config import RunConfig
 from mmrl.errors import DatasetError, MMRLError
 from mmrl.grpo.checkpoint import list_checkpoints
 from mmrl.grpo.trainer import train
 from mmrl.sample import read_dataset
 from mmrl.sft import cold_start
 from mmrl.tiny import TINY_MARKER, build_tiny
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
 def mmrl_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -98,24 +96,10 @@ def test_build_tiny_fills_an_empty_folder_and_replaces_an_earlier_build(tmp_path
 
 
 def quick(tmp_path: Path, *overrides: str) -> RunConfig:
-    return load_config(
-        RunConfig,
-        QUICKSTART,
-        [
-            f"train.out_dir={tmp_path / 'run'}",
-            f"sft.out_dir={tmp_path / 'sft'}",
-            "train.cold_start=false",
-            "train.steps=2",
-            "train.save_every=1",
-            "data.prompts_per_step=2",
-            "rollout.n=2",
-            "data.eval_samples=0",
-            "log.progress=false",
-            "log.plot=false",
-            "log.tensorboard=false",
-            *overrides,
-        ],
-    )
+    return quickstart_config(
+        tmp_path, "train.cold_start=false", "train.steps=2", "train.save_every=1", "data.prompts_per_step=2",
+        "rollout.n=2", "data.eval_samples=0", "log.plot=false", "log.tensorboard=false", *overrides,
+    )  # fmt: skip
 
 
 @pytest.mark.slow
