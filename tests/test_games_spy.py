@@ -33,17 +33,11 @@ from mmrl.config import RunConfig, load_config, validate_config
 from mmrl.contracts import Completion, EncodedPrompt, SamplingParams
 from mmrl.errors import ConfigError, MMRLError
 from mmrl.logging import read_metrics
-from mmrl.models import load_policy
 from mmrl.producers import HELDOUT_STEP, TaskProducer, make_producer
 from mmrl.rollout import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 N, R = 4, 2  # players, clue rounds
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return load_policy(load_config(RunConfig).model, device="cpu")
 
 
 def config(tmp_path: Path, *overrides: str) -> RunConfig:

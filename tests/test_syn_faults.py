@@ -26,7 +26,6 @@ from mmrl.contracts import Rollout
 from mmrl.dataserver.description import DESCRIPTION_TASK
 from mmrl.dataserver.producer import SynGRPOProducer, make_backend
 from mmrl.dataserver.protocol import LOST, DataBackend, SynthesisRequest, SynthesisResult
-from mmrl.models import load_policy
 from mmrl.rollout import make_engine
 
 pytestmark = pytest.mark.slow
@@ -45,11 +44,6 @@ def config(url: str, *overrides: str) -> RunConfig:
     return load_config(RunConfig, None, [*SMALL, f"dataserver.urls=[{url}]", f"dataserver.token={TOKEN}",
                                          "dataserver.max_staleness=1000", "dataserver.max_sample_age=1000",
                                          *overrides])  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return load_policy(load_config(RunConfig).model, device="cpu")
 
 
 @dataclass

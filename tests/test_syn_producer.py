@@ -14,15 +14,9 @@ from mmrl.dataserver.producer import WAIT_THRESHOLD_S, SynGRPOProducer
 from mmrl.dataserver.synthesizers import IdentitySynthesizer
 from mmrl.dataserver.workers import WorkerPool
 from mmrl.grpo.trainer import old_logprobs
-from mmrl.models import load_policy
 from mmrl.producers import make_producer
 from mmrl.rollout import make_engine
 from mmrl.rollout.forward import collate, completion_logprobs
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return load_policy(load_config(RunConfig).model, device="cpu")
 
 
 def config(*overrides: str) -> RunConfig:

@@ -9,23 +9,11 @@ import pytest
 import torch
 
 from mmrl.config import ModelConfig
-from mmrl.models import load_policy
 from mmrl.rollout import batch_vision, collate, completion_logprobs, encode_prompt
 from mmrl.rollout.forward import encode_vision, repeated_pixels
 from mmrl.tiny import build_tiny
 
 FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("video-memory-models")
-    out = {}
-    for family in FAMILIES:
-        cfg = ModelConfig(path=str(build_tiny(family, root / family)))
-        model, processor = load_policy(cfg, device="cpu")
-        out[family] = (cfg, model.eval(), processor)
-    return out
 
 
 def _video_prompt(tiny, frames: int, seed: int, size: int = 56):

@@ -14,7 +14,6 @@ import pytest
 from mmrl.config import RunConfig, load_config
 from mmrl.dataserver.closed_loop import ClosedLoopProducer, PolicyRoles, refresh_point, uses_task_pools
 from mmrl.errors import ConfigError, MMRLError, SkipItem
-from mmrl.models import load_policy
 from mmrl.rollout import make_engine
 from mmrl.scenes import Scene
 from pretext_tasks.caption_graph import (
@@ -134,11 +133,6 @@ def test_the_refresh_schedule_counts_from_the_stage_boundary() -> None:
     assert [refresh_point(t, 0, 3) for t in range(7)] == [0, 0, 0, 3, 3, 3, 6]
     assert [refresh_point(t, 5, 2) for t in (5, 6, 7, 9)] == [5, 5, 7, 9]
     assert [refresh_point(t, 4, 0) for t in (4, 10, 100)] == [4, 4, 4]
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return load_policy(load_config(RunConfig).model, device="cpu")
 
 
 def loop_config(*overrides: str, **params) -> RunConfig:
