@@ -39,7 +39,6 @@ from pretext_tasks.caption_graph import (
     caption_scene,
     caption_text,
     compare,
-    describe,
     inject_errors,
     truthful_caption,
 )
@@ -294,15 +293,4 @@ class CaptionRefine(StatementsTask):
         ]
 
 
-# compare, describe, inject_errors and truthful_caption are imported from here by
-# scripts/calibrate_tau_corrections.py; they live in pretext_tasks.caption_graph.
-__all__ = [
-    "ERROR_KINDS",
-    "CaptionRefine",
-    "CaptionRefineParams",
-    "compare",
-    "describe",
-    "inject_errors",
-    "prompt_text",
-    "truthful_caption",
-]
+__all__ = ["ERROR_KINDS", "CaptionRefine", "CaptionRefineParams", "prompt_text"]

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/calibrate_tau_corrections.py                 # 300 scenes, ~1-2 min, 2-core CPU
     .venv/bin/python scripts/calibrate_tau_corrections.py --scenes 600 --seed 1
 
-References are the comparer's correction sentences (`pretext_tasks.caption_refine.compare`) of procedural
+References are the comparer's correction sentences (`pretext_tasks.caption_graph.compare`) of procedural
 captions with 1-3 injected mistakes (seeded; nothing is rendered). Statements are paraphrases of our own
 (`PARAPHRASES`, several per correction kind):
 
@@ -35,7 +35,8 @@ for path in (ROOT, ROOT / "scripts"):
 from calibrate_tau import Pair, balanced_accuracy, best_tau, parse_args, score_pairs  # noqa: E402
 
 from mmrl.errors import SkipItem  # noqa: E402
-from pretext_tasks.caption_refine import CaptionRefineParams, compare, describe, inject_errors, truthful_caption  # noqa: E402
+from pretext_tasks.caption_graph import compare, describe, inject_errors, truthful_caption  # noqa: E402
+from pretext_tasks.caption_refine import CaptionRefineParams  # noqa: E402
 from pretext_tasks.viper_scenes import article, draw_scene  # noqa: E402
 from rewards.statements import StatementRewardParams  # noqa: E402
 
